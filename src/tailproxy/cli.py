@@ -1,0 +1,117 @@
+"""Command line: `tailproxy [OPTIONS] [--] CMD [ARGS...]` and `tailproxy --socks5 HOST:PORT`.
+
+Options end at the first non-option word or at `--`; everything after CMD is passed untouched.
+The seed design's single-dash spellings (`-verbose`, `-exit-node=x`) are accepted too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import __version__
+from .config import SETTINGS, ConfigError, resolve
+
+_FLAGS = {}
+for _s in SETTINGS:
+    for _name in (_s.key.replace("_", "-"),) + _s.aliases:
+        _FLAGS[_name] = _s
+_META_FLAGS = {"config": "FILE", "profile": "NAME"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def usage() -> str:
+    lines = ["usage: tailproxy [OPTIONS] [--] CMD [ARGS...]",
+             "       tailproxy [OPTIONS] --socks5 HOST:PORT",
+             "",
+             "Runs CMD with every TCP connection it (and its children) makes going through your",
+             "Tailscale tailnet. Loopback and --bypass networks go direct.",
+             "",
+             "options:"]
+    for s in SETTINGS:
+        flag = "--" + s.key.replace("_", "-") + (f" {s.metavar}" if s.metavar else "")
+        alias = "".join(f", --{a}" for a in s.aliases)
+        env = f" [env {', '.join(s.env)}]" if s.env else ""
+        lines.append(f"  {flag + alias:<34} {s.help}{env}")
+    lines.append(f"  {'--config FILE':<34} config file (default ~/.config/tailproxy/config.toml)")
+    lines.append(f"  {'--profile NAME':<34} use [profiles.NAME] from the config file")
+    lines.append(f"  {'--version':<34} print the version")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> tuple[dict, dict, list[str]]:
+    """(flag settings, meta options, command). Raises UsageError."""
+    flags: dict = {}
+    meta: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return flags, meta, argv[i + 1:]
+        if not arg.startswith("-") or arg == "-":
+            return flags, meta, argv[i:]
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in ("h", "help"):
+            meta["help"] = True
+            i += 1
+            continue
+        if name == "version":
+            meta["version"] = True
+            i += 1
+            continue
+        if name in _META_FLAGS or (name in _FLAGS and _FLAGS[name].metavar):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"option --{name} needs a value")
+                i += 1
+                value = argv[i]
+            if name in _META_FLAGS:
+                meta[name] = value
+            else:
+                s = _FLAGS[name]
+                try:
+                    parsed = s.parse(value)
+                except ValueError as e:
+                    raise UsageError(f"--{name}: {e}") from None
+                if s.repeat:
+                    flags[s.key] = list(flags.get(s.key, [])) + list(parsed)
+                else:
+                    flags[s.key] = parsed
+        elif name in _FLAGS:
+            s = _FLAGS[name]
+            try:
+                flags[s.key] = s.parse(value) if eq else True
+            except ValueError as e:
+                raise UsageError(f"--{name}: {e}") from None
+        else:
+            raise UsageError(f"unknown option {arg.partition('=')[0]} (see tailproxy --help)")
+        i += 1
+    return flags, meta, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        flags, meta, command = parse_args(argv)
+        if meta.get("help"):
+            print(usage())
+            return 0
+        if meta.get("version"):
+            print(f"tailproxy {__version__}")
+            return 0
+        settings = resolve(flags, dict(os.environ), meta.get("config"), meta.get("profile"))
+        if not command and not settings["socks5"]:
+            raise UsageError("no command given (usage: tailproxy [OPTIONS] [--] CMD [ARGS...])")
+        if command and settings["socks5"]:
+            raise UsageError("--socks5 serves proxy clients and takes no command")
+    except (UsageError, ConfigError) as e:
+        print(f"tailproxy: {e}", file=sys.stderr)
+        return 2
+    from .launcher import run  # imported late: --help and usage errors stay instant
+    return run(settings, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

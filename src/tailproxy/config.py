@@ -1,0 +1,205 @@
+"""Settings: one table of what can be set, read from flags > environment > profile > file defaults.
+
+The config file is TOML (default ~/.config/tailproxy/config.toml): top-level keys are defaults,
+`[profiles.NAME]` tables override them when `--profile NAME` is given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from typing import Any, Callable
+
+
+class ConfigError(Exception):
+    """A bad setting; the message names the key and where it came from."""
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("expected a non-empty string")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(v, str) and v.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _seconds(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds") from None
+    if not 0 < f <= 86400:
+        raise ValueError("expected seconds between 0 and 86400")
+    return f
+
+
+def _url(v: Any) -> str:
+    v = _str(v)
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return v.rstrip("/")
+
+
+def _hostname(v: Any) -> str:
+    v = _str(v)
+    if len(v) > 63 or not all(c.isalnum() or c == "-" for c in v) or v.startswith("-"):
+        raise ValueError("expected a hostname: letters, digits and '-', at most 63 characters")
+    return v
+
+
+def _cidrs(v: Any) -> list[str]:
+    items = v.split(",") if isinstance(v, str) else v
+    if not isinstance(items, list):
+        raise ValueError("expected a list of CIDRs")
+    out = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)") from None
+    return out
+
+
+def _hostport(v: Any) -> tuple[str, int]:
+    v = _str(v)
+    host, sep, port = v.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:1080")
+    return host, int(port)
+
+
+def _userpass(v: Any) -> tuple[str, str]:
+    v = _str(v)
+    user, sep, pw = v.partition(":")
+    if not sep or not user or not pw or len(user) > 255 or len(pw) > 255:
+        raise ValueError("expected USER:PASSWORD")
+    return user, pw
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    key: str                      # config-file key; the flag is --key with '_' → '-'
+    parse: Callable[[Any], Any]
+    default: Any = None
+    env: tuple[str, ...] = ()
+    help: str = ""
+    metavar: str | None = None    # None: a boolean flag
+    repeat: bool = False          # flag may be given several times (values accumulate)
+    aliases: tuple[str, ...] = ()
+    secret: bool = False
+
+
+SETTINGS: list[Setting] = [
+    Setting("hostname", _hostname, "tailproxy", ("TAILPROXY_HOSTNAME",),
+            "name of this node on the tailnet", "NAME"),
+    Setting("authkey", _str, None, ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY"),
+            "auth key to join the tailnet without a browser", "KEY", secret=True,
+            aliases=("auth-key",)),
+    Setting("control_url", _url, None, ("TAILPROXY_CONTROL_URL",),
+            "control server URL (default: Tailscale's)", "URL", aliases=("login-server",)),
+    Setting("state_dir", _str, None, ("TAILPROXY_STATE_DIR",),
+            "node state directory (default: $XDG_STATE_HOME/tailproxy/HOSTNAME)", "DIR"),
+    Setting("ephemeral", _bool, False, ("TAILPROXY_EPHEMERAL",),
+            "register as an ephemeral node, removed when it goes offline"),
+    Setting("verbose", _bool, False, ("TAILPROXY_VERBOSE",),
+            "log one line per connection and what tailproxy is doing"),
+    Setting("bypass", _cidrs, (), ("TAILPROXY_BYPASS",),
+            "send connections to CIDR directly, not through the tailnet (repeatable)", "CIDR",
+            repeat=True),
+    Setting("timeout", _seconds, 60.0, ("TAILPROXY_TIMEOUT",),
+            "seconds to wait for the node to come up", "SECONDS"),
+    Setting("connect_timeout", _seconds, 30.0, ("TAILPROXY_CONNECT_TIMEOUT",),
+            "seconds a connection through the tailnet may take to open", "SECONDS"),
+    Setting("no_tailnet", _bool, False, (),
+            "dial destinations directly instead of through the tailnet (debugging, benchmarks)"),
+    Setting("socks5", _hostport, None, ("TAILPROXY_SOCKS5",),
+            "with no command: serve SOCKS5 and HTTP proxy clients on HOST:PORT", "HOST:PORT"),
+    Setting("socks5_auth", _userpass, None, ("TAILPROXY_SOCKS5_AUTH",),
+            "credentials for --socks5 (default: generated and printed)", "USER:PASS", secret=True),
+    Setting("socks5_no_auth", _bool, False, (),
+            "serve --socks5 without credentials (any local user can then use your tailnet)"),
+]
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def default_config_path(env: dict) -> str:
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "tailproxy", "config.toml")
+
+
+def _check_table(table: dict, where: str) -> dict:
+    out = {}
+    for k, v in table.items():
+        s = BY_KEY.get(k.replace("-", "_"))
+        if s is None:
+            raise ConfigError(f"{where}: unknown key {k!r}")
+        try:
+            out[s.key] = s.parse(v)
+        except ValueError as e:
+            raise ConfigError(f"{where}: bad value for {k!r}: {e}") from None
+    return out
+
+
+def load_file(path: str, profile: str | None, required: bool) -> dict:
+    """Settings from the file's defaults overlaid with the profile's."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if required or profile:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    profiles = data.pop("profiles", {})
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: 'profiles' must be a table of [profiles.NAME] tables")
+    values = _check_table(data, path)
+    if profile:
+        table = profiles.get(profile)
+        if not isinstance(table, dict):
+            names = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"{path}: no profile {profile!r} (profiles: {names})")
+        values.update(_check_table(table, f"{path} [profiles.{profile}]"))
+    return values
+
+
+def from_env(env: dict) -> dict:
+    out = {}
+    for s in SETTINGS:
+        for name in s.env:
+            if env.get(name):
+                try:
+                    out[s.key] = s.parse(env[name])
+                except ValueError as e:
+                    raise ConfigError(f"environment {name}: {e}") from None
+                break
+    return out
+
+
+def resolve(flags: dict, env: dict, config_path: str | None, profile: str | None) -> dict:
+    """Final settings: flags > environment > profile > file defaults > built-in defaults."""
+    values = {s.key: s.default for s in SETTINGS}
+    values.update(load_file(config_path or default_config_path(env), profile,
+                            required=config_path is not None))
+    values.update(from_env(env))
+    values.update(flags)
+    if values["state_dir"] is None:
+        base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        values["state_dir"] = os.path.join(base, "tailproxy", values["hostname"])
+    return values

@@ -1,0 +1,34 @@
+"""The environment a program runs with under tailproxy."""
+from __future__ import annotations
+
+import urllib.parse
+
+SECRETS = ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY", "TAILPROXY_SOCKS5_AUTH")
+_PROXY_VARS = ("ALL_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], verbose: bool,
+              proxy_addr: tuple[str, int] | None, proxy_auth: tuple[str, str] | None) -> dict:
+    env = {k: v for k, v in parent.items() if k not in SECRETS}
+    old = env.get("LD_PRELOAD", "").strip()
+    env["LD_PRELOAD"] = f"{old}:{preload}" if old else preload
+    env["TAILPROXY_SOCKET"] = channel
+    env["TAILPROXY_BYPASS"] = ",".join(bypass)
+    if verbose:
+        env["TAILPROXY_VERBOSE"] = "1"
+    else:
+        env.pop("TAILPROXY_VERBOSE", None)
+    if proxy_addr:
+        # For programs the preload cannot reach (static Go binaries...) that honour proxy variables.
+        host, port = proxy_addr
+        cred = ""
+        if proxy_auth:
+            cred = "%s:%s@" % tuple(urllib.parse.quote(p, safe="") for p in proxy_auth)
+        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        values = {"ALL_PROXY": f"socks5h://{cred}{hostport}",
+                  "HTTP_PROXY": f"http://{cred}{hostport}",
+                  "HTTPS_PROXY": f"http://{cred}{hostport}",
+                  "NO_PROXY": ",".join(["localhost", "127.0.0.0/8", "::1"] + bypass)}
+        for name in _PROXY_VARS:
+            env[name] = env[name.lower()] = values[name]
+    return env

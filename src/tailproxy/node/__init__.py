@@ -1,0 +1,8 @@
+"""The tailnet node: bring it up, dial through it, listen on it, talk to its LocalAPI."""
+from .errors import (DialFailed, LocalAPIError, LoginRequired, NodeError, NodeStateError,
+                     UpTimeout)
+from .localapi import LocalAPI
+from .node import Listener, Node, NodeConfig
+
+__all__ = ["Node", "NodeConfig", "Listener", "LocalAPI", "NodeError", "NodeStateError",
+           "UpTimeout", "LoginRequired", "LocalAPIError", "DialFailed"]
