@@ -1,0 +1,281 @@
+"""Small servers the testnet runs inside its namespaces (stdlib only).
+
+    python -m tailproxy.testnet.services echo      --port 7    [--host ADDR]... [--ready-file F]
+    python -m tailproxy.testnet.services http      --port 8080 --name peer [--host ADDR]...
+    python -m tailproxy.testnet.services dns       --host 198.19.0.2 --zone internet.test --a NAME=IP...
+    python -m tailproxy.testnet.services dnsrecord --host 127.0.0.53 --log FILE
+
+Each binds all its sockets first, then creates --ready-file (the testnet waits on it), then
+serves until killed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import socket
+import socketserver
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+if __package__ in (None, ""):  # run as a file: make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tailproxy.testnet import dnsmsg  # noqa: E402
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class _TCPServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, addr, handler):
+        self.address_family = _family(addr[0])
+        super().__init__(addr, handler)
+
+
+class _UDPServer(socketserver.ThreadingUDPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, addr, handler):
+        self.address_family = _family(addr[0])
+        super().__init__(addr, handler)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, addr, handler):
+        self.address_family = _family(addr[0])
+        super().__init__(addr, handler)
+
+
+# ---- echo -------------------------------------------------------------------------------
+
+class EchoHandler(socketserver.BaseRequestHandler):
+    """Echo every byte back. Reading never waits on writing (an unbounded queue sits between
+    them), so a client may send everything before reading anything. On the client's EOF the
+    rest is sent, then our write side is shut down and the socket closed."""
+
+    def handle(self):
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        failed = threading.Event()
+
+        def writer():
+            try:
+                while True:
+                    chunk = q.get()
+                    if chunk is None:
+                        break
+                    if not failed.is_set():
+                        sock.sendall(chunk)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                failed.set()
+
+        w = threading.Thread(target=writer, daemon=True)
+        w.start()
+        try:
+            while True:
+                chunk = sock.recv(256 * 1024)
+                if not chunk or failed.is_set():
+                    break
+                q.put(chunk)
+        except OSError:
+            pass
+        q.put(None)
+        w.join()
+
+
+# ---- http -------------------------------------------------------------------------------
+
+def make_http_handler(host_name: str):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "testnet-http"
+
+        def log_message(self, fmt, *args):
+            sys.stderr.write(f"{self.client_address[0]} {fmt % args}\n")
+
+        def _body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(n) if n > 0 else b""
+
+        def _reply(self, code: int, body: bytes, ctype: str):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _handle(self):
+            body = self._body()
+            path = self.path.split("?", 1)[0]
+            if path.startswith("/bytes/"):  # /bytes/N: N deterministic bytes, for bulk tests
+                try:
+                    n = int(path[len("/bytes/"):])
+                except ValueError:
+                    n = -1
+                if not 0 <= n <= 1 << 30:
+                    return self._reply(400, b"bad size\n", "text/plain")
+                pattern = bytes(range(256)) * 256
+                data = (pattern * (n // len(pattern) + 1))[:n]
+                return self._reply(200, data, "application/octet-stream")
+            info = {
+                "host": host_name,
+                "client": self.client_address[0],
+                "client_port": self.client_address[1],
+                "method": self.command,
+                "path": self.path,
+                "host_header": self.headers.get("Host"),
+                # Set when the request came through `tailscale serve` (not used by default).
+                "forwarded_for": self.headers.get("X-Forwarded-For"),
+                "body_len": len(body),
+            }
+            self._reply(200, (json.dumps(info) + "\n").encode(), "application/json")
+
+        do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _handle
+
+    return Handler
+
+
+# ---- dns --------------------------------------------------------------------------------
+
+def _dns_servers(hosts, port, answer):
+    """UDP+TCP servers on each host; answer(bytes, proto, client) -> bytes | None."""
+
+    class UDPHandler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            reply = answer(data, "udp", self.client_address[0])
+            if reply is not None:
+                if len(reply) > 512:  # set TC; client retries over TCP
+                    reply = reply[:2] + bytes([reply[2] | 0x02, reply[3]]) + bytes(8)
+                sock.sendto(reply, self.client_address)
+
+    class TCPHandler(socketserver.BaseRequestHandler):
+        def handle(self):
+            f = self.request.makefile("rb")
+            self.request.settimeout(30)
+            try:
+                while True:
+                    hdr = f.read(2)
+                    if len(hdr) < 2:
+                        return
+                    n = int.from_bytes(hdr, "big")
+                    data = f.read(n)
+                    if len(data) < n:
+                        return
+                    reply = answer(data, "tcp", self.client_address[0])
+                    if reply is None:
+                        return
+                    self.request.sendall(len(reply).to_bytes(2, "big") + reply)
+            except OSError:
+                return
+
+    servers = []
+    for h in hosts:
+        servers.append(_UDPServer((h, port), UDPHandler))
+        servers.append(_TCPServer((h, port), TCPHandler))
+    return servers
+
+
+def zone_answerer(zone: dnsmsg.Zone):
+    def answer(data: bytes, proto: str, client: str):
+        try:
+            msg = dnsmsg.parse_message(data)
+        except dnsmsg.DNSFormatError:
+            return dnsmsg.header_only_error(data, dnsmsg.FORMERR)
+        if msg.is_response:
+            return None
+        reply = zone.answer(msg)
+        q = msg.questions[0] if msg.questions else None
+        sys.stderr.write(f"{proto} {client} {q.name if q else '-'} "
+                         f"{dnsmsg.qtype_name(q.qtype) if q else '-'} rcode={reply[3] & 0xF}\n")
+        return reply
+    return answer
+
+
+def recording_answerer(log_path: str, rcode: int = dnsmsg.REFUSED):
+    lock = threading.Lock()
+
+    def answer(data: bytes, proto: str, client: str):
+        try:
+            msg = dnsmsg.parse_message(data)
+        except dnsmsg.DNSFormatError:
+            return dnsmsg.header_only_error(data, dnsmsg.FORMERR)
+        if msg.is_response:
+            return None
+        for q in msg.questions:
+            line = json.dumps({"time": time.time(), "qname": q.name, "qtype": dnsmsg.qtype_name(q.qtype),
+                               "qtype_num": q.qtype, "proto": proto, "client": client})
+            with lock, open(log_path, "a") as f:
+                f.write(line + "\n")
+        return dnsmsg.build_response(msg, rcode)
+    return answer
+
+
+# ---- main -------------------------------------------------------------------------------
+
+def _serve_forever(servers, ready_file):
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    if ready_file:
+        tmp = ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(tmp, ready_file)
+    for t in threads:
+        t.join()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tailproxy.testnet.services")
+    sub = p.add_subparsers(dest="kind", required=True)
+    for kind in ("echo", "http", "dns", "dnsrecord"):
+        s = sub.add_parser(kind)
+        s.add_argument("--host", action="append", help="address to bind (repeatable)")
+        s.add_argument("--port", type=int)
+        s.add_argument("--ready-file")
+        if kind == "http":
+            s.add_argument("--name", required=True, help="host name reported in responses")
+        if kind == "dns":
+            s.add_argument("--zone", required=True)
+            s.add_argument("--a", action="append", default=[], metavar="NAME=IPV4")
+            s.add_argument("--aaaa", action="append", default=[], metavar="NAME=IPV6")
+        if kind == "dnsrecord":
+            s.add_argument("--log", required=True)
+            s.add_argument("--rcode", default="REFUSED", choices=["REFUSED", "NXDOMAIN", "SERVFAIL"])
+    a = p.parse_args(argv)
+    hosts = a.host or ["127.0.0.1"]
+    if a.kind == "echo":
+        servers = [_TCPServer((h, a.port or 7), EchoHandler) for h in hosts]
+    elif a.kind == "http":
+        handler = make_http_handler(a.name)
+        servers = [_HTTPServer((h, a.port or 8080), handler) for h in hosts]
+    elif a.kind == "dns":
+        zone = dnsmsg.make_zone(a.zone, dict(x.split("=", 1) for x in a.a),
+                                dict(x.split("=", 1) for x in a.aaaa))
+        servers = _dns_servers(hosts, a.port or 53, zone_answerer(zone))
+    else:
+        rcode = getattr(dnsmsg, a.rcode)
+        servers = _dns_servers(hosts, a.port or 53, recording_answerer(a.log, rcode))
+    _serve_forever(servers, a.ready_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
