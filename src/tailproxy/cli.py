@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as e:
         print(f"tailproxy: {e}", file=sys.stderr)
         return 2
-    from .launcher import run  # imported late: --help and usage errors stay instant
+    from .launcher.launch import run  # imported late: --help and usage errors stay instant
     return run(settings, command)
 
 

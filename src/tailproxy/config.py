@@ -170,12 +170,16 @@ def load_file(path: str, profile: str | None, required: bool) -> dict:
     if not isinstance(profiles, dict):
         raise ConfigError(f"{path}: 'profiles' must be a table of [profiles.NAME] tables")
     values = _check_table(data, path)
-    if profile:
-        table = profiles.get(profile)
+    checked = {}
+    for name, table in profiles.items():  # every profile is checked, used or not
         if not isinstance(table, dict):
-            names = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"{path}: profiles.{name} must be a table")
+        checked[name] = _check_table(table, f"{path} [profiles.{name}]")
+    if profile:
+        if profile not in checked:
+            names = ", ".join(sorted(checked)) or "none"
             raise ConfigError(f"{path}: no profile {profile!r} (profiles: {names})")
-        values.update(_check_table(table, f"{path} [profiles.{profile}]"))
+        values.update(checked[profile])
     return values
 
 

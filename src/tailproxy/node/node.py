@@ -148,7 +148,12 @@ class Node:
         return os.path.join(self._sock_dir, "tailscaled.sock")
 
     def _start_daemon(self) -> None:
-        binary = self.config.tailscaled or native_path("tailscaled")
+        try:
+            binary = self.config.tailscaled or native_path("tailscaled")
+        except FileNotFoundError as e:
+            raise NodeError(f"cannot start the node: {e}") from None
+        if not os.access(binary, os.X_OK):
+            raise NodeError(f"cannot start the node: {binary} is missing or not executable")
         sock = self._socket_path()
         try:
             os.unlink(sock)

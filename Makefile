@@ -1,0 +1,49 @@
+# tailproxy — one entry point for building, testing, the demo and the benchmarks.
+# `make demo` and `make test` work on a fresh Debian machine with Go, gcc and Python (as root:
+# the local test tailnet uses network namespaces).
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+NATIVE := src/tailproxy/_native
+DEBS   := curl wget netcat-openbsd iproute2 openssl util-linux nodejs proxychains4 microsocks nginx-light valgrind
+
+.PHONY: all deps native dev test test-unit test-preload demo bench clean
+
+all: dev
+
+# System packages the tests, demo and benchmarks use (installed only when missing).
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# libtailproxy.so and the pinned tailscaled/tailscale, into the source tree (editable install).
+native:
+	$(PYTHON) tools/build_native.py $(NATIVE)
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+dev: $(VPY) native
+	$(VPY) -m pip install -q -e '.[test]'
+
+test-unit: dev
+	$(VPY) -m pytest -q tests/unit
+
+# Everything, inside the local test tailnet (tests that need it are skipped outside it, and this
+# target never runs them outside).
+test: deps dev
+	$(VPY) -m tailproxy.testnet -- $(VPY) -m pytest -q -p no:cacheprovider tests preload/tests
+
+demo: deps dev
+	$(VPY) -m tailproxy.testnet -- sh demo/demo.sh
+
+bench: deps dev
+	$(VPY) -m tailproxy.testnet -- $(VPY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(NATIVE) build preload/build

@@ -1,0 +1,183 @@
+"""Run a program on the tailnet: node up → proxy up → program with the preload → status out."""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+
+from ..native import native_path
+from ..node import DialFailed, Node, NodeConfig, NodeError
+from ..proxy.dialer import DialError, DirectDialer
+from ..proxy.server import Proxy
+from .childenv import child_env
+from .program import ProgramError, coverage_warning, locate
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _say(msg: str) -> None:
+    print(f"tailproxy: {msg}", file=sys.stderr, flush=True)
+
+
+class NodeDialer:
+    """The proxy's Dialer, dialling through the tailnet node."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    async def dial(self, host: str, port: int, timeout: float):
+        try:
+            return await self.node.dial(host, port, timeout)
+        except DialFailed as e:
+            raise DialError(e.errno, str(e)) from None
+
+
+def run(settings: dict, command: list[str]) -> int:
+    verbose = settings["verbose"]
+    log = _say if verbose else (lambda msg: None)
+    program = None
+    if command:
+        try:
+            program = locate(command[0], os.environ.get("PATH"))
+        except ProgramError as e:
+            _say(str(e))
+            return e.exit_status
+        warning = coverage_warning(program, os.environ.get("PATH"))
+        if warning:
+            _say("warning: " + warning)
+    try:
+        preload = native_path("libtailproxy.so")
+    except FileNotFoundError as e:
+        _say(str(e))
+        return 1
+
+    rundir = tempfile.mkdtemp(prefix="tailproxy-")  # 0700: only we can reach the channel
+    node = None
+    try:
+        if settings["no_tailnet"]:
+            dialer = DirectDialer()
+            log("--no-tailnet: dialling destinations directly")
+        else:
+            node = Node(NodeConfig(state_dir=settings["state_dir"], hostname=settings["hostname"],
+                                   authkey=settings["authkey"], control_url=settings["control_url"],
+                                   ephemeral=settings["ephemeral"]), log=log)
+            try:
+                node.up(settings["timeout"])
+            except NodeError as e:
+                _say(f"cannot join the tailnet: {e}")
+                return 1
+            except ValueError as e:
+                _say(str(e))
+                return 2
+            log(f"on the tailnet as {settings['hostname']} ({', '.join(node.ips())})")
+            dialer = NodeDialer(node)
+        return asyncio.run(_serve(settings, dialer, rundir, preload, program, command))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if node:
+            node.close()
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+async def _serve(settings, dialer, rundir, preload, program, command) -> int:
+    proxy_only = not command
+    if proxy_only:
+        listen = settings["socks5"]
+        auth = None if settings["socks5_no_auth"] else (
+            settings["socks5_auth"] or ("tailproxy", secrets.token_urlsafe(16)))
+    else:
+        listen = ("127.0.0.1", 0)
+        auth = ("tailproxy", secrets.token_urlsafe(16))
+    proxy = Proxy(dialer, channel_path=os.path.join(rundir, "channel.sock"), socks_listen=listen,
+                  socks_auth=auth, connect_timeout=settings["connect_timeout"],
+                  verbose=settings["verbose"], log=_say)
+    try:
+        await proxy.start()
+    except OSError as e:
+        _say(f"cannot start the local proxy on {listen[0]}:{listen[1]}: {e.strerror or e}")
+        return 1
+    try:
+        if proxy_only:
+            return await _serve_proxy_only(proxy, auth)
+        env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
+                        bypass=list(settings["bypass"]), verbose=settings["verbose"],
+                        proxy_addr=proxy.socks_address, proxy_auth=auth)
+        return await _run_child(program, command, env)
+    finally:
+        await proxy.close()
+
+
+async def _serve_proxy_only(proxy, auth) -> int:
+    host, port = proxy.socks_address
+    hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    cred = f"{auth[0]}:{auth[1]}@" if auth else ""
+    _say(f"SOCKS5 and HTTP proxy on {hp}" + (f" (user {auth[0]}, password {auth[1]})" if auth else
+                                             " (no authentication)"))
+    _say(f"e.g. curl --proxy socks5h://{cred}{hp} http://HOST/   — Ctrl-C to stop")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    return 0
+
+
+def _in_terminal_foreground() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False
+
+
+async def _run_child(program: str, command: list[str], env: dict) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        proc = await asyncio.create_subprocess_exec(program, *command[1:], env=env,
+                                                    executable=program)
+    except FileNotFoundError:
+        _say(f"{command[0]}: command not found")
+        return 127
+    except PermissionError:
+        _say(f"{command[0]}: permission denied")
+        return 126
+    except OSError as e:
+        _say(f"{command[0]}: cannot run: {e.strerror}")
+        return 126
+
+    interrupts = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal interrupts
+        if proc.returncode is not None:
+            return
+        if sig == signal.SIGINT:
+            interrupts += 1
+            if interrupts >= 2:
+                _say("second interrupt: stopping the program")
+                proc.kill()
+                return
+        # A terminal's Ctrl-C / Ctrl-\ already reached the program (same process group).
+        if sig in (signal.SIGINT, signal.SIGQUIT) and _in_terminal_foreground():
+            return
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in _FORWARDED:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        status = await proc.wait()
+    finally:
+        for sig in _FORWARDED:
+            loop.remove_signal_handler(sig)
+    if status < 0:
+        name = signal.Signals(-status).name if -status in signal.Signals._value2member_map_ else -status
+        _say(f"{command[0]} was killed by {name}")
+        return 128 - status
+    return status

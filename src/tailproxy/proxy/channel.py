@@ -1,0 +1,519 @@
+"""asyncio server of the private preload channel (docs/CHANNEL.md).
+
+One SOCK_SEQPACKET Unix listener; each connection carries requests
+(normally exactly one). A CONNECT brings the program's socket (SCM_RIGHTS);
+we keep the duplicate only until the socket has been steered to the relay
+listener (success) or to a closed port (failure), see :mod:`.loopback`.
+
+Blocking: nothing here blocks the loop except the loopback connect of a
+*blocking* program socket, which completes during the call.
+Cancellation: :meth:`ChannelServer.close` cancels every task; every received
+fd is closed on every path.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno
+import fcntl
+import os
+import socket
+import stat
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import channel_proto as cp
+from .dialer import DialError, Dialer, errno_name
+from .loopback import LoopbackEndpoints, clear_error, disconnect
+from .relay import DEFAULT_BUFSIZE, relay
+
+__all__ = ["ChannelServer", "TokenStore", "ConnLog"]
+
+# (source, destination, outcome, bytes_up, bytes_down, duration_s)
+ConnLog = Callable[[str, str, str, int, int, float], None]
+
+_MAX_FDS = 8
+_RECV_BUF = 1024
+_ANC_BUF = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+_PENDING_TTL = 30.0        # a relay connection must arrive within this
+_PEER_GRACE = 60.0         # PEER keeps answering this long after a relay ends
+
+
+def _syn_give_up_s() -> float:
+    """Seconds after which the kernel abandons a SYN_SENT socket."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_syn_retries") as f:
+            n = int(f.read())
+    except (OSError, ValueError):
+        n = 6
+    return float(2 ** (n + 1) - 1)
+
+
+class TokenStore:
+    """token -> final errno (0 ok, EINPROGRESS while pending). Bounded LRU,
+    entries expire ``ttl`` seconds after their last update."""
+
+    def __init__(self, maxsize: int = 65536, ttl: float = 600.0, clock=time.monotonic):
+        self.maxsize, self.ttl, self.clock = maxsize, ttl, clock
+        self._d: OrderedDict[int, tuple[int, float]] = OrderedDict()
+
+    def set(self, token: int, err: int) -> None:
+        d = self._d
+        d[token] = (err, self.clock())
+        d.move_to_end(token)
+        while len(d) > self.maxsize:
+            d.popitem(last=False)
+
+    def get(self, token: int) -> int | None:
+        item = self._d.get(token)
+        if item is None:
+            return None
+        err, t = item
+        if self.clock() - t > self.ttl:
+            del self._d[token]
+            return None
+        return err
+
+    def expire(self) -> None:
+        now = self.clock()
+        d = self._d
+        while d:
+            tok, (_err, t) = next(iter(d.items()))
+            if now - t <= self.ttl:
+                break
+            d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+@dataclass(eq=False)
+class _Pending:
+    remote: socket.socket
+    dst: cp.Address
+    label: str
+    token: int
+    t0: float
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Stats:
+    connects: int = 0
+    relays: int = 0
+    rejected_relay: int = 0
+    protocol_errors: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class ChannelServer:
+    def __init__(self, path: str, dialer: Dialer, *, endpoints: LoopbackEndpoints | None = None,
+                 connect_timeout: float = 30.0, idle_timeout: float | None = None,
+                 make_parent: bool = False, on_conn: ConnLog | None = None,
+                 log: Callable[[str], None] | None = None, bufsize: int = DEFAULT_BUFSIZE):
+        self.path = path
+        self.dialer = dialer
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.make_parent = make_parent
+        self.on_conn = on_conn
+        self.log = log or (lambda msg: None)
+        self.bufsize = bufsize
+        self._own_endpoints = endpoints is None
+        self._endpoints = endpoints
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._pending: dict[cp.Address, _Pending] = {}
+        self._peers: dict[cp.Address, cp.Address] = {}
+        self.tokens = TokenStore()
+        self._next_token = 1
+        self._park_limit = max(1.0, _syn_give_up_s() - 2.0)
+        self.stats = _Stats()
+        self._closing = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._endpoints is None:
+            self._endpoints = LoopbackEndpoints()
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if self.make_parent:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.chmod(parent, 0o700)
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISSOCK(st.st_mode):
+                os.unlink(self.path)
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            old = os.umask(0o177)
+            try:
+                lst.bind(self.path)
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o600)
+            lst.listen(128)
+            lst.setblocking(False)
+        except BaseException:
+            lst.close()
+            raise
+        self._listener = lst
+        self._spawn(self._accept_channel(loop, lst))
+        for rl in self._endpoints.relay_listeners:
+            self._spawn(self._accept_relay(loop, rl))
+        self._spawn(self._housekeeping())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for p in list(self._pending.values()):
+            self._drop_pending(p)
+        self._pending.clear()
+        self._peers.clear()
+        if self._own_endpoints and self._endpoints is not None:
+            self._endpoints.close()
+            self._endpoints = None
+
+    @property
+    def relay_addresses(self) -> list[tuple]:
+        return [s.getsockname() for s in self._endpoints.relay_listeners] if self._endpoints else []
+
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            self.tokens.expire()
+
+    # ------------------------------------------------------------ channel
+    async def _accept_channel(self, loop, lst: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(lst)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log(f"channel accept: {exc}; pausing")
+                    await asyncio.sleep(0.1)
+                    continue
+                raise
+            conn.setblocking(False)
+            self._spawn(self._serve_conn(loop, conn))
+
+    async def _recvmsg(self, loop, conn: socket.socket):
+        fd = conn.fileno()
+        while True:
+            try:
+                return conn.recvmsg(_RECV_BUF, _ANC_BUF, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                pass
+            fut = loop.create_future()
+            loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+            try:
+                await fut
+            finally:
+                loop.remove_reader(fd)
+
+    @staticmethod
+    def _take_fds(ancdata) -> list[int]:
+        fds: list[int] = []
+        for level, typ, data in ancdata:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(data[: len(data) - (len(data) % a.itemsize)])
+                fds.extend(a)
+        return fds
+
+    async def _serve_conn(self, loop, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            while True:
+                try:
+                    data, anc, flags, _ = await self._recvmsg(loop, conn)
+                except OSError:
+                    return
+                fds = self._take_fds(anc)
+                if not data and not fds:
+                    return            # EOF
+                try:
+                    if flags & socket.MSG_TRUNC:
+                        raise cp.ProtoError(errno.EPROTO, "message too long")
+                    if flags & socket.MSG_CTRUNC:
+                        raise cp.ProtoError(errno.EBADF, "too many fds")
+                    req = cp.decode_request(data, len(fds))
+                except cp.ProtoError as exc:
+                    self.stats.protocol_errors += 1
+                    self.log(f"channel: bad request: {exc} ({errno_name(exc.errno)})")
+                    self._send(conn, cp.encode_error_reply(exc.op, exc.errno))
+                    return
+                if isinstance(req, cp.ConnectReq):
+                    fd, fds = fds[0], []
+                    if not await self._handle_connect(loop, conn, req, fd):
+                        return
+                elif isinstance(req, cp.StatusReq):
+                    err = self.tokens.get(req.token)
+                    self._send(conn, cp.encode_status_reply(errno.ENOENT if err is None else err))
+                else:
+                    dst = self._peers.get(req.local.normalized())
+                    self._send(conn, cp.encode_peer_reply(errno.ENOENT if dst is None else 0, dst))
+        finally:
+            for fd in fds:
+                _close_fd(fd)
+            conn.close()
+
+    @staticmethod
+    def _send(conn: socket.socket, data: bytes) -> bool:
+        try:
+            conn.send(data)     # SEQPACKET: one message; tiny, never EAGAIN in practice
+            return True
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------ CONNECT
+    async def _handle_connect(self, loop, conn, req: cp.ConnectReq, fd: int) -> bool:
+        """Returns False when the channel connection must be closed."""
+        self.stats.connects += 1
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            _close_fd(fd)
+            self._send(conn, cp.encode_connect_reply(errno.EBADF))
+            return False
+        try:
+            bad = self._check_socket(sock, req.dst)
+        except OSError:
+            bad = errno.EBADF
+        if bad:
+            sock.close()
+            self._send(conn, cp.encode_connect_reply(bad))
+            return False
+        nonblocking = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+        token = self._next_token
+        self._next_token += 1
+        timeout = req.timeout_ms / 1000.0 if req.timeout_ms else self.connect_timeout
+        host = req.host or req.dst.ip
+        label = f"{host}:{req.dst.port}" if ":" not in host else f"[{host}]:{req.dst.port}"
+        t0 = time.monotonic()
+
+        if nonblocking and not req.blocking:
+            # park it, reply at once, dial in the background
+            try:
+                err = self._endpoints.park(sock, req.dst)
+            except OSError as exc:
+                err = exc.errno or errno.EINVAL
+            if err:
+                sock.close()
+                self._send(conn, cp.encode_connect_reply(err))
+                self._report(label, errno_name(err), 0, 0, t0)
+                return True
+            self.tokens.set(token, errno.EINPROGRESS)
+            self._spawn(self._dial_parked(sock, req, host, min(timeout, self._park_limit),
+                                          token, label, t0))
+            self._send(conn, cp.encode_connect_reply(0, token))
+            return True
+
+        # blocking: reply when the dial has an outcome
+        self.tokens.set(token, errno.EINPROGRESS)
+        try:
+            remote = await self._dial(host, req.dst.port, timeout)
+        except DialError as exc:
+            self.tokens.set(token, exc.errno)
+            self._report(label, exc.name, 0, 0, t0)
+            if not self._send(conn, cp.encode_connect_reply(exc.errno, token)):
+                # the preload gave up (EINTR/SO_SNDTIMEO): leave the socket failed
+                self._to_closed(sock, req.dst)
+            sock.close()
+            return True
+        except BaseException:
+            sock.close()
+            raise
+        err = self._attach(sock, remote, req.dst, token, label, t0, parked=False)
+        self._send(conn, cp.encode_connect_reply(err, token))
+        return True
+
+    @staticmethod
+    def _check_socket(sock: socket.socket, dst: cp.Address) -> int:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+            return errno.EINVAL
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return errno.EINVAL
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) not in (0, socket.IPPROTO_TCP):
+            return errno.EINVAL
+        if sock.family == socket.AF_INET and dst.family != cp.FAMILY_V4:
+            return errno.EINVAL
+        return 0
+
+    async def _dial(self, host: str, port: int, timeout: float) -> socket.socket:
+        try:
+            return await self.dialer.dial(host, port, timeout)
+        except DialError:
+            raise
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except TimeoutError:
+            raise DialError(errno.ETIMEDOUT, f"{host}:{port}: connection timed out") from None
+        except OSError as exc:
+            raise DialError(exc.errno or errno.ECONNRESET, f"{host}:{port}: {exc}") from None
+        except Exception as exc:   # a broken dialer must not take the proxy down
+            self.log(f"dialer error for {host}:{port}: {exc!r}")
+            raise DialError(errno.ECONNRESET, f"{host}:{port}: internal error: {exc}") from None
+
+    async def _dial_parked(self, sock, req, host, timeout, token, label, t0) -> None:
+        try:
+            try:
+                remote = await self._dial(host, req.dst.port, timeout)
+            except DialError as exc:
+                self.tokens.set(token, exc.errno)
+                self._unpark(sock)
+                self._to_closed(sock, req.dst)
+                self._report(label, exc.name, 0, 0, t0)
+                return
+            self._unpark(sock)
+            self._attach(sock, remote, req.dst, token, label, t0, parked=True)
+        except asyncio.CancelledError:
+            self.tokens.set(token, errno.ECONNRESET)
+            raise
+        finally:
+            sock.close()
+
+    @staticmethod
+    def _unpark(sock: socket.socket) -> None:
+        try:
+            disconnect(sock)
+        except OSError:
+            pass
+        try:
+            clear_error(sock)
+        except OSError:
+            pass
+
+    def _to_closed(self, sock, dst) -> None:
+        try:
+            self._endpoints.to_closed(sock, dst)
+        except OSError:
+            pass
+
+    def _attach(self, sock, remote, dst, token, label, t0, *, parked: bool) -> int:
+        """Dial succeeded: connect the program's socket to the relay listener
+        and register it as pending. Returns 0 or an errno (then ``remote`` is
+        closed and the socket marked failed)."""
+        self.tokens.set(token, 0)
+        try:
+            local = self._endpoints.to_relay(sock, dst)
+        except OSError as exc:
+            err = exc.errno or errno.ECONNRESET
+            remote.close()
+            self.tokens.set(token, err)
+            if parked:
+                self._unpark(sock)
+                self._to_closed(sock, dst)
+            self._report(label, errno_name(err), 0, 0, t0)
+            return err
+        old = self._pending.pop(local, None)
+        if old is not None:
+            self._drop_pending(old)
+        p = _Pending(remote, dst, label, token, t0)
+        p.timer = asyncio.get_running_loop().call_later(_PENDING_TTL, self._expire_pending, local)
+        self._pending[local] = p
+        self._peers[local] = dst
+        return 0
+
+    def _expire_pending(self, local) -> None:
+        p = self._pending.pop(local, None)
+        if p is not None:
+            self._drop_pending(p)
+            if self._peers.get(local) is p.dst:
+                del self._peers[local]
+            self._report(p.label, "ETIMEDOUT(relay)", 0, 0, p.t0)
+
+    @staticmethod
+    def _drop_pending(p: _Pending) -> None:
+        if p.timer is not None:
+            p.timer.cancel()
+        p.remote.close()
+
+    # ------------------------------------------------------------ relay
+    async def _accept_relay(self, loop, lst: socket.socket) -> None:
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(lst)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log(f"relay accept: {exc}; pausing")
+                    await asyncio.sleep(0.1)
+                    continue
+                raise
+            try:
+                key = cp.Address.from_sockaddr(addr)
+            except ValueError:
+                key = None
+            p = self._pending.pop(key, None) if key is not None else None
+            if p is None:
+                self.stats.rejected_relay += 1
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                conn.close()
+                continue
+            if p.timer is not None:
+                p.timer.cancel()
+            self.stats.relays += 1
+            self._spawn(self._run_relay(conn, p, key))
+
+    async def _run_relay(self, conn: socket.socket, p: _Pending, key) -> None:
+        outcome = "ok"
+        res = None
+        try:
+            res = await relay(conn, p.remote, idle_timeout=self.idle_timeout, bufsize=self.bufsize)
+            if res.reason == "idle":
+                outcome = "ok idle-timeout"
+            elif res.error:
+                outcome = f"ok then {errno_name(res.error)}"
+        except asyncio.CancelledError:
+            outcome = "ok cancelled"
+            raise
+        finally:
+            up, down = (res.up, res.down) if res else (0, 0)
+            self._report(p.label, outcome, up, down, p.t0)
+            if not self._closing:
+                asyncio.get_running_loop().call_later(_PEER_GRACE, self._forget_peer, key, p.dst)
+
+    def _forget_peer(self, key, dst) -> None:
+        if self._peers.get(key) is dst:
+            del self._peers[key]
+
+    def _report(self, label, outcome, up, down, t0) -> None:
+        if self.on_conn is not None:
+            try:
+                self.on_conn("channel", label, outcome, up, down, time.monotonic() - t0)
+            except Exception:
+                pass
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,127 @@
+"""Dialers: how the proxy opens the outbound side of a connection.
+
+A dialer returns a *connected, non-blocking* stream socket of any family
+(AF_INET, AF_INET6, even AF_UNIX -- the relay does not care) or raises
+:class:`DialError` carrying the errno the proxied program should see.
+
+Blocking/cancellation: ``dial`` never blocks the event loop; it is
+cancellation-safe (a cancelled dial closes any socket it created).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as _errno
+import os
+import socket
+from typing import Protocol, runtime_checkable
+
+__all__ = ["DialError", "Dialer", "DirectDialer", "errno_name"]
+
+
+def errno_name(code: int) -> str:
+    return _errno.errorcode.get(code, str(code))
+
+
+class DialError(Exception):
+    """A dial failed; ``errno`` is what the program should see.
+
+    Typical values: ECONNREFUSED, EHOSTUNREACH (unknown/offline peer, name does
+    not resolve), ENETUNREACH, ETIMEDOUT, ECONNRESET, EACCES (policy).
+    """
+
+    def __init__(self, errno: int, message: str | None = None):
+        self.errno = int(errno)
+        self.message = message or os.strerror(self.errno)
+        super().__init__(self.errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def name(self) -> str:
+        return errno_name(self.errno)
+
+
+@runtime_checkable
+class Dialer(Protocol):
+    async def dial(self, host: str, port: int, timeout: float) -> socket.socket:
+        """Connect to host:port within ``timeout`` seconds.
+
+        Returns a connected non-blocking stream socket; raises DialError.
+        """
+        ...
+
+
+# errnos passed through unchanged; anything else with an errno also passes,
+# OSErrors without one become EHOSTUNREACH.
+_PASS = {
+    _errno.ECONNREFUSED, _errno.EHOSTUNREACH, _errno.ENETUNREACH,
+    _errno.ETIMEDOUT, _errno.ECONNRESET, _errno.EACCES, _errno.EPERM,
+    _errno.EADDRNOTAVAIL, _errno.ENETDOWN, _errno.EHOSTDOWN,
+}
+
+
+def _map_oserror(exc: OSError, host: str, port: int) -> DialError:
+    code = exc.errno
+    if isinstance(exc, socket.gaierror):
+        return DialError(_errno.EHOSTUNREACH, f"{host}: name does not resolve ({exc.strerror})")
+    if isinstance(exc, TimeoutError) or code == _errno.ETIMEDOUT:
+        return DialError(_errno.ETIMEDOUT, f"{host}:{port}: connection timed out")
+    if code is None or code == 0:
+        return DialError(_errno.EHOSTUNREACH, f"{host}:{port}: {exc}")
+    if code == _errno.EHOSTDOWN:
+        code = _errno.EHOSTUNREACH
+    return DialError(code, f"{host}:{port}: {os.strerror(code)}")
+
+
+class DirectDialer:
+    """Dial straight from this host (``--no-tailnet``).
+
+    Names are resolved with ``loop.getaddrinfo``; the addresses are tried in
+    order within one overall deadline; the first error that is not a refusal
+    is reported in preference (a refusal from one address of a multi-address
+    name is reported only if every address refused).
+    """
+
+    def __init__(self, *, family: int = socket.AF_UNSPEC):
+        self.family = family
+
+    async def dial(self, host: str, port: int, timeout: float) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    infos = await loop.getaddrinfo(
+                        host, port, family=self.family, type=socket.SOCK_STREAM,
+                        proto=socket.IPPROTO_TCP)
+                except socket.gaierror as exc:
+                    raise _map_oserror(exc, host, port) from None
+                if not infos:
+                    raise DialError(_errno.EHOSTUNREACH, f"{host}: no address")
+                first_err: DialError | None = None
+                for fam, typ, proto, _canon, addr in infos:
+                    try:
+                        return await self._connect_one(loop, fam, typ, proto, addr)
+                    except OSError as exc:
+                        err = _map_oserror(exc, host, port)
+                        if first_err is None or (first_err.errno == _errno.ECONNREFUSED
+                                                 and err.errno != _errno.ECONNREFUSED):
+                            first_err = err
+                assert first_err is not None
+                raise first_err
+        except TimeoutError:
+            raise DialError(_errno.ETIMEDOUT, f"{host}:{port}: connection timed out") from None
+
+    @staticmethod
+    async def _connect_one(loop, fam, typ, proto, addr) -> socket.socket:
+        sock = socket.socket(fam, typ, proto)
+        try:
+            sock.setblocking(False)
+            if fam in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, addr)
+            return sock
+        except BaseException:
+            sock.close()
+            raise

@@ -1,0 +1,245 @@
+"""Bidirectional byte relay between two connected stream sockets (hot path).
+
+Design: two one-way pumps driven by ``loop.add_reader``/``add_writer`` with
+non-blocking ``recv_into`` into a preallocated buffer and ``send`` from a
+memoryview of it -- no streams, no per-chunk buffers. A pump reads only when
+its buffer is empty, so back-pressure is the kernel's.
+
+Half-close: EOF on one side -> ``shutdown(SHUT_WR)`` on the other; the relay
+ends when both directions reached EOF, on an error (the other side is then
+reset, so the peer sees ECONNRESET as it would directly), on idle timeout or
+on cancellation. **Both sockets are always closed** when :func:`relay`
+returns or raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+__all__ = ["relay", "RelayResult", "DEFAULT_BUFSIZE"]
+
+DEFAULT_BUFSIZE = 256 * 1024
+_READS_PER_WAKEUP = 8
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+@dataclass(slots=True)
+class RelayResult:
+    up: int = 0            # bytes a -> b
+    down: int = 0          # bytes b -> a
+    error: int = 0         # errno that ended it (0 = clean both-ways EOF)
+    reason: str = "eof"    # "eof" | "error" | "idle" | "cancelled"
+    duration: float = 0.0
+
+
+class _Pump:
+    """One direction src -> dst."""
+
+    __slots__ = ("r", "src", "dst", "sfd", "dfd", "buf", "view", "start", "end",
+                 "count", "done", "reading", "writing")
+
+    def __init__(self, r: "_Relay", src: socket.socket, dst: socket.socket, bufsize: int):
+        self.r = r
+        self.src, self.dst = src, dst
+        self.sfd, self.dfd = src.fileno(), dst.fileno()
+        self.buf = bytearray(bufsize)
+        self.view = memoryview(self.buf)
+        self.start = self.end = 0
+        self.count = 0
+        self.done = False
+        self.reading = self.writing = False
+
+    def preload(self, data: bytes) -> None:
+        n = len(data)
+        if n > len(self.buf):
+            raise ValueError("initial data larger than relay buffer")
+        self.buf[:n] = data
+        self.start, self.end = 0, n
+
+    def begin(self) -> None:
+        if self.end > self.start:
+            self._on_writable()
+        else:
+            self._want_read()
+
+    def _want_read(self) -> None:
+        if not self.reading:
+            self.r.loop.add_reader(self.sfd, self._on_readable)
+            self.reading = True
+
+    def _want_write(self) -> None:
+        if not self.writing:
+            self.r.loop.add_writer(self.dfd, self._on_writable)
+            self.writing = True
+
+    def stop(self) -> None:
+        loop = self.r.loop
+        if self.reading:
+            loop.remove_reader(self.sfd)
+            self.reading = False
+        if self.writing:
+            loop.remove_writer(self.dfd)
+            self.writing = False
+
+    def _on_readable(self) -> None:
+        src_recv = self.src.recv_into
+        dst_send = self.dst.send
+        view = self.view
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                n = src_recv(view)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.r.fail(exc, self.src)
+                return
+            if n == 0:
+                self._eof()
+                return
+            self.count += n
+            self.r.active = True
+            try:
+                sent = dst_send(view[:n])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.r.fail(exc, self.dst)
+                return
+            if sent < n:
+                self.start, self.end = sent, n
+                if self.reading:
+                    self.r.loop.remove_reader(self.sfd)
+                    self.reading = False
+                self._want_write()
+                return
+            if n < len(view):     # drained the socket most likely; wait
+                return
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self.dst.send(self.view[self.start:self.end])
+        except (BlockingIOError, InterruptedError):
+            self._want_write()
+            return
+        except OSError as exc:
+            self.r.fail(exc, self.dst)
+            return
+        self.r.active = True
+        self.start += sent
+        if self.start < self.end:
+            self._want_write()
+            return
+        self.start = self.end = 0
+        if self.writing:
+            self.r.loop.remove_writer(self.dfd)
+            self.writing = False
+        self._want_read()
+
+    def _eof(self) -> None:
+        self.stop()
+        self.done = True
+        try:
+            self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.r.check_done()
+
+
+class _Relay:
+    def __init__(self, loop, a, b, bufsize, idle_timeout):
+        self.loop = loop
+        self.a, self.b = a, b
+        self.fut: asyncio.Future = loop.create_future()
+        self.up = _Pump(self, a, b, bufsize)
+        self.down = _Pump(self, b, a, bufsize)
+        self.idle_timeout = idle_timeout
+        self.active = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.error = 0
+        self.reason = "eof"
+
+    def fail(self, exc: OSError, culprit: socket.socket) -> None:
+        if self.fut.done():
+            return
+        self.error = exc.errno or errno.EIO
+        self.reason = "error"
+        # Propagate a reset to the other side, like a direct connection would.
+        other = self.b if culprit is self.a else self.a
+        _set_rst(other)
+        self.fut.set_result(None)
+
+    def check_done(self) -> None:
+        if self.up.done and self.down.done and not self.fut.done():
+            self.fut.set_result(None)
+
+    def _tick(self) -> None:
+        if self.fut.done():
+            return
+        if self.active:
+            self.active = False
+            self.timer = self.loop.call_later(self.idle_timeout, self._tick)
+            return
+        self.reason = "idle"
+        self.error = errno.ETIMEDOUT
+        _set_rst(self.a)
+        _set_rst(self.b)
+        self.fut.set_result(None)
+
+    def stop(self) -> None:
+        self.up.stop()
+        self.down.stop()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _set_rst(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    except OSError:
+        pass
+
+
+async def relay(a: socket.socket, b: socket.socket, *, idle_timeout: float | None = None,
+                bufsize: int = DEFAULT_BUFSIZE, initial_up: bytes = b"",
+                initial_down: bytes = b"") -> RelayResult:
+    """Relay between ``a`` and ``b`` until done; always closes both.
+
+    ``initial_up``/``initial_down`` are bytes already read from ``a``/``b``
+    (e.g. after a proxy handshake) to be sent to the other side first.
+    The idle timeout fires after between ``idle_timeout`` and twice that of
+    no traffic in either direction. Cancellation-safe.
+    """
+    loop = asyncio.get_running_loop()
+    t0 = time.monotonic()
+    r = None
+    try:
+        a.setblocking(False)
+        b.setblocking(False)
+        r = _Relay(loop, a, b, bufsize, idle_timeout)
+        if initial_up:
+            r.up.preload(initial_up)
+            r.up.count += len(initial_up)
+        if initial_down:
+            r.down.preload(initial_down)
+            r.down.count += len(initial_down)
+        r.up.begin()
+        r.down.begin()
+        if idle_timeout:
+            r.timer = loop.call_later(idle_timeout, r._tick)
+        try:
+            await r.fut
+        except asyncio.CancelledError:
+            r.reason = "cancelled"
+            raise
+        return RelayResult(r.up.count, r.down.count, r.error, r.reason, time.monotonic() - t0)
+    finally:
+        if r is not None:
+            r.stop()
+        a.close()
+        b.close()

@@ -1,0 +1,60 @@
+import pytest
+
+from tailproxy.cli import UsageError, main, parse_args
+
+
+def test_options_then_command_passes_rest_untouched():
+    flags, meta, cmd = parse_args(["--verbose", "curl", "--verbose", "-x", "--", "y"])
+    assert flags == {"verbose": True}
+    assert cmd == ["curl", "--verbose", "-x", "--", "y"]
+
+
+def test_double_dash_ends_options_even_for_option_like_names():
+    flags, _, cmd = parse_args(["--hostname", "a", "--", "--verbose"])
+    assert flags == {"hostname": "a"} and cmd == ["--verbose"]
+
+
+def test_single_dash_seed_spellings_and_equals_form():
+    flags, _, cmd = parse_args(["-verbose", "-hostname=box", "-login-server", "https://c.test/", "x"])
+    assert flags == {"verbose": True, "hostname": "box", "control_url": "https://c.test"}
+    assert cmd == ["x"]
+
+
+def test_bypass_repeats_accumulate():
+    flags, _, _ = parse_args(["--bypass", "10.0.0.0/8", "--bypass=fd00::/8", "x"])
+    assert flags["bypass"] == ["10.0.0.0/8", "fd00::/8"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--frob", "x"], "unknown option --frob"),
+    (["--hostname"], "needs a value"),
+    (["--bypass", "nope", "x"], "'nope' is not a CIDR"),
+    (["--timeout", "-1", "x"], "--timeout"),
+    (["--hostname", "bad name", "x"], "--hostname"),
+])
+def test_usage_errors_name_the_option(argv, needle):
+    with pytest.raises(UsageError, match=needle):
+        parse_args(argv)
+
+
+def test_main_usage_errors_exit_2(capsys):
+    assert main(["--frob"]) == 2
+    assert "unknown option --frob" in capsys.readouterr().err
+    assert main([]) == 2
+    assert "no command given" in capsys.readouterr().err
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--hostname", "--authkey", "--control-url", "--login-server", "--state-dir",
+                 "--ephemeral", "--verbose", "--bypass", "--timeout", "--config", "--profile",
+                 "--no-tailnet", "--socks5"):
+        assert flag in out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("tailproxy ")
+
+
+def test_socks5_with_command_is_an_error(capsys):
+    assert main(["--socks5", "127.0.0.1:1080", "curl"]) == 2
+    assert "takes no command" in capsys.readouterr().err
