@@ -216,12 +216,18 @@ class Node:
         api = self.localapi
         key = self.config.authkey
         st = api.status(peers=False)
+        asked_interactive = False
         if st.get("BackendState") != "Running":
+            # As `tailscale up` does: Start, then a login when there is no node key yet (with an
+            # auth key that login needs no browser).
             api.start({"AuthKey": key or "", "UpdatePrefs": self._prefs()})
+            if not api.status(peers=False).get("HaveNodeKey"):
+                api.login_interactive()
+                asked_interactive = True
         elif (st.get("Self") or {}).get("HostName") != self.config.hostname:
             api.edit_prefs({"Hostname": self.config.hostname, "HostnameSet": True})
-        asked_interactive = shown_url = None
-        rekeyed = bool(key)
+        shown_url = None
+        rekeyed = asked_interactive or not key
         while True:
             self._check_alive()
             st = api.status(peers=False)
@@ -233,6 +239,7 @@ class Node:
                 if key and not rekeyed:
                     # saved state the control server no longer accepts: log in again with the key
                     api.start({"AuthKey": key, "UpdatePrefs": self._prefs()})
+                    api.login_interactive()
                     rekeyed = True
                 elif not key and url and url != shown_url:
                     self._on_login_url(url)
