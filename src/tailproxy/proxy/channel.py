@@ -320,6 +320,10 @@ class ChannelServer:
         if nonblocking and not req.blocking:
             # park it, reply at once, dial in the background
             try:
+                bound = sock.getsockname()
+            except OSError:
+                bound = None
+            try:
                 err = self._endpoints.park(sock, req.dst)
             except OSError as exc:
                 err = exc.errno or errno.EINVAL
@@ -330,7 +334,7 @@ class ChannelServer:
                 return True
             self.tokens.set(token, errno.EINPROGRESS)
             self._spawn(self._dial_parked(sock, req, host, min(timeout, self._park_limit),
-                                          token, label, t0))
+                                          token, label, t0, bound))
             self._send(conn, cp.encode_connect_reply(0, token))
             return True
 
@@ -349,7 +353,10 @@ class ChannelServer:
         except BaseException:
             sock.close()
             raise
-        err = self._attach(sock, remote, req.dst, token, label, t0, parked=False)
+        try:
+            err = self._attach(sock, remote, req.dst, token, label, t0, parked=False)
+        finally:
+            sock.close()
         self._send(conn, cp.encode_connect_reply(err, token))
         return True
 
@@ -380,17 +387,17 @@ class ChannelServer:
             self.log(f"dialer error for {host}:{port}: {exc!r}")
             raise DialError(errno.ECONNRESET, f"{host}:{port}: internal error: {exc}") from None
 
-    async def _dial_parked(self, sock, req, host, timeout, token, label, t0) -> None:
+    async def _dial_parked(self, sock, req, host, timeout, token, label, t0, bound) -> None:
         try:
             try:
                 remote = await self._dial(host, req.dst.port, timeout)
             except DialError as exc:
                 self.tokens.set(token, exc.errno)
-                self._unpark(sock)
+                self._unpark(sock, bound)
                 self._to_closed(sock, req.dst)
                 self._report(label, exc.name, 0, 0, t0)
                 return
-            self._unpark(sock)
+            self._unpark(sock, bound)
             self._attach(sock, remote, req.dst, token, label, t0, parked=True)
         except asyncio.CancelledError:
             self.tokens.set(token, errno.ECONNRESET)
@@ -399,7 +406,10 @@ class ChannelServer:
             sock.close()
 
     @staticmethod
-    def _unpark(sock: socket.socket) -> None:
+    def _unpark(sock: socket.socket, bound=None) -> None:
+        """Disconnect a parked socket and clear the resulting ECONNRESET. A
+        port chosen by bind(port 0) is released by the kernel on disconnect:
+        bind it again so the program keeps its local address."""
         try:
             disconnect(sock)
         except OSError:
@@ -408,6 +418,11 @@ class ChannelServer:
             clear_error(sock)
         except OSError:
             pass
+        if bound is not None and bound[1] != 0:
+            try:
+                sock.bind(bound)    # EINVAL when the port is still held: fine
+            except OSError:
+                pass
 
     def _to_closed(self, sock, dst) -> None:
         try:

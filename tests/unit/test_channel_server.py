@@ -1,0 +1,422 @@
+"""The channel server driven the way libtailproxy.so drives it."""
+
+import errno
+import os
+import select
+import socket
+import stat
+import time
+
+import pytest
+
+from test_proxy_harness import (FakeDialer, ProxyThread, channel_request, connect_via_channel,
+                                 count_fds, cp, wait_writable)
+
+DST = ("100.64.0.5", 80)        # "reachable tailnet peer" (fake dialer -> echo)
+DST6 = ("fd7a:115c:a1e0::5", 80)
+UNREACH = ("100.64.0.6", 80)     # fake -> EHOSTUNREACH
+REFUSED = ("100.64.0.7", 80)     # fake -> ECONNREFUSED
+
+HAVE_V6 = True
+try:
+    socket.socket(socket.AF_INET6).bind(("::1", 0))
+except OSError:
+    HAVE_V6 = False
+
+
+@pytest.fixture
+def env(tmp_path):
+    d = FakeDialer()
+    d.script[DST] = "echo"
+    d.script[DST6] = "echo"
+    d.script[REFUSED] = errno.ECONNREFUSED
+    path = str(tmp_path / "run" / "channel.sock")
+    pt = ProxyThread(d, channel_path=path, verbose=True, connect_timeout=5)
+    pt.path = path
+    yield pt
+    pt.stop()
+
+
+def wait_status(path, token, timeout=5.0):
+    t_end = time.monotonic() + timeout
+    while True:
+        rep = channel_request(path, cp.encode_status(token))
+        if rep.err != errno.EINPROGRESS or time.monotonic() > t_end:
+            return rep.err
+        time.sleep(0.005)
+
+
+def echo_roundtrip(s, data=b"hello tailnet"):
+    s.setblocking(True)
+    s.settimeout(5)
+    s.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = s.recv(65536)
+        assert chunk
+        got += chunk
+    assert got == data
+
+
+def test_socket_permissions(env):
+    st = os.stat(env.path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(env.path)).st_mode) == 0o700
+
+
+def test_nonblocking_parked_then_connected(env):
+    gate = env.dialer.gate(*DST)
+    s = socket.socket()
+    s.setblocking(False)
+    rep = connect_via_channel(env.path, s, *DST)
+    assert rep.err == 0 and rep.token
+    # in flight: nothing to report, connect again says EALREADY
+    assert wait_writable(s, 0.3) == 0
+    assert s.connect_ex(("127.0.0.1", 9)) == errno.EALREADY
+    assert channel_request(env.path, cp.encode_status(rep.token)).err == errno.EINPROGRESS
+    gate.set()
+    assert wait_status(env.path, rep.token) == 0
+    assert wait_writable(s, 2) & select.POLLOUT
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    echo_roundtrip(s)
+    # PEER gives the original destination
+    local = cp.Address.from_sockaddr(s.getsockname())
+    peer = channel_request(env.path, cp.encode_peer(local))
+    assert peer.err == 0 and peer.dst == cp.Address(4, *DST)
+    s.close()
+
+
+def test_nonblocking_failure_real_errno(env):
+    gate = env.dialer.gate(*UNREACH)
+    s = socket.socket()
+    s.setblocking(False)
+    rep = connect_via_channel(env.path, s, *UNREACH)
+    assert rep.err == 0
+    assert wait_writable(s, 0.2) == 0
+    gate.set()
+    assert wait_status(env.path, rep.token) == errno.EHOSTUNREACH
+    ev = wait_writable(s, 2)
+    assert ev & select.POLLERR
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+    # the token keeps the real errno
+    assert channel_request(env.path, cp.encode_status(rep.token)).err == errno.EHOSTUNREACH
+    s.close()
+
+
+def test_status_and_peer_unknown(env):
+    assert channel_request(env.path, cp.encode_status(123456789)).err == errno.ENOENT
+    rep = channel_request(env.path, cp.encode_peer(cp.Address(4, "127.0.0.1", 1)))
+    assert rep.err == errno.ENOENT
+
+
+def test_blocking_success(env):
+    s = socket.socket()
+    rep = connect_via_channel(env.path, s, *DST, blocking=True)
+    assert rep.err == 0
+    echo_roundtrip(s, b"x" * 300000)
+    s.close()
+
+
+def test_blocking_failure(env):
+    s = socket.socket()
+    rep = connect_via_channel(env.path, s, *REFUSED, blocking=True)
+    assert rep.err == errno.ECONNREFUSED
+    rep = connect_via_channel(env.path, s, *UNREACH, blocking=True)
+    assert rep.err == errno.EHOSTUNREACH
+    # still unconnected, usable
+    with pytest.raises(OSError):
+        s.getpeername()
+    s.close()
+
+
+def test_blocking_waits_for_dial(env):
+    gate = env.dialer.gate(*DST)
+    s = socket.socket()
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c.connect(env.path)
+    socket.send_fds(c, [cp.encode_connect(cp.Address(4, *DST), blocking=True)], [s.fileno()])
+    c.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        c.recv(100)
+    gate.set()
+    c.settimeout(5)
+    assert cp.decode_reply(c.recv(100)).err == 0
+    c.close()
+    echo_roundtrip(s)
+    s.close()
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_blocking_channel_closed_before_reply(env, ok):
+    """The preload gave up (EINTR/SO_SNDTIMEO): the proxy finishes anyway."""
+    dst = DST if ok else REFUSED
+    gate = env.dialer.gate(*dst)
+    s = socket.socket()
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c.connect(env.path)
+    socket.send_fds(c, [cp.encode_connect(cp.Address(4, *dst), blocking=True)], [s.fileno()])
+    c.close()
+    time.sleep(0.05)
+    gate.set()
+    s.setblocking(False)
+    # an unconnected socket polls POLLOUT|POLLHUP: wait for connected / POLLERR
+    t_end = time.monotonic() + 3
+    while time.monotonic() < t_end:
+        ev = wait_writable(s, 0.1)
+        if ev & select.POLLERR:
+            break
+        try:
+            s.getpeername()
+            break
+        except OSError:
+            time.sleep(0.01)
+    if ok:
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        echo_roundtrip(s)
+    else:
+        assert ev & select.POLLERR
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+        # flags restored (blocking)
+        s.setblocking(True)
+    s.close()
+
+
+def test_bind_before_connect_kept(env):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.setblocking(False)
+    rep = connect_via_channel(env.path, s, *DST)
+    assert wait_status(env.path, rep.token) == 0
+    assert wait_writable(s, 2) & select.POLLOUT
+    assert s.getsockname() == ("127.0.0.1", port)
+    echo_roundtrip(s)
+    s.close()
+
+
+@pytest.mark.skipif(not HAVE_V6, reason="no IPv6 loopback")
+@pytest.mark.parametrize("dst", [DST6, DST], ids=["v6", "v4mapped"])
+def test_ipv6_socket(env, dst):
+    s = socket.socket(socket.AF_INET6)
+    s.setblocking(False)
+    rep = connect_via_channel(env.path, s, *dst)
+    assert rep.err == 0
+    assert wait_status(env.path, rep.token) == 0
+    assert wait_writable(s, 2) & select.POLLOUT
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    echo_roundtrip(s)
+    local = cp.Address.from_sockaddr(s.getsockname())
+    peer = channel_request(env.path, cp.encode_peer(local))
+    assert peer.err == 0 and peer.dst.ip == dst[0]
+    s.close()
+
+
+def test_host_name_is_dialled(env):
+    env.dialer.script[("db.example", 5432)] = "echo"
+    s = socket.socket()
+    rep = connect_via_channel(env.path, s, "100.64.0.99", 5432, blocking=True, host="db.example")
+    assert rep.err == 0
+    assert env.dialer.calls[-1][:2] == ("db.example", 5432)
+    echo_roundtrip(s)
+    s.close()
+
+
+def test_timeout_ms_passed(env):
+    s = socket.socket()
+    connect_via_channel(env.path, s, *REFUSED, blocking=True, timeout_ms=1234)
+    assert env.dialer.calls[-1][2] == pytest.approx(1.234)
+    s.close()
+
+
+def test_half_close_and_counts(env):
+    s = socket.socket()
+    assert connect_via_channel(env.path, s, *DST, blocking=True).err == 0
+    s.sendall(b"abc")
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(5)
+    got = b""
+    while True:
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    assert got == b"abc"
+    s.close()
+    t_end = time.monotonic() + 3
+    while not any("up=3B down=3B" in line for line in env.logs) and time.monotonic() < t_end:
+        time.sleep(0.01)
+    assert any(line.startswith("tailproxy: channel 100.64.0.5:80 ok up=3B down=3B")
+               for line in env.logs), env.logs
+
+
+def test_relay_rejects_unknown_source(env):
+    for addr in env.proxy.relay_addresses:
+        c = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
+        c.settimeout(5)
+        try:
+            c.connect(addr[:2])
+            assert c.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        c.close()
+    assert env.proxy.channel.stats.rejected_relay == len(env.proxy.relay_addresses)
+
+
+# ------------------------------------------------------------ malformed input
+
+def raw_request(path, msg, fds=()):
+    """Send, return (reply bytes, whether the proxy closed afterwards)."""
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c.settimeout(5)
+    c.connect(path)
+    if fds:
+        socket.send_fds(c, [msg], list(fds))
+    else:
+        c.send(msg)
+    data = c.recv(4096)
+    closed = c.recv(4096) == b""
+    c.close()
+    return data, closed
+
+
+@pytest.mark.parametrize("msg,err", [
+    (b"\x01", errno.EPROTO),
+    (b"\x02\x02" + bytes(14), errno.EPROTO),                    # version
+    (b"\x01\x09" + bytes(14), errno.EPROTO),                    # op
+    (cp.encode_status(1) + b"x", errno.EPROTO),                 # size
+    (cp.encode_connect(cp.Address(4, "1.2.3.4", 80)), errno.EBADF),   # no fd
+    (b"x" * 2000, errno.EPROTO),                                # too long
+])
+def test_malformed_replies_error_and_closes(env, msg, err):
+    before = count_fds()
+    data, closed = raw_request(env.path, msg)
+    assert struct_err(data) == err
+    assert closed
+    assert count_fds() == before
+
+
+def struct_err(data):
+    assert len(data) >= 8
+    return int.from_bytes(data[4:8], "little" if __import__("sys").byteorder == "little" else "big",
+                          signed=True)
+
+
+def test_connect_with_two_fds(env):
+    before = count_fds()
+    a, b = socket.socket(), socket.socket()
+    data, closed = raw_request(env.path, cp.encode_connect(cp.Address(4, *DST)), [a.fileno(), b.fileno()])
+    assert struct_err(data) == errno.EBADF and closed
+    a.close()
+    b.close()
+    assert count_fds() == before
+
+
+def test_status_with_fd(env):
+    a = socket.socket()
+    data, closed = raw_request(env.path, cp.encode_status(1), [a.fileno()])
+    assert struct_err(data) == errno.EBADF and closed
+    a.close()
+
+
+def test_connect_with_non_socket_fd(env):
+    before = count_fds()
+    r, w = os.pipe()
+    data, closed = raw_request(env.path, cp.encode_connect(cp.Address(4, *DST)), [r])
+    assert struct_err(data) == errno.EBADF and closed
+    os.close(r)
+    os.close(w)
+    assert count_fds() == before
+
+
+@pytest.mark.parametrize("kind", ["udp", "unix"])
+def test_connect_with_wrong_socket_kind(env, kind):
+    before = count_fds()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if kind == "udp" else socket.socket(socket.AF_UNIX)
+    data, closed = raw_request(env.path, cp.encode_connect(cp.Address(4, *DST)), [s.fileno()])
+    assert struct_err(data) == errno.EINVAL and closed
+    s.close()
+    assert count_fds() == before
+
+
+def test_v4_socket_v6_destination(env):
+    s = socket.socket()
+    data, closed = raw_request(env.path, cp.encode_connect(cp.Address(6, *DST6)), [s.fileno()])
+    assert struct_err(data) == errno.EINVAL
+    s.close()
+
+
+def test_connected_socket_rejected(env):
+    lst = socket.create_server(("127.0.0.1", 0))
+    s = socket.create_connection(lst.getsockname())
+    s.setblocking(False)
+    rep = connect_via_channel(env.path, s, *DST)
+    assert rep.err == errno.EISCONN
+    s.close()
+    lst.close()
+
+
+def test_garbage_does_not_kill_server(env):
+    for n in range(0, 300, 7):
+        raw_request(env.path, os.urandom(n) if n else b"\x00")
+    s = socket.socket()
+    assert connect_via_channel(env.path, s, *DST, blocking=True).err == 0
+    echo_roundtrip(s)
+    s.close()
+
+
+# ------------------------------------------------------------ leaks
+
+def test_no_fd_leak_1000_connections(env):
+    env.dialer.script[UNREACH] = errno.EHOSTUNREACH
+    # warm up (lazy allocations)
+    s = socket.socket()
+    connect_via_channel(env.path, s, *DST, blocking=True)
+    echo_roundtrip(s)
+    s.close()
+    time.sleep(0.1)
+    before = count_fds()
+    for i in range(1000):
+        s = socket.socket()
+        kind = i % 4
+        if kind == 0:
+            assert connect_via_channel(env.path, s, *DST, blocking=True).err == 0
+            echo_roundtrip(s, b"ping")
+        elif kind == 1:
+            s.setblocking(False)
+            rep = connect_via_channel(env.path, s, *DST)
+            assert rep.err == 0
+            assert wait_status(env.path, rep.token) == 0
+            assert wait_writable(s, 2) & select.POLLOUT
+            echo_roundtrip(s, b"pong")
+        elif kind == 2:
+            s.setblocking(False)
+            rep = connect_via_channel(env.path, s, *UNREACH)
+            assert wait_status(env.path, rep.token) == errno.EHOSTUNREACH
+        else:
+            assert connect_via_channel(env.path, s, *REFUSED, blocking=True).err == errno.ECONNREFUSED
+        s.close()
+    t_end = time.monotonic() + 10
+    while count_fds() > before and time.monotonic() < t_end:
+        time.sleep(0.05)
+    assert count_fds() == before
+    ch = env.proxy.channel
+    assert not ch._pending
+
+
+def test_close_releases_everything(tmp_path):
+    before = count_fds()
+    d = FakeDialer()
+    d.script[DST] = "echo"
+    gate = d.gate(*UNREACH)
+    pt = ProxyThread(d, channel_path=str(tmp_path / "c.sock"))
+    s1 = socket.socket()
+    assert connect_via_channel(pt.proxy.channel_path, s1, *DST, blocking=True).err == 0
+    s2 = socket.socket()
+    s2.setblocking(False)
+    assert connect_via_channel(pt.proxy.channel_path, s2, *UNREACH).err == 0   # parked, dialling
+    pt.stop()
+    gate.set()
+    s1.close()
+    s2.close()
+    assert not os.path.exists(tmp_path / "c.sock")
+    assert count_fds() == before
