@@ -24,6 +24,7 @@ from .. import proxyproto
 from ..native import native_path
 from .errors import (DialFailed, LocalAPIError, LoginRequired, NodeError, NodeStateError,
                      UpTimeout, errno_for_dial_message)
+from .exitnode import ExitNodeError, check_usable, find_peer, peer_label, pick_auto
 from .localapi import LocalAPI
 
 DEFAULT_CONTROL_URL = "https://controlplane.tailscale.com"
@@ -269,6 +270,50 @@ class Node:
             raise NodeStateError("the node is closed")
         if not self._running:
             raise NodeStateError("the node is not up; call up() first")
+
+    # -- exit node --------------------------------------------------------------------------
+    def set_exit_node(self, name: str, allow_lan_access: bool = False,
+                      timeout: float = 20.0) -> dict:
+        """Route non-tailnet traffic through the peer `name` ("auto": any online exit node).
+
+        Checks the peer exists, is online and is an approved exit node, sets the pref and waits
+        until the node reports the exit node online. Returns the peer's status entry.
+        """
+        self._require_running()
+        api = self.localapi
+        st = api.status()
+        peer = pick_auto(st) if name == "auto" else find_peer(st, name)
+        whois = None
+        if not peer.get("ExitNodeOption") and peer.get("TailscaleIPs"):
+            whois = api.whois(peer["TailscaleIPs"][0])
+        check_usable(peer, whois)
+        api.edit_prefs({"ExitNodeID": peer["ID"], "ExitNodeIDSet": True,
+                        "ExitNodeIP": "", "ExitNodeIPSet": True,
+                        "ExitNodeAllowLANAccess": bool(allow_lan_access),
+                        "ExitNodeAllowLANAccessSet": True})
+        deadline = time.monotonic() + timeout
+        while True:
+            st = api.status()
+            ens = st.get("ExitNodeStatus") or {}
+            if ens.get("ID") == peer["ID"] and ens.get("Online"):
+                return peer
+            if time.monotonic() > deadline:
+                raise ExitNodeError(f"timed out after {timeout:g}s waiting for the route through "
+                                    f"exit node {peer_label(peer)!r}")
+            time.sleep(0.05)
+
+    def clear_exit_node(self) -> None:
+        self._require_running()
+        self.localapi.edit_prefs({"ExitNodeID": "", "ExitNodeIDSet": True,
+                                  "ExitNodeIP": "", "ExitNodeIPSet": True})
+
+    def exit_node(self) -> dict | None:
+        """The peer entry of the exit node in use, or None."""
+        self._require_running()
+        for p in (self.localapi.status().get("Peer") or {}).values():
+            if p.get("ExitNode"):
+                return p
+        return None
 
     # -- dial and listen --------------------------------------------------------------------
     async def dial(self, host: str, port: int, timeout: float = 30.0) -> socket.socket:
