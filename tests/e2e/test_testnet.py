@@ -9,6 +9,7 @@ Two kinds of tests:
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -131,6 +132,24 @@ def test_env_and_resolver_of_cmd(tmp_path):
     with open("/etc/resolv.conf") as f:
         assert f.read() == host_resolv  # the caller's file is untouched
     _assert_gone(info)
+
+
+@needs_root
+def test_failed_part_is_named_with_log_tail(tmp_path):
+    fake = tmp_path / "headscale"
+    fake.write_text("#!/bin/sh\necho 'boom: fake headscale refuses to start' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    env = _env()
+    env["TESTNET_HEADSCALE"] = str(fake)
+    r = subprocess.run([sys.executable, "-m", "tailproxy.testnet", "--", "sh", "-c", "echo CMD-RAN"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 125, r.stderr
+    assert "CMD-RAN" not in r.stdout
+    assert "testnet: headscale" in r.stderr and "boom: fake headscale" in r.stderr
+    run_id = re.search(r"network up \([^)]*\): (tn\d+)-", r.stderr).group(1)
+    log = re.search(r"log: (\S+)", r.stderr).group(1)
+    run_dir = os.path.dirname(os.path.dirname(log))
+    _assert_gone({"run_id": run_id, "run_dir": run_dir})
 
 
 @needs_root

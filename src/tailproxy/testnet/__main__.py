@@ -1,7 +1,8 @@
 """python -m tailproxy.testnet [--json-out FILE] [--exit-nodes N] -- CMD [ARGS...]
 
 Builds a local test tailnet (see core.py), runs CMD on its client host, tears it all down and
-exits with CMD's status (128+N if CMD was killed by signal N).
+exits with CMD's status (128+N if CMD was killed by signal N; 125 if the tailnet could not be
+built, 128+N if the testnet itself got signal N).
 """
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from .core import Testnet
-from .procs import PartFailed
+from .procs import PartFailed, log_tail
+
+
+SETUP_FAILED = 125
+
+EPILOG = """\
+CMD runs in the client host's network namespace with TESTNET_INFO (path of the info JSON),
+TS_AUTHKEY, TAILPROXY_CONTROL_URL, SSL_CERT_FILE and a fresh XDG_STATE_HOME added to the
+environment. Environment knobs: TESTNET_KEEP=1 keeps the run folder (logs) after teardown;
+TESTNET_TAILSCALED / TESTNET_TAILSCALE / TESTNET_HEADSCALE use given binaries."""
 
 
 class _Stop(BaseException):
@@ -27,7 +38,8 @@ def _raise_stop(signum, _frame):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tailproxy.testnet",
-                                description="Run CMD on the client host of a throwaway local tailnet.")
+                                description="Run CMD on the client host of a throwaway local tailnet.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json-out", metavar="FILE", help="also write the info JSON here")
     p.add_argument("--exit-nodes", type=int, default=1, choices=[1, 2])
     p.add_argument("--timeout", type=float, default=90, help="seconds to wait for the tailnet (default 90)")
@@ -46,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             info = tn.start()
         except PartFailed as e:
             print(str(e), file=sys.stderr)
-            return 1
+            return SETUP_FAILED
         if a.json_out:
             with open(a.json_out, "w") as f:
                 json.dump(info, f, indent=2)
@@ -58,34 +70,51 @@ def main(argv: list[str] | None = None) -> int:
         tn.close()
 
 
+def _terminal_sent_it_too(signum: int) -> bool:
+    """Ctrl-C/Ctrl-\\ at a terminal where we are the foreground group already reached CMD."""
+    if signum not in (signal.SIGINT, signal.SIGQUIT):
+        return False
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
 def _run_cmd(tn: Testnet, cmd: list[str]) -> int:
     """Run CMD in the client host, in our process group so a terminal's Ctrl-C reaches it too.
-    A signal sent to us alone is passed on; CMD gets a few seconds before SIGKILL."""
+    A signal sent to us alone is passed on; CMD then gets 5 seconds before SIGKILL."""
     try:
         proc = subprocess.Popen(tn.client_argv(cmd), env=tn.client_env())
     except OSError as e:
         print(f"testnet: cannot start {cmd[0]}: {e}", file=sys.stderr)
         return 127
-    stopping = None
+    deadline = None
+    reported: set[str] = set()
     while True:
         try:
-            if stopping is None:
+            try:
+                rc = proc.wait(1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
                 rc = proc.wait()
-            else:
-                try:
-                    rc = proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    rc = proc.wait()
-            break
+                break
+            for name, p in tn.procs.procs.items():  # say so when the tailnet breaks under CMD
+                if name not in reported and not p.alive():
+                    reported.add(name)
+                    print(f"testnet: warning: {name} exited (status {p.popen.returncode}) while the "
+                          f"command runs; log tail:\n{log_tail(p.log, 10)}", file=sys.stderr)
         except _Stop as e:
-            if stopping is None:
-                stopping = e.signum
-                print(f"testnet: signal {e.signum}, stopping command", file=sys.stderr)
-                try:
-                    proc.send_signal(e.signum)
-                except ProcessLookupError:
-                    pass
+            if deadline is None:
+                deadline = time.monotonic() + 5
+                print(f"testnet: signal {e.signum}, stopping the command", file=sys.stderr)
+                if not _terminal_sent_it_too(e.signum):
+                    try:
+                        proc.send_signal(e.signum)
+                    except ProcessLookupError:
+                        pass
     return 128 - rc if rc < 0 else rc
 
 

@@ -7,6 +7,7 @@ headscale (v0.28.0, pinned by tools/testnet-bin/go.mod) always comes from
 <repo>/build/testnet-bin/, built when missing or stale. "Stale" means the go.mod/go.sum
 hash recorded next to the binary differs from the current pin. Builds go to a temp folder
 and are renamed into place under a file lock, so concurrent runs never see half a binary.
+TESTNET_TAILSCALED, TESTNET_TAILSCALE and TESTNET_HEADSCALE name explicit binaries instead.
 """
 from __future__ import annotations
 
@@ -99,12 +100,21 @@ def _build_cached(what: str, module_dir: str, pkgs: list[str], names: list[str],
 def find_binaries(build: bool = True) -> dict[str, str]:
     """Paths of tailscaled, tailscale, headscale; builds what is missing (unless build=False)."""
     t0 = time.monotonic()
+    override = {n: os.environ.get(f"TESTNET_{n.upper()}") for n in ("tailscaled", "tailscale", "headscale")}
+    override = {n: os.path.abspath(p) for n, p in override.items() if p}
+    for n, p in override.items():
+        if not _executable(p):
+            raise PartFailed("binaries", f"TESTNET_{n.upper()}={p} is not an executable file")
+    if len(override) == 3:
+        return override
     root = repo_root()
     out_dir = os.path.join(root, "build", "testnet-bin") if root else None
     bins: dict[str, str] = {}
 
     native = os.path.join(PKG_DIR, "_native")
-    if all(_executable(os.path.join(native, n)) for n in ("tailscaled", "tailscale")):
+    if "tailscaled" in override and "tailscale" in override:
+        bins.update(tailscaled=override["tailscaled"], tailscale=override["tailscale"])
+    elif all(_executable(os.path.join(native, n)) for n in ("tailscaled", "tailscale")):
         bins["tailscaled"] = os.path.join(native, "tailscaled")
         bins["tailscale"] = os.path.join(native, "tailscale")
     elif out_dir and build:
@@ -117,11 +127,13 @@ def find_binaries(build: bool = True) -> dict[str, str]:
             bins["tailscaled"] = os.path.join(out_dir, "tailscaled")
             bins["tailscale"] = os.path.join(out_dir, "tailscale")
 
-    if out_dir and build:
+    if "headscale" in override:
+        bins["headscale"] = override["headscale"]
+    elif out_dir and build:
         _build_cached("headscale", os.path.join(root, "tools", "testnet-bin"),
                       ["github.com/juanfont/headscale/cmd/headscale"], ["headscale"], out_dir,
                       dict(os.environ))
-    if out_dir and _executable(os.path.join(out_dir, "headscale")):
+    if "headscale" not in bins and out_dir and _executable(os.path.join(out_dir, "headscale")):
         bins["headscale"] = os.path.join(out_dir, "headscale")
 
     missing = [n for n in ("tailscaled", "tailscale", "headscale") if n not in bins]

@@ -41,7 +41,7 @@ class PartFailed(Exception):
         tail = output if output is not None else (log_tail(log) if log else "")
         text = f"testnet: {part}: {message}"
         if log:
-            text += f"\n  log: {log}"
+            text += f"\n  log: {log} (removed at teardown unless TESTNET_KEEP=1)"
         if tail.strip():
             text += "\n  --- last lines ---\n" + "\n".join("  " + ln for ln in tail.rstrip().splitlines())
         super().__init__(text)
