@@ -100,8 +100,12 @@ def test_procs_stop_all_kills_group(tmp_path):
     p.check("sleeper")
     p.stop_all(grace=1)
     assert not proc.alive()
+    import time
+    deadline = time.monotonic() + 5  # the orphaned sleep is a zombie until init reaps it
     with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.02)
 
 
 def test_pin_hash_changes_with_go_sum(tmp_path):
@@ -150,3 +154,15 @@ def test_services_module_help():
     r = subprocess.run([sys.executable, "-m", "tailproxy.testnet.services", "--help"], capture_output=True,
                        text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert r.returncode == 0 and "dnsrecord" in r.stdout
+
+
+def test_prune_stale_dirs_only_removes_dead_runs_of_ours(tmp_path):
+    dead = 2 ** 22 + 12345  # above pid_max defaults: never alive
+    ours = tmp_path / f"tn{dead}-abc_1"
+    (ours / "logs").mkdir(parents=True)
+    not_ours = tmp_path / f"tn{dead}-xyz"
+    not_ours.mkdir()  # no logs/: leave it
+    alive = tmp_path / f"tn{os.getpid()}-def"
+    (alive / "logs").mkdir(parents=True)
+    assert netns.prune_stale_dirs(str(tmp_path)) == [str(ours)]
+    assert not ours.exists() and not_ours.exists() and alive.exists()

@@ -196,8 +196,10 @@ class Testnet:
         t0 = time.monotonic()
         netns_mod.check_tools()
         stale = netns_mod.prune_stale()
+        stale += netns_mod.prune_stale_dirs(tempfile.gettempdir() if not os.environ.get("TESTNET_TMPDIR")
+                                            else os.environ["TESTNET_TMPDIR"])
         if stale:
-            log(f"removed {len(stale)} namespaces left by dead runs: {', '.join(stale)}")
+            log(f"removed leftovers of dead runs: {', '.join(stale)}")
         bins = find_binaries()
         self.certs = None
         self.run_dir = tempfile.mkdtemp(prefix=f"{self.run_id}-", dir=os.environ.get("TESTNET_TMPDIR"))

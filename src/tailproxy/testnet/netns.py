@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -65,6 +66,22 @@ def prune_stale() -> list[str]:
             kill_netns_pids(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             removed.append(ns)
+    return removed
+
+
+def prune_stale_dirs(tmp_root: str) -> list[str]:
+    """Remove run folders (tn<pid>-*) of dead runs; only ones that look like ours (logs/ inside)."""
+    removed = []
+    try:
+        names = os.listdir(tmp_root)
+    except OSError:
+        return removed
+    for name in names:
+        m = re.match(r"^tn(\d+)-[a-z0-9_]+$", name)
+        path = os.path.join(tmp_root, name)
+        if m and not _pid_alive(int(m.group(1))) and os.path.isdir(os.path.join(path, "logs")):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
