@@ -1,0 +1,237 @@
+/* The request/reply codec of docs/CHANNEL.md and one fresh SOCK_SEQPACKET
+ * connection per request, closed before returning: we own no fd that a
+ * program could close (closefrom) or share across fork. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "tailproxy.h"
+
+#define VERSION 1
+#define HDR 8
+#define ADDR 20
+#define CONNECT_LEN 288
+#define QUICK_WAIT_MS 5000     /* bound for replies that need no dial */
+
+static uint32_t seq_counter;
+
+static void put_hdr(uint8_t *b, int op, int flags)
+{
+	uint16_t f = (uint16_t)flags;
+	uint32_t seq = __atomic_add_fetch(&seq_counter, 1, __ATOMIC_RELAXED);
+
+	b[0] = VERSION;
+	b[1] = (uint8_t)op;
+	memcpy(b + 2, &f, 2);
+	memcpy(b + 4, &seq, 4);
+}
+
+static void put_addr(uint8_t *b, const struct tp_addr *a)
+{
+	b[0] = a->family;
+	b[1] = 0;
+	memcpy(b + 2, &a->port, 2);
+	memcpy(b + 4, a->addr, 16);
+}
+
+static int get_addr(const uint8_t *b, struct tp_addr *a)
+{
+	memset(a, 0, sizeof(*a));
+	if (b[0] != 4 && b[0] != 6)
+		return -1;
+	a->family = b[0];
+	memcpy(&a->port, b + 2, 2);
+	memcpy(a->addr, b + 4, a->family == 4 ? 4 : 16);
+	return 0;
+}
+
+static void close_keep_errno(int fd)
+{
+	int e = errno;
+	close(fd);
+	errno = e;
+}
+
+/* The channel is unusable: ENETDOWN, and the one stderr line. */
+static int down(int s, int why)
+{
+	const struct tp_config *c = tp_config();
+
+	if (s >= 0)
+		close(s);
+	tp_warn_channel_down(c->path, why);
+	errno = ENETDOWN;
+	return -1;
+}
+
+/* One request, one reply. wait_ms < 0: no bound. interruptible: EINTR ends
+ * the wait (a blocking connect); otherwise it is retried (quick requests).
+ * Returns the reply length (header included) or -1 with errno set. */
+static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
+		   size_t replen, int wait_ms, int interruptible)
+{
+	const struct tp_config *c = tp_config();
+	struct sockaddr_un sun;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	struct iovec iov;
+	struct msghdr mh;
+	int64_t deadline = wait_ms >= 0 ? now_ns() + (int64_t)wait_ms * 1000000 : 0;
+	ssize_t n;
+	int s;
+
+	if (c->path_len == 0 || c->path_len >= sizeof(sun.sun_path))
+		return down(-1, ENAMETOOLONG);
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return down(-1, errno);
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, c->path, c->path_len);
+	while (real_connect(s, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		if (errno != EINTR)
+			return down(s, errno);
+		if (interruptible) {     /* nothing was sent yet */
+			close(s);
+			errno = EINTR;
+			return -1;
+		}
+	}
+
+	memset(&mh, 0, sizeof(mh));
+	iov.iov_base = (void *)req;
+	iov.iov_len = reqlen;
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	if (sendfd >= 0) {
+		struct cmsghdr *ch;
+		memset(&cm, 0, sizeof(cm));
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = sizeof(cm.buf);
+		ch = CMSG_FIRSTHDR(&mh);
+		ch->cmsg_level = SOL_SOCKET;
+		ch->cmsg_type = SCM_RIGHTS;
+		ch->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(ch), &sendfd, sizeof(int));
+	}
+	while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	if (n < 0)
+		return down(s, errno);
+
+	for (;;) {
+		struct pollfd p = {.fd = s, .events = POLLIN};
+		int ms = -1, r;
+
+		if (wait_ms >= 0) {
+			int64_t left = deadline - now_ns();
+			ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+		}
+		r = poll(&p, 1, ms);
+		if (r > 0)
+			break;
+		if (r == 0) {
+			close(s);
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		if (errno != EINTR)
+			return down(s, errno);
+		if (interruptible) {
+			close(s);
+			errno = EINTR;
+			return -1;
+		}
+	}
+
+	/* No control buffer: any fd sent back is dropped by the kernel. */
+	memset(&mh, 0, sizeof(mh));
+	iov.iov_base = rep;
+	iov.iov_len = replen;
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	while ((n = recvmsg(s, &mh, MSG_DONTWAIT)) < 0 && errno == EINTR)
+		;
+	if (n < 0)
+		return down(s, errno);
+	if (n == 0)                      /* proxy closed without replying */
+		return down(s, ECONNRESET);
+	close_keep_errno(s);
+	if ((size_t)n < HDR || rep[0] != VERSION || rep[1] != req[1]) {
+		tp_warn_channel_down(c->path, EPROTO);
+		errno = ENETDOWN;
+		return -1;
+	}
+	return (int)n;
+}
+
+static int reply_err(const uint8_t *rep)
+{
+	int32_t e;
+
+	memcpy(&e, rep + 4, 4);
+	return e < 0 ? EPROTO : e;
+}
+
+int chan_connect(const struct tp_addr *dst, int fd, int blocking, int wait_ms, int *err,
+		 uint64_t *token)
+{
+	uint8_t req[CONNECT_LEN], rep[64];
+	uint32_t timeout = 0;      /* the dial goes on past our wait, like the kernel's */
+	int n;
+
+	memset(req, 0, sizeof(req));
+	put_hdr(req, OP_CONNECT, blocking ? FLAG_BLOCKING : 0);
+	put_addr(req + HDR, dst);
+	memcpy(req + HDR + ADDR, &timeout, 4);
+	req[HDR + ADDR + 4] = 0;   /* hostlen */
+	n = request(req, sizeof(req), fd, rep, sizeof(rep),
+		    blocking ? wait_ms : QUICK_WAIT_MS, blocking);
+	if (n < 0)
+		return -1;
+	*err = reply_err(rep);
+	*token = 0;
+	if (*err == 0) {
+		if (n < HDR + 8) {
+			*err = EPROTO;
+			return 0;
+		}
+		memcpy(token, rep + HDR, 8);
+	}
+	return 0;
+}
+
+int chan_status(uint64_t token, int *err)
+{
+	uint8_t req[HDR + 8], rep[64];
+	int n;
+
+	put_hdr(req, OP_STATUS, 0);
+	memcpy(req + HDR, &token, 8);
+	n = request(req, sizeof(req), -1, rep, sizeof(rep), QUICK_WAIT_MS, 0);
+	if (n < 0)
+		return -1;
+	*err = reply_err(rep);
+	return 0;
+}
+
+int chan_peer(const struct tp_addr *local, int *err, struct tp_addr *dst)
+{
+	uint8_t req[HDR + ADDR], rep[64];
+	int n;
+
+	put_hdr(req, OP_PEER, 0);
+	put_addr(req + HDR, local);
+	n = request(req, sizeof(req), -1, rep, sizeof(rep), QUICK_WAIT_MS, 0);
+	if (n < 0)
+		return -1;
+	*err = reply_err(rep);
+	if (*err == 0 && (n < HDR + ADDR || get_addr(rep + HDR, dst) != 0))
+		*err = EPROTO;
+	return 0;
+}

@@ -1,0 +1,208 @@
+/* connect(): TCP to a non-local, non-bypassed destination is handed to the
+ * proxy with the program's own socket attached; the proxy dials and then
+ * connects that socket to its relay (docs/CHANNEL.md). Everything else goes
+ * to the real connect() untouched. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/time.h>
+
+#include "tailproxy.h"
+
+static int sockopt_int(int fd, int level, int name, int *v)
+{
+	socklen_t len = sizeof(*v);
+
+	*v = 0;
+	return real_getsockopt(fd, level, name, v, &len);
+}
+
+/* Is this a TCP socket whose family matches the address? Mismatches go to
+ * the kernel, which gives the right error. */
+static int is_our_kind(int fd, const struct sockaddr *sa, int mapped, int *domain)
+{
+	int type, proto, v6only;
+
+	if (sockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) != 0 || type != SOCK_STREAM)
+		return 0;
+	if (sockopt_int(fd, SOL_SOCKET, SO_DOMAIN, domain) != 0 ||
+	    *domain != sa->sa_family)
+		return 0;
+	if (sockopt_int(fd, SOL_SOCKET, SO_PROTOCOL, &proto) != 0 || proto != IPPROTO_TCP)
+		return 0;
+	if (mapped && (sockopt_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only) != 0 || v6only))
+		return 0;
+	return 1;
+}
+
+/* SO_SNDTIMEO bounds a blocking connect; -1 = none. */
+static int send_timeout_ms(int fd)
+{
+	struct timeval tv;
+	socklen_t len = sizeof(tv);
+
+	if (real_getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) != 0 ||
+	    (tv.tv_sec == 0 && tv.tv_usec == 0))
+		return -1;
+	if (tv.tv_sec > 2000000)
+		return 2000000000;
+	return (int)(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
+}
+
+static void clear_so_error(int fd)
+{
+	int v;
+	sockopt_int(fd, SOL_SOCKET, SO_ERROR, &v);
+}
+
+static void verbose(int fd, const struct tp_addr *dst, int err)
+{
+	struct tp_log l;
+	const char *name = tp_errname(err);
+
+	log_init(&l);
+	log_str(&l, "tailproxy: connect fd ");
+	log_num(&l, fd);
+	log_str(&l, " to ");
+	log_addr(&l, dst);
+	log_str(&l, ": ");
+	if (err == 0) {
+		log_str(&l, "connected");
+	} else if (err == EINPROGRESS) {
+		log_str(&l, "in progress");
+	} else {
+		log_errno(&l, err);
+		if (name) {
+			log_str(&l, " (");
+			log_str(&l, name);
+			log_str(&l, ")");
+		}
+	}
+	log_flush(&l);
+}
+
+/* connect() again on a socket whose proxied connect is still pending (after
+ * EINPROGRESS, EINTR or an SO_SNDTIMEO expiry): never a second dial. Answer
+ * as Linux does for a connect in flight: non-blocking, EALREADY (or the
+ * outcome once known); blocking, wait for the outcome, bounded by
+ * SO_SNDTIMEO (then EALREADY) and ended by a signal (EINTR). */
+static int again(int fd, const struct sockaddr *sa, socklen_t len, const struct fd_info *fi,
+		 int blocking, int e0)
+{
+	int ms = blocking ? send_timeout_ms(fd) : 0, err;
+	int64_t deadline = now_ns() + (int64_t)ms * 1000000;
+
+	for (;;) {
+		int st = tcp_state(fd), wait, r;
+
+		if (st == TCP_SYN_SENT) {
+			if (!blocking) {        /* the kernel says EALREADY itself */
+				errno = e0;
+				return real_connect(fd, sa, len);
+			}
+		} else if (pending_outcome(fd, fi->token, &err)) {
+			fdt_update(fd, fi->ino, FD_DONE, err ? 0 : local_port(fd, NULL));
+			if (err) {
+				errno = err;
+				return -1;
+			}
+			/* connected: the first connect() to learn it gets 0, as the
+			 * kernel gives; the socket is the kernel's from here */
+			if (real_connect(fd, sa, len) != 0 && errno != EISCONN)
+				return -1;
+			errno = e0;
+			return 0;
+		} else if (!blocking) {
+			errno = EALREADY;
+			return -1;
+		}
+		wait = -1;
+		if (ms > 0) {
+			int64_t left = deadline - now_ns();
+			if (left <= 0) {
+				errno = EALREADY;
+				return -1;
+			}
+			wait = (int)((left + 999999) / 1000000);
+		}
+		if (st == TCP_SYN_SENT) {
+			/* parked: writable (or error) when the proxy moves it on */
+			struct pollfd p = {.fd = fd, .events = POLLOUT};
+			r = poll(&p, 1, wait);
+		} else {
+			/* the proxy has not parked it yet: look again shortly */
+			r = poll(NULL, 0, wait < 0 || wait > 5 ? 5 : wait);
+		}
+		if (r < 0 && errno == EINTR)
+			return -1;
+	}
+}
+
+EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	const struct tp_config *c = tp_config();
+	struct tp_addr dst;
+	struct fd_info fi;
+	uint64_t ino, token = 0;
+	int e0 = errno, mapped, domain, st, fl, blocking, err = 0;
+
+	if (!c->active || sa_to_tp(sa, len, &dst, &mapped) != 0 ||
+	    !is_our_kind(fd, sa, mapped, &domain) || tp_goes_direct(c, &dst)) {
+		errno = e0;
+		return real_connect(fd, sa, len);
+	}
+	fl = fcntl(fd, F_GETFL);
+	blocking = fl >= 0 && !(fl & O_NONBLOCK);
+	if (fdt_get(fd, &fi) && fi.state == FD_PENDING)
+		return again(fd, sa, len, &fi, blocking, e0);
+	ino = sock_ino(fd);
+	st = tcp_state(fd);
+	if (st != TCP_CLOSE) {          /* connected or listening: the kernel's EISCONN/EINVAL */
+		errno = e0;
+		return real_connect(fd, sa, len);
+	}
+	fi.ino = ino;
+	fi.token = 0;
+	fi.mapped = mapped;
+	fi.dst = dst;
+	fi.lport = 0;
+	fi.state = FD_PENDING;
+
+	if (chan_connect(&dst, fd, blocking, blocking ? send_timeout_ms(fd) : 0, &err,
+			 &token) != 0) {
+		err = errno;
+		if (err == ETIMEDOUT && blocking)
+			err = EINPROGRESS;      /* SO_SNDTIMEO expired, like Linux */
+		else if (err == ETIMEDOUT)
+			err = ENETDOWN;         /* the proxy did not answer a quick request */
+		if (err == EINTR || err == EINPROGRESS)
+			fdt_set(fd, &fi);       /* the proxy goes on in the background */
+		if (c->verbose)
+			verbose(fd, &dst, err);
+		errno = err;
+		return -1;
+	}
+	fi.token = token;
+	if (err == 0 && blocking) {
+		fi.state = FD_DONE;
+		fi.lport = local_port(fd, NULL);
+	} else if (err == 0) {
+		err = EINPROGRESS;
+	} else {
+		/* failed: the proxy left ECONNREFUSED pending on the socket; the
+		 * connect's own return is where the program learns the error */
+		fi.state = FD_DONE;
+		clear_so_error(fd);
+	}
+	fdt_set(fd, &fi);
+	if (c->verbose)
+		verbose(fd, &dst, err);
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	errno = e0;
+	return 0;
+}

@@ -1,0 +1,150 @@
+/* getsockopt(SOL_SOCKET, SO_ERROR): a proxied connect that failed shows the
+ * kernel's ECONNREFUSED (the proxy fails the socket against a closed loopback
+ * port); the real errno is kept by the proxy under the connect's token. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <string.h>
+
+#include "tailproxy.h"
+
+#define WINDOW_NS 2000000       /* bound on waiting out the relay hand-over */
+
+static int so_error(int fd)
+{
+	int v = 0;
+	socklen_t len = sizeof(v);
+
+	if (real_getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &len) != 0)
+		return 0;
+	return v;
+}
+
+/* The proxy's errno for the token: 1 if final (0 = connected). */
+static int final_errno(uint64_t token, int *err)
+{
+	int e0 = errno;
+
+	*err = EINPROGRESS;
+	if (!token || chan_status(token, err) != 0) {
+		errno = e0;
+		*err = EINPROGRESS;
+		return 0;
+	}
+	return *err != EINPROGRESS && *err != ENOENT;
+}
+
+/* The proxy failed the socket: ask for the real errno, briefly retrying in
+ * case the proxy has not recorded it yet. */
+static int failed(uint64_t token, int kernel_err)
+{
+	int64_t end = now_ns() + WINDOW_NS;
+	int err;
+
+	for (;;) {
+		if (final_errno(token, &err))
+			return err ? err : kernel_err;
+		if (err == ENOENT || !token || now_ns() >= end)
+			return kernel_err;
+		sched_yield();
+	}
+}
+
+static int connected_state(int st)
+{
+	return st >= 0 && st != TCP_SYN_SENT && st != TCP_CLOSE && st != TCP_LISTEN;
+}
+
+/* Outcome of our pending connect on fd, given SO_ERROR already read as v:
+ * 1 with *err (0 = connected) once known, 0 while in progress. */
+static int outcome(int fd, uint64_t token, int v, int *err)
+{
+	int64_t end;
+	int st = tcp_state(fd), seen = v;
+
+	if (v == ECONNREFUSED) {
+		*err = failed(token, v);
+		return 1;
+	}
+	if (v && v != ECONNRESET) {
+		*err = v;
+		return 1;
+	}
+	if (connected_state(st)) {
+		*err = 0;
+		return 1;
+	}
+	if (st == TCP_SYN_SENT && v == 0)
+		return 0;               /* parked, or on its way to the relay */
+
+	/* CLOSE, or ECONNRESET: the proxy is between disconnecting the parked
+	 * socket and connecting it to the relay or the closed port. */
+	end = now_ns() + WINDOW_NS;
+	while (now_ns() < end) {
+		sched_yield();
+		st = tcp_state(fd);
+		if (connected_state(st)) {
+			*err = 0;
+			return 1;
+		}
+		v = so_error(fd);
+		if (v == ECONNREFUSED) {
+			*err = failed(token, v);
+			return 1;
+		}
+		if (v && v != ECONNRESET) {
+			*err = v;
+			return 1;
+		}
+		if (v)
+			seen = v;
+		if (st == TCP_SYN_SENT)
+			continue;
+	}
+	/* Still not there: a failure not yet visible, the proxy not started on it,
+	 * or a relayed connection established long ago that has since died. */
+	if (final_errno(token, err)) {
+		if (*err == 0)
+			*err = seen;
+		return 1;
+	}
+	return 0;
+}
+
+int pending_outcome(int fd, uint64_t token, int *err)
+{
+	return outcome(fd, token, so_error(fd), err);
+}
+
+EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+	struct fd_info fi;
+	int e0 = errno, v, r, out;
+
+	r = real_getsockopt(fd, level, name, val, len);
+	if (r != 0 || level != SOL_SOCKET || name != SO_ERROR || !val || !len ||
+	    *len < sizeof(int) || !tp_config()->active)
+		return r;
+	memcpy(&v, val, sizeof(v));
+	if (v != 0 && v != ECONNREFUSED && v != ECONNRESET)
+		return r;
+	if (!fdt_get(fd, &fi) || fi.state != FD_PENDING)
+		return r;
+	if (v == 0 && tcp_state(fd) == TCP_SYN_SENT)
+		return r;               /* still dialling: 0, as for any connect */
+	if (v == ECONNREFUSED) {
+		out = failed(fi.token, v);
+	} else {
+		if (!outcome(fd, fi.token, v, &out)) {
+			out = 0;        /* no outcome yet: "in progress" */
+			memcpy(val, &out, sizeof(out));
+			errno = e0;
+			return r;
+		}
+	}
+	fdt_update(fd, fi.ino, FD_DONE, out == 0 ? local_port(fd, NULL) : 0);
+	memcpy(val, &out, sizeof(out));
+	errno = e0;
+	return r;
+}

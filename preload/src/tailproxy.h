@@ -1,0 +1,113 @@
+/* Internal interface of libtailproxy.so. Nothing here is exported. */
+#ifndef TAILPROXY_H
+#define TAILPROXY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#define HIDDEN __attribute__((visibility("hidden")))
+#define EXPORT __attribute__((visibility("default")))
+
+/* ---- real.c: the next definitions of the hooked calls ---- */
+typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
+typedef int (*getsockopt_fn)(int, int, int, void *, socklen_t *);
+typedef int (*getpeername_fn)(int, struct sockaddr *, socklen_t *);
+
+HIDDEN connect_fn real_connect_fn(void);
+HIDDEN getsockopt_fn real_getsockopt_fn(void);
+HIDDEN getpeername_fn real_getpeername_fn(void);
+HIDDEN int real_connect(int fd, const struct sockaddr *sa, socklen_t len);
+HIDDEN int real_getsockopt(int fd, int level, int name, void *val, socklen_t *len);
+HIDDEN int real_getpeername(int fd, struct sockaddr *sa, socklen_t *len);
+
+/* ---- config.c ---- */
+struct tp_addr {            /* a TCP endpoint, IPv4 in addr[0..3] */
+	uint8_t family;         /* 4 or 6 */
+	uint16_t port;          /* host order */
+	uint8_t addr[16];
+};
+
+#define TP_MAX_BYPASS 64
+#define TP_PATH_MAX 108
+
+struct tp_cidr {
+	uint8_t family;         /* 4 or 6 */
+	uint8_t bits;
+	uint8_t addr[16];
+};
+
+struct tp_config {
+	int active;             /* TAILPROXY_SOCKET set */
+	int verbose;
+	char path[TP_PATH_MAX + 1];
+	size_t path_len;        /* 0 or > sizeof(sun_path)-1 means unusable */
+	int nbypass;
+	struct tp_cidr bypass[TP_MAX_BYPASS];
+};
+
+HIDDEN const struct tp_config *tp_config(void);
+HIDDEN int tp_parse_cidr(const char *s, size_t n, struct tp_cidr *out);
+HIDDEN int tp_cidr_match(const struct tp_cidr *c, const struct tp_addr *a);
+HIDDEN int tp_goes_direct(const struct tp_config *cfg, const struct tp_addr *a);
+
+/* ---- log.c: write(2)-based, async-signal-safe ---- */
+struct tp_log {
+	char buf[512];
+	size_t n;
+};
+HIDDEN void log_init(struct tp_log *l);
+HIDDEN void log_str(struct tp_log *l, const char *s);
+HIDDEN void log_num(struct tp_log *l, long v);
+HIDDEN void log_addr(struct tp_log *l, const struct tp_addr *a);
+HIDDEN void log_errno(struct tp_log *l, int err);     /* "Connection refused" */
+HIDDEN const char *tp_errname(int err);             /* "ECONNREFUSED" or NULL */
+HIDDEN void log_flush(struct tp_log *l);            /* adds '\n', one write(2) */
+HIDDEN void tp_warn_channel_down(const char *path, int err);
+
+/* ---- fdtable.c: per-process state of our sockets, indexed by fd ---- */
+enum { FD_PENDING = 1, FD_DONE = 2 };
+
+struct fd_info {
+	uint64_t ino;           /* socket inode: identifies the socket behind fd */
+	uint64_t token;         /* 0 = none (blocking connect interrupted) */
+	int state;
+	uint16_t lport;         /* local port when last checked (0 = unknown) */
+	int mapped;             /* program asked with a v4-mapped IPv6 address */
+	struct tp_addr dst;
+};
+
+HIDDEN uint64_t sock_ino(int fd);
+HIDDEN void fdt_set(int fd, const struct fd_info *fi);
+HIDDEN int fdt_get(int fd, struct fd_info *fi);      /* 1 if found for the current socket */
+HIDDEN void fdt_update(int fd, uint64_t ino, int state, uint16_t lport);
+HIDDEN void fdt_clear(int fd);
+
+/* ---- channel.c ---- */
+#define OP_CONNECT 1
+#define OP_STATUS 2
+#define OP_PEER 3
+#define FLAG_BLOCKING 1
+
+/* Result of a request: 0 with *err = reply err, or -1 with the local errno:
+ * ENETDOWN (channel unreachable, already reported), EINTR, ETIMEDOUT (wait bound hit). */
+HIDDEN int chan_connect(const struct tp_addr *dst, int fd, int blocking, int wait_ms,
+			int *err, uint64_t *token);
+HIDDEN int chan_status(uint64_t token, int *err);
+HIDDEN int chan_peer(const struct tp_addr *local, int *err, struct tp_addr *dst);
+
+/* ---- helpers shared by the hooks (addr.c) ---- */
+HIDDEN int sa_to_tp(const struct sockaddr *sa, socklen_t len, struct tp_addr *a, int *mapped);
+HIDDEN socklen_t tp_to_sa(const struct tp_addr *a, int sock_family, int mapped,
+			  struct sockaddr_storage *ss);
+HIDDEN int tcp_state(int fd);                        /* tcpi_state or -1 */
+HIDDEN uint16_t local_port(int fd, struct tp_addr *local);  /* 0 if unbound/error */
+HIDDEN int64_t now_ns(void);
+
+/* ---- sockopt.c ---- */
+/* Outcome of our pending connect: 1 with *err (0 = connected) once known,
+ * 0 while in progress. Consumes SO_ERROR, like the kernel. */
+HIDDEN int pending_outcome(int fd, uint64_t token, int *err);
+
+#endif
