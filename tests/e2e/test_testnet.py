@@ -201,6 +201,8 @@ def test_two_exit_nodes(tmp_path):
 def info():
     path = os.environ.get("TESTNET_INFO")
     if not path:
+        if os.environ.get("TAILPROXY_REQUIRE_TESTNET") == "1":
+            pytest.fail("TESTNET_INFO is not set (TAILPROXY_REQUIRE_TESTNET=1)")
         pytest.skip("needs the local test tailnet (python -m tailproxy.testnet)")
     with open(path) as f:
         return json.load(f)
