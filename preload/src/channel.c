@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -48,28 +49,11 @@ static int get_addr(const uint8_t *b, struct tp_addr *a)
 	return 0;
 }
 
-static void close_keep_errno(int fd)
-{
-	int e = errno;
-	close(fd);
-	errno = e;
-}
-
-/* The channel is unusable: ENETDOWN, and the one stderr line. */
-static int down(int s, int why)
-{
-	const struct tp_config *c = tp_config();
-
-	if (s >= 0)
-		close(s);
-	tp_warn_channel_down(c->path, why);
-	errno = ENETDOWN;
-	return -1;
-}
-
-/* One request, one reply. wait_ms < 0: no bound. interruptible: EINTR ends
- * the wait (a blocking connect); otherwise it is retried (quick requests).
- * Returns the reply length (header included) or -1 with errno set. */
+/* One request, one reply. wait_ms < 0: no bound. interruptible: a signal
+ * ends the wait with EINTR (a blocking connect); signals are then blocked
+ * until ppoll() so one arriving anywhere in the call is not lost; otherwise
+ * EINTR is retried (quick requests). Returns the reply length (header
+ * included) or -1 with errno set. */
 static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 		   size_t replen, int wait_ms, int interruptible)
 {
@@ -82,24 +66,30 @@ static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 	struct iovec iov;
 	struct msghdr mh;
 	int64_t deadline = wait_ms >= 0 ? now_ns() + (int64_t)wait_ms * 1000000 : 0;
+	sigset_t all, old;
 	ssize_t n;
-	int s;
+	int s = -1, ret = -1, err = 0, why = 0;
 
-	if (c->path_len == 0 || c->path_len >= sizeof(sun.sun_path))
-		return down(-1, ENAMETOOLONG);
+	if (interruptible) {
+		sigfillset(&all);
+		sigprocmask(SIG_BLOCK, &all, &old);
+	}
+	if (c->path_len == 0 || c->path_len >= sizeof(sun.sun_path)) {
+		why = ENAMETOOLONG;
+		goto down;
+	}
 	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return down(-1, errno);
+	if (s < 0) {
+		why = errno;
+		goto down;
+	}
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
 	memcpy(sun.sun_path, c->path, c->path_len);
 	while (real_connect(s, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-		if (errno != EINTR)
-			return down(s, errno);
-		if (interruptible) {     /* nothing was sent yet */
-			close(s);
-			errno = EINTR;
-			return -1;
+		if (errno != EINTR) {
+			why = errno;
+			goto down;
 		}
 	}
 
@@ -121,31 +111,38 @@ static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 	}
 	while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
 		;
-	if (n < 0)
-		return down(s, errno);
+	if (n < 0) {
+		why = errno;
+		goto down;
+	}
 
 	for (;;) {
 		struct pollfd p = {.fd = s, .events = POLLIN};
-		int ms = -1, r;
+		struct timespec ts, *tsp = NULL;
+		int r;
 
 		if (wait_ms >= 0) {
 			int64_t left = deadline - now_ns();
-			ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+			if (left < 0)
+				left = 0;
+			ts.tv_sec = left / 1000000000;
+			ts.tv_nsec = left % 1000000000;
+			tsp = &ts;
 		}
-		r = poll(&p, 1, ms);
+		r = ppoll(&p, 1, tsp, interruptible ? &old : NULL);
 		if (r > 0)
 			break;
 		if (r == 0) {
-			close(s);
-			errno = ETIMEDOUT;
-			return -1;
+			err = ETIMEDOUT;
+			goto out;
 		}
-		if (errno != EINTR)
-			return down(s, errno);
+		if (errno != EINTR) {
+			why = errno;
+			goto down;
+		}
 		if (interruptible) {
-			close(s);
-			errno = EINTR;
-			return -1;
+			err = EINTR;
+			goto out;
 		}
 	}
 
@@ -157,17 +154,32 @@ static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 	mh.msg_iovlen = 1;
 	while ((n = recvmsg(s, &mh, MSG_DONTWAIT)) < 0 && errno == EINTR)
 		;
-	if (n < 0)
-		return down(s, errno);
-	if (n == 0)                      /* proxy closed without replying */
-		return down(s, ECONNRESET);
-	close_keep_errno(s);
-	if ((size_t)n < HDR || rep[0] != VERSION || rep[1] != req[1]) {
-		tp_warn_channel_down(c->path, EPROTO);
-		errno = ENETDOWN;
-		return -1;
+	if (n < 0) {
+		why = errno;
+		goto down;
 	}
-	return (int)n;
+	if (n == 0) {                    /* proxy closed without replying */
+		why = ECONNRESET;
+		goto down;
+	}
+	if ((size_t)n < HDR || rep[0] != VERSION || rep[1] != req[1]) {
+		why = EPROTO;
+		goto down;
+	}
+	ret = (int)n;
+	goto out;
+down:
+	/* The channel is unusable: ENETDOWN, and the one stderr line. */
+	tp_warn_channel_down(c->path, why);
+	err = ENETDOWN;
+out:
+	if (s >= 0)
+		close(s);
+	if (interruptible)
+		sigprocmask(SIG_SETMASK, &old, NULL);
+	if (ret < 0)
+		errno = err;
+	return ret;
 }
 
 static int reply_err(const uint8_t *rep)

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/time.h>
 
 #include "tailproxy.h"
@@ -91,53 +92,76 @@ static void verbose(int fd, const struct tp_addr *dst, int err)
 static int again(int fd, const struct sockaddr *sa, socklen_t len, const struct fd_info *fi,
 		 int blocking, int e0)
 {
-	int ms = blocking ? send_timeout_ms(fd) : 0, err;
+	int ms = blocking ? send_timeout_ms(fd) : 0, err, ret = -1;
 	int64_t deadline = now_ns() + (int64_t)ms * 1000000;
+	sigset_t all, old;
 
+	/* Signals wait for ppoll(), so one arriving between two looks at the
+	 * socket still ends the call with EINTR, as in the kernel's wait. */
+	if (blocking) {
+		sigfillset(&all);
+		sigprocmask(SIG_BLOCK, &all, &old);
+	}
 	for (;;) {
-		int st = tcp_state(fd), wait, r;
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		struct timespec ts = {0, 5000000}, *tsp = NULL;
+		int st = tcp_state(fd), r, v = -1;
 
 		if (st == TCP_SYN_SENT) {
 			if (!blocking) {        /* the kernel says EALREADY itself */
 				errno = e0;
-				return real_connect(fd, sa, len);
+				ret = real_connect(fd, sa, len);
+				goto out;
 			}
-		} else if (pending_outcome(fd, fi->token, &err)) {
+		} else if (st == TCP_CLOSE && !fi->token && (v = so_error_of(fd)) == 0) {
+			/* an interrupted blocking connect the proxy is still dialling */
+			if (!blocking) {
+				errno = EALREADY;
+				goto out;
+			}
+		} else if (pending_outcome_v(fd, fi->token, v < 0 ? so_error_of(fd) : v, &err)) {
 			fdt_update(fd, fi->ino, FD_DONE, err ? 0 : local_port(fd, NULL));
 			if (err) {
 				errno = err;
-				return -1;
+				goto out;
 			}
 			/* connected: the first connect() to learn it gets 0, as the
 			 * kernel gives; the socket is the kernel's from here */
 			if (real_connect(fd, sa, len) != 0 && errno != EISCONN)
-				return -1;
+				goto out;
 			errno = e0;
-			return 0;
+			ret = 0;
+			goto out;
 		} else if (!blocking) {
 			errno = EALREADY;
-			return -1;
+			goto out;
 		}
-		wait = -1;
+		if (st != TCP_SYN_SENT)
+			tsp = &ts;      /* not parked yet: nothing to poll, look again shortly */
 		if (ms > 0) {
 			int64_t left = deadline - now_ns();
 			if (left <= 0) {
 				errno = EALREADY;
-				return -1;
+				goto out;
 			}
-			wait = (int)((left + 999999) / 1000000);
+			if (!tsp || left < ts.tv_nsec) {
+				ts.tv_sec = left / 1000000000;
+				ts.tv_nsec = left % 1000000000;
+				tsp = &ts;
+			}
 		}
-		if (st == TCP_SYN_SENT) {
-			/* parked: writable (or error) when the proxy moves it on */
-			struct pollfd p = {.fd = fd, .events = POLLOUT};
-			r = poll(&p, 1, wait);
-		} else {
-			/* the proxy has not parked it yet: look again shortly */
-			r = poll(NULL, 0, wait < 0 || wait > 5 ? 5 : wait);
-		}
+		/* parked: writable (or error) when the proxy moves it on */
+		r = ppoll(st == TCP_SYN_SENT ? &p : NULL, st == TCP_SYN_SENT ? 1 : 0, tsp, &old);
 		if (r < 0 && errno == EINTR)
-			return -1;
+			goto out;
 	}
+out:
+	if (blocking) {
+		int e = errno;
+		sigprocmask(SIG_SETMASK, &old, NULL);
+		errno = e;
+	}
+	return ret;
 }
 
 EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)

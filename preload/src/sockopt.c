@@ -11,7 +11,7 @@
 
 #define WINDOW_NS 2000000       /* bound on waiting out the relay hand-over */
 
-static int so_error(int fd)
+int so_error_of(int fd)
 {
 	int v = 0;
 	socklen_t len = sizeof(v);
@@ -58,7 +58,7 @@ static int connected_state(int st)
 
 /* Outcome of our pending connect on fd, given SO_ERROR already read as v:
  * 1 with *err (0 = connected) once known, 0 while in progress. */
-static int outcome(int fd, uint64_t token, int v, int *err)
+int pending_outcome_v(int fd, uint64_t token, int v, int *err)
 {
 	int64_t end;
 	int st = tcp_state(fd), seen = v;
@@ -88,7 +88,7 @@ static int outcome(int fd, uint64_t token, int v, int *err)
 			*err = 0;
 			return 1;
 		}
-		v = so_error(fd);
+		v = so_error_of(fd);
 		if (v == ECONNREFUSED) {
 			*err = failed(token, v);
 			return 1;
@@ -112,11 +112,6 @@ static int outcome(int fd, uint64_t token, int v, int *err)
 	return 0;
 }
 
-int pending_outcome(int fd, uint64_t token, int *err)
-{
-	return outcome(fd, token, so_error(fd), err);
-}
-
 EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 {
 	struct fd_info fi;
@@ -136,7 +131,7 @@ EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 	if (v == ECONNREFUSED) {
 		out = failed(fi.token, v);
 	} else {
-		if (!outcome(fd, fi.token, v, &out)) {
+		if (!pending_outcome_v(fd, fi.token, v, &out)) {
 			out = 0;        /* no outcome yet: "in progress" */
 			memcpy(val, &out, sizeof(out));
 			errno = e0;
