@@ -111,6 +111,9 @@ static int again(int fd, const struct sockaddr *sa, socklen_t len, const struct 
 			if (!blocking) {        /* the kernel says EALREADY itself */
 				errno = e0;
 				ret = real_connect(fd, sa, len);
+				/* unless the relay connect completed just now */
+				if (ret == 0 || errno == EISCONN)
+					fdt_update(fd, fi->ino, FD_DONE, local_port(fd, NULL));
 				goto out;
 			}
 		} else if (st == TCP_CLOSE && !fi->token && (v = so_error_of(fd)) == 0) {
