@@ -329,6 +329,17 @@ print(json.dumps({'same': got == data, 'len': len(got)}))
 
 
 @pytest.mark.tailnet
+def test_peer_http_serve_port_reports_tailnet_client(info):
+    peer, ex = info["peers"]["peer"], info["exit_node"]
+    code = SOCKS_FETCH + (
+        "s = socks5(sys.argv[1], sys.argv[2], int(sys.argv[3]));"  # serve routes by Host name:port
+        "s.sendall(b'GET /s HTTP/1.0\\r\\nHost: %s:%s\\r\\n\\r\\n' % (sys.argv[2].encode(), sys.argv[3].encode()));"
+        "print(recv_all(s).split(b'\\r\\n\\r\\n', 1)[1].decode())")
+    body = in_netns(ex["netns"], code, args=[ex["socks5"], peer["fqdn"], str(peer["http_serve_port"])])
+    assert body["host"] == "peer" and body["forwarded_for"] == ex["ipv4"]
+
+
+@pytest.mark.tailnet
 def test_peer_echo_16mib_over_tailnet(info):
     # tailscaled's SOCKS5 server closes both directions on the first EOF, so no half-close here.
     peer, ex = info["peers"]["peer"], info["exit_node"]

@@ -39,6 +39,7 @@ INET_NAME = "internet.test"
 DOMAIN = "ts.test"
 ECHO_PORT = 7
 PEER_HTTP_PORT = 8080
+PEER_HTTP_SERVE_PORT = 8081  # same server behind `tailscale serve` (Host must be peer.<domain>:8081)
 INET_HTTP_PORT = 80
 PEER_SOCKS5 = "127.0.0.1:1055"
 CLIENT_RESOLVER = "127.0.0.53"
@@ -241,6 +242,7 @@ class Testnet:
         self._join_nodes(nodes)
         self.control.approve_exit_routes(self.exit_names)
         self._wait_services()
+        nodes[0].serve_http(PEER_HTTP_SERVE_PORT, f"http://127.0.0.1:{PEER_HTTP_PORT}")
         statuses = self._wait_mesh(nodes, self.timeout)
         log(f"tailnet ready ({time.monotonic() - t1:.1f}s; total {time.monotonic() - t0:.1f}s)")
         self.nodes = {n.name: n for n in nodes}
@@ -260,7 +262,7 @@ class Testnet:
                     "socket": n.socket, "socks5": n.socks5}
 
         peer = node_info("peer")
-        peer.update(echo_port=ECHO_PORT, http_port=PEER_HTTP_PORT)
+        peer.update(echo_port=ECHO_PORT, http_port=PEER_HTTP_PORT, http_serve_port=PEER_HTTP_SERVE_PORT)
         exits = []
         for h in self.exit_names:
             e = node_info(h)

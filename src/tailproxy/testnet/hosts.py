@@ -62,6 +62,10 @@ class Node:
             argv.append("--advertise-exit-node")
         return self.wrap(argv)
 
+    def serve_http(self, port: int, target: str) -> None:
+        """`tailscale serve` plain HTTP on the tailnet port, proxied to target (adds X-Forwarded-For)."""
+        self.cli("serve", "--bg", f"--http={port}", target)
+
     def status(self) -> dict | None:
         r = self.cli("status", "--json", check=False, timeout=10)
         if r.returncode != 0:

@@ -140,8 +140,11 @@ def make_http_handler(host_name: str):
                 "method": self.command,
                 "path": self.path,
                 "host_header": self.headers.get("Host"),
-                # Set when the request came through `tailscale serve` (not used by default).
+                # Set when the request came through `tailscale serve` (the peer's http_serve_port):
+                # the client's tailnet address, which a plain forwarded connection hides (it
+                # arrives from 127.0.0.1).
                 "forwarded_for": self.headers.get("X-Forwarded-For"),
+                "tailscale_user": self.headers.get("Tailscale-User-Login"),
                 "body_len": len(body),
             }
             self._reply(200, (json.dumps(info) + "\n").encode(), "application/json")
