@@ -56,12 +56,32 @@ static int connected_state(int st)
 	return st >= 0 && st != TCP_SYN_SENT && st != TCP_CLOSE && st != TCP_LISTEN;
 }
 
+/* The proxy has an outcome e and is moving the socket to the relay (e == 0)
+ * or to the closed port. Wait (bounded) until the kernel agrees, consuming
+ * its ECONNREFUSED, so what we report and what poll() shows match.
+ * Returns 1 once it landed. */
+static int settle(int fd, int e)
+{
+	int64_t end = now_ns() + WINDOW_NS;
+
+	for (;;) {
+		int st = tcp_state(fd);
+
+		if (e == 0 ? connected_state(st)
+			   : st == TCP_CLOSE && so_error_of(fd) == ECONNREFUSED)
+			return 1;
+		if (now_ns() >= end)
+			return 0;
+		sched_yield();
+	}
+}
+
 /* Outcome of our pending connect on fd, given SO_ERROR already read as v:
  * 1 with *err (0 = connected) once known, 0 while in progress. */
 int pending_outcome_v(int fd, uint64_t token, int v, int *err)
 {
 	int64_t end;
-	int st = tcp_state(fd), seen = v;
+	int st = tcp_state(fd), seen = v, e;
 
 	if (v == ECONNREFUSED) {
 		*err = failed(token, v);
@@ -75,11 +95,23 @@ int pending_outcome_v(int fd, uint64_t token, int v, int *err)
 		*err = 0;
 		return 1;
 	}
+	/* SYN_SENT is parked (no outcome yet) or already on its way to the relay
+	 * or the closed port; CLOSE/ECONNRESET is the hand-over in between. The
+	 * proxy records the outcome before it moves the socket. */
+	if (final_errno(token, &e)) {
+		if (settle(fd, e) || e != 0) {
+			*err = e;
+			return 1;
+		}
+		/* success long ago, and the relayed connection has since died */
+		*err = seen;
+		return 1;
+	}
 	if (st == TCP_SYN_SENT && v == 0)
-		return 0;               /* parked, or on its way to the relay */
+		return 0;               /* parked: in progress */
 
-	/* CLOSE, or ECONNRESET: the proxy is between disconnecting the parked
-	 * socket and connecting it to the relay or the closed port. */
+	/* No outcome recorded, yet not parked: wait out a hand-over briefly in
+	 * case the proxy records late, then ask once more. */
 	end = now_ns() + WINDOW_NS;
 	while (now_ns() < end) {
 		sched_yield();
@@ -99,13 +131,9 @@ int pending_outcome_v(int fd, uint64_t token, int v, int *err)
 		}
 		if (v)
 			seen = v;
-		if (st == TCP_SYN_SENT)
-			continue;
 	}
-	/* Still not there: a failure not yet visible, the proxy not started on it,
-	 * or a relayed connection established long ago that has since died. */
 	if (final_errno(token, err)) {
-		if (*err == 0)
+		if (*err == 0 && !connected_state(tcp_state(fd)))
 			*err = seen;
 		return 1;
 	}
@@ -126,8 +154,6 @@ EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 		return r;
 	if (!fdt_get(fd, &fi) || fi.state != FD_PENDING)
 		return r;
-	if (v == 0 && tcp_state(fd) == TCP_SYN_SENT)
-		return r;               /* still dialling: 0, as for any connect */
 	if (v == ECONNREFUSED) {
 		out = failed(fi.token, v);
 	} else {
