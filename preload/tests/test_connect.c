@@ -8,6 +8,7 @@
  *   test_connect opts IP          fd, options, flags and bind() survive
  *   test_connect sndtimeo IP      SO_SNDTIMEO bounds a slow dial: EINPROGRESS
  *   test_connect netdown IP       no proxy: ENETDOWN (blocking and not)
+ *   test_connect eintr-poll IP    EINTR, then wait by poll()+SO_ERROR (POSIX's way)
  *   test_connect eintr IP         a signal during a slow dial: EINTR, no second dial
  */
 #include "tptest.h"
@@ -243,6 +244,31 @@ static void t_eintr(const char *ip)
 	printf("ok: EINTR, then completed in the background\n");
 }
 
+/* After EINTR, POSIX says: the connect goes on; wait for writability, then
+ * read SO_ERROR. Here the dial fails later (the listener goes away). */
+static void t_eintr_poll(const char *ip)
+{
+	struct slow s = slow_listener(ip);
+	struct sigaction sa;
+	struct itimerval it = {.it_value = {.tv_sec = 0, .tv_usec = 200000}};
+	int fd = tcp_socket(ip), c, ev;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_alarm;
+	sigaction(SIGALRM, &sa, NULL);
+	setitimer(ITIMER_REAL, &it, NULL);
+	CHECK_ERRNO(do_connect(fd, ip, s.port), EINTR);
+	/* still in progress: no event yet */
+	ev = wait_writable(fd, 300);
+	CHECK(ev == 0, "events %#x while the dial is still pending", ev);
+	free_slow(&s);
+	c = accept_timeout(s.lfd, 10000);
+	CHECK(wait_writable(fd, 10000) & POLLOUT, "never became writable");
+	CHECK(so_error(fd) == 0, "SO_ERROR after completion");
+	exchange(fd, c);
+	printf("ok: EINTR, then poll + SO_ERROR\n");
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -266,6 +292,8 @@ int main(int argc, char **argv)
 		t_sndtimeo(ip);
 	else if (!strcmp(m, "netdown"))
 		t_netdown(ip);
+	else if (!strcmp(m, "eintr-poll"))
+		t_eintr_poll(ip);
 	else if (!strcmp(m, "eintr"))
 		t_eintr(ip);
 	else

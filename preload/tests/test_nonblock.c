@@ -5,6 +5,9 @@
  *   test_nonblock unreach IP poll|epoll   SO_ERROR = EHOSTUNREACH (kernel shows ECONNREFUSED)
  *   test_nonblock again IP                EALREADY while parked, then 0/EISCONN
  *   test_nonblock again-fail IP           repeated connect after failure gives the real errno
+ *   test_nonblock stress IP N             N connects, alternating success and failure, each
+ *                                         checked the moment an event arrives (the proxy's
+ *                                         hand-over from parking to relay must not show)
  */
 #include "tptest.h"
 
@@ -124,6 +127,39 @@ static void t_again_fail(const char *ip, int port, int want)
 	printf("ok: repeated connect gave %s\n", strerror(want));
 }
 
+static void t_stress(const char *ip, int n, const char *how)
+{
+	int port, lfd = listener(ip, 1024, &port), holder, closed = closed_port(ip, &holder);
+	int i, ok = 0, refused = 0;
+
+	for (i = 0; i < n; i++) {
+		int fail = i % 2, fd = nb_socket(ip), ev, got;
+
+		start(fd, ip, fail ? closed : port);
+		/* act on the first event, as an event loop does */
+		ev = wait_done(fd, how, 10000);
+		CHECK(ev, "no event for connect %d", i);
+		got = so_error(fd);
+		if (fail) {
+			CHECK(got == ECONNREFUSED, "connect %d: SO_ERROR %s, want refused", i,
+			      strerror(got));
+			refused++;
+		} else {
+			char b;
+			int c;
+			CHECK(got == 0, "connect %d: SO_ERROR %s, want 0", i, strerror(got));
+			/* usable at once: a byte goes through */
+			CHECK(write(fd, "s", 1) == 1, "connect %d: write: %s", i, strerror(errno));
+			c = accept_timeout(lfd, 5000);
+			read_all(c, &b, 1);
+			close(c);
+			ok++;
+		}
+		close(fd);
+	}
+	printf("ok: %d connected, %d refused, via %s\n", ok, refused, how);
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -138,6 +174,8 @@ int main(int argc, char **argv)
 		t_fail(ip, 80, EHOSTUNREACH, how);
 	else if (!strcmp(m, "again"))
 		t_again(ip);
+	else if (!strcmp(m, "stress"))
+		t_stress(ip, argc > 4 ? atoi(argv[4]) : 200, how);
 	else if (!strcmp(m, "again-fail"))
 		t_again_fail(ip, 80, EHOSTUNREACH);
 	else

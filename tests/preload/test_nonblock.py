@@ -30,3 +30,10 @@ def test_repeated_connect_ealready_then_eisconn(run, ip):
 
 def test_repeated_connect_after_failure_gives_real_errno(run):
     run.run("test_nonblock", "again-fail", UNREACH4)
+
+
+@pytest.mark.parametrize("how", ["poll", "epoll"])
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_hand_over_never_shows(run, ip, how):
+    """300 connects checked the moment their first event arrives."""
+    run.run("test_nonblock", "stress", ip, how, 300, timeout=180)
