@@ -415,6 +415,9 @@ def test_close_releases_everything(tmp_path):
     s2.setblocking(False)
     assert connect_via_channel(pt.proxy.channel_path, s2, *UNREACH).err == 0   # parked, dialling
     pt.stop()
+    # the parked connect fails at once instead of hanging in SYN_SENT
+    assert wait_writable(s2, 2) & select.POLLERR
+    assert s2.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
     gate.set()
     s1.close()
     s2.close()

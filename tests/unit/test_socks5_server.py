@@ -260,3 +260,32 @@ def test_no_fd_leak(env):
     while count_fds() > before and time.monotonic() < t_end:
         time.sleep(0.05)
     assert count_fds() == before
+
+
+def test_proxy_close_with_live_connections_no_leak(tmp_path):
+    before = count_fds()
+    d = FakeDialer()
+    d.script[DST] = "echo"
+    gate = d.gate("100.64.0.99", 1)
+    pt = ProxyThread(d, socks_listen=("127.0.0.1", 0), channel_path=str(tmp_path / "c.sock"))
+    live = socket.create_connection(pt.proxy.socks_address, timeout=5)
+    live.sendall(b"\x05\x01\x00")
+    recvn(live, 2)
+    request(live, 1, socket.inet_aton(DST[0]), DST[1])
+    echo(live)
+    dialling = socket.create_connection(pt.proxy.socks_address, timeout=5)
+    dialling.sendall(b"\x05\x01\x00" + bytes([5, 1, 0, 1]) + socket.inet_aton("100.64.0.99") + b"\0\1")
+    half = socket.create_connection(pt.proxy.socks_address, timeout=5)
+    half.sendall(b"\x05")
+    time.sleep(0.1)
+    pt.stop()
+    gate.set()
+    for s in (live, dialling, half):
+        s.settimeout(5)
+        try:
+            while s.recv(100):
+                pass
+        except ConnectionResetError:
+            pass
+        s.close()
+    assert count_fds() == before

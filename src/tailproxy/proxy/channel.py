@@ -400,7 +400,12 @@ class ChannelServer:
             self._unpark(sock, bound)
             self._attach(sock, remote, req.dst, token, label, t0, parked=True)
         except asyncio.CancelledError:
+            # proxy shutting down: fail the program's connect now rather than
+            # leave it in SYN_SENT until the kernel gives up
             self.tokens.set(token, errno.ECONNRESET)
+            if sock.fileno() != -1:
+                self._unpark(sock, bound)
+                self._to_closed(sock, req.dst)
             raise
         finally:
             sock.close()
@@ -489,7 +494,10 @@ class ChannelServer:
             p = self._pending.pop(key, None) if key is not None else None
             if p is None:
                 self.stats.rejected_relay += 1
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                try:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                except OSError:
+                    pass
                 conn.close()
                 continue
             if p.timer is not None:
