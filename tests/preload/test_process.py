@@ -26,7 +26,8 @@ def test_close_range_then_connect(run):
 def test_connect_from_another_librarys_constructor(run, order):
     """The hooks resolve the real calls lazily: a constructor that runs before ours works."""
     early = f"{run.testbin}/lib_early.so"
-    libs = [early, run.preload_value()] if order == "early-first" else [run.preload_value(), early]
+    *asan, lib = run.preload_value().split(":")     # an ASan runtime must stay first
+    libs = asan + ([early, lib] if order == "early-first" else [lib, early])
     r = run.run("test_connect", "udp", V4,
                 env={"LD_PRELOAD": ":".join(libs), "TP_EARLY_IP": V4})
     assert "early: ok" in r.stdout, r.stdout + r.stderr
