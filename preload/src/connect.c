@@ -218,8 +218,9 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	} else if (err == 0) {
 		err = EINPROGRESS;
 	} else {
-		/* failed: the proxy left ECONNREFUSED pending on the socket; the
-		 * connect's own return is where the program learns the error */
+		/* failed: should the proxy have failed the socket against its
+		 * closed port, that ECONNREFUSED must not linger; the connect's
+		 * own return is where the program learns the error */
 		fi.state = FD_DONE;
 		clear_so_error(fd);
 	}

@@ -152,8 +152,10 @@ EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 	memcpy(&v, val, sizeof(v));
 	if (v != 0 && v != ECONNREFUSED && v != ECONNRESET)
 		return r;
-	if (!fdt_get(fd, &fi) || fi.state != FD_PENDING)
+	if (!fdt_get(fd, &fi) || fi.state != FD_PENDING) {
+		errno = e0;
 		return r;
+	}
 	if (v == ECONNREFUSED) {
 		out = failed(fi.token, v);
 	} else {

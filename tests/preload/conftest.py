@@ -190,6 +190,18 @@ class Runner:
                     "--child-silent-after-fork=no"] + argv
         return self.prefix + argv
 
+    def run_cmd(self, argv, env=None, channel=True, timeout=60, check=True):
+        """Any program (no valgrind wrapping), e.g. python3 -c ..."""
+        env = self.env(env, channel)
+        if "ASAN_OPTIONS" in env:
+            env["ASAN_OPTIONS"] = env["ASAN_OPTIONS"].replace("detect_leaks=1", "detect_leaks=0")
+        r = subprocess.run(self.prefix + list(argv), env=env, capture_output=True, text=True,
+                           timeout=timeout)
+        if check:
+            assert r.returncode == 0, (f"{argv}: exit {r.returncode}\n"
+                                       f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+        return r
+
     def run(self, prog, *args, env=None, channel=True, timeout=60, check=True):
         r = subprocess.run(self.argv(prog, *args), env=self.env(env, channel), capture_output=True,
                            text=True, timeout=timeout * (5 if _valgrind() else 1))
