@@ -9,7 +9,9 @@ import os
 import sys
 
 from . import __version__
+from . import manage
 from .config import SETTINGS, ConfigError, resolve
+from .manage import SUBCOMMANDS
 
 _FLAGS = {}
 for _s in SETTINGS:
@@ -38,17 +40,23 @@ def usage() -> str:
     lines.append(f"  {'--config FILE':<34} config file (default ~/.config/tailproxy/config.toml)")
     lines.append(f"  {'--profile NAME':<34} use [profiles.NAME] from the config file")
     lines.append(f"  {'--version':<34} print the version")
+    lines += ["", "management (`tailproxy -- NAME` always runs a program NAME instead):",
+              "  tailproxy ps                               list running tailproxies",
+              "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)"]
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str]) -> tuple[dict, dict, list[str]]:
-    """(flag settings, meta options, command). Raises UsageError."""
+    """(flag settings, meta options, command). Raises UsageError.
+
+    meta["explicit"] is set when `--` came before the command (never a subcommand then)."""
     flags: dict = {}
     meta: dict = {}
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
+            meta["explicit"] = True
             return flags, meta, argv[i + 1:]
         if not arg.startswith("-") or arg == "-":
             return flags, meta, argv[i:]
@@ -102,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tailproxy {__version__}")
             return 0
         settings = resolve(flags, dict(os.environ), meta.get("config"), meta.get("profile"))
+        if command and not meta.get("explicit") and command[0] in SUBCOMMANDS:
+            return manage.main(command, settings, flags.get("hostname"))
         if not command and not settings["socks5"]:
             raise UsageError("no command given (usage: tailproxy [OPTIONS] [--] CMD [ARGS...])")
         if command and settings["socks5"]:

@@ -72,6 +72,16 @@ def _cidrs(v: Any) -> list[str]:
     return out
 
 
+def _names(v: Any) -> list[str]:
+    items = v.split(",") if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a name or a comma-separated list of names")
+    out = [i.strip() for i in items if i.strip()]
+    if not out:
+        raise ValueError("expected at least one name")
+    return out
+
+
 def _hostport(v: Any) -> tuple[str, int]:
     v = _str(v)
     host, sep, port = v.rpartition(":")
@@ -123,6 +133,14 @@ SETTINGS: list[Setting] = [
             "seconds to wait for the node to come up", "SECONDS"),
     Setting("connect_timeout", _seconds, 30.0, ("TAILPROXY_CONNECT_TIMEOUT",),
             "seconds a connection through the tailnet may take to open", "SECONDS"),
+    Setting("exit_node", _names, None, ("TAILPROXY_EXIT_NODE",),
+            "send non-tailnet traffic through this exit node (name, FQDN, IP, node ID or auto); "
+            "a,b,c = fail over in that order", "NAME"),
+    Setting("exit_node_allow_lan_access", _bool, False, (),
+            "with --exit-node, let the program reach this host's LAN directly"),
+    Setting("tailnet_only", _bool, False, ("TAILPROXY_TAILNET_ONLY",),
+            "without an exit node, refuse non-tailnet destinations (EHOSTUNREACH) instead of "
+            "dialling them from this host"),
     Setting("no_tailnet", _bool, False, (),
             "dial destinations directly instead of through the tailnet (debugging, benchmarks)"),
     Setting("socks5", _hostport, None, ("TAILPROXY_SOCKS5",),

@@ -9,12 +9,16 @@ import signal
 import sys
 import tempfile
 
+from ..control import ControlServer
 from ..native import native_path
-from ..node import DialFailed, Node, NodeConfig, NodeError
-from ..proxy.dialer import DialError, DirectDialer
+from ..node import Node, NodeConfig, NodeError
+from ..node.exitnode import peer_label
+from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
 from .childenv import child_env
+from .exitnodes import ExitNodes
 from .program import ProgramError, coverage_warning, locate
+from .tailnetdialer import TailnetDialer
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -23,17 +27,8 @@ def _say(msg: str) -> None:
     print(f"tailproxy: {msg}", file=sys.stderr, flush=True)
 
 
-class NodeDialer:
-    """The proxy's Dialer, dialling through the tailnet node."""
-
-    def __init__(self, node: Node):
-        self.node = node
-
-    async def dial(self, host: str, port: int, timeout: float):
-        try:
-            return await self.node.dial(host, port, timeout)
-        except DialFailed as e:
-            raise DialError(e.errno, str(e)) from None
+def _log_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def run(settings: dict, command: list[str]) -> int:
@@ -54,9 +49,12 @@ def run(settings: dict, command: list[str]) -> int:
     except FileNotFoundError as e:
         _say(str(e))
         return 1
+    if settings["no_tailnet"] and (settings["exit_node"] or settings["tailnet_only"]):
+        _say("--no-tailnet cannot be combined with --exit-node or --tailnet-only")
+        return 2
 
     rundir = tempfile.mkdtemp(prefix="tailproxy-")  # 0700: only we can reach the channel
-    node = None
+    node = exits = None
     try:
         if settings["no_tailnet"]:
             dialer = DirectDialer()
@@ -67,15 +65,22 @@ def run(settings: dict, command: list[str]) -> int:
                                    ephemeral=settings["ephemeral"]), log=log)
             try:
                 node.up(settings["timeout"])
+                log(f"on the tailnet as {settings['hostname']} ({', '.join(node.ips())})")
+                if settings["exit_node"]:
+                    exits = ExitNodes(node, settings["exit_node"],
+                                      settings["exit_node_allow_lan_access"], _say)
+                    exits.select_initial(timeout=settings["timeout"])
+                    log(f"exit node: {peer_label(exits.current)}")
+                elif node.exit_node():
+                    node.clear_exit_node()  # saved state may carry one; this run asked for none
             except NodeError as e:
-                _say(f"cannot join the tailnet: {e}")
+                _say(f"cannot join the tailnet: {e}" if not node._running else str(e))
                 return 1
             except ValueError as e:
                 _say(str(e))
                 return 2
-            log(f"on the tailnet as {settings['hostname']} ({', '.join(node.ips())})")
-            dialer = NodeDialer(node)
-        return asyncio.run(_serve(settings, dialer, rundir, preload, program, command))
+            dialer = TailnetDialer(node, settings["tailnet_only"], _say)
+        return asyncio.run(_serve(settings, dialer, rundir, preload, program, command, node, exits))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -84,7 +89,49 @@ def run(settings: dict, command: list[str]) -> int:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-async def _serve(settings, dialer, rundir, preload, program, command) -> int:
+def _control_handler(settings, node, exits, command):
+    async def handle(req: dict) -> dict:
+        cmd = req["cmd"]
+        if cmd == "info":
+            info = {"ok": True, "pid": os.getpid(), "hostname": settings["hostname"],
+                    "command": command, "exit_node": None, "node_name": None, "ips": [],
+                    "exports": []}
+            if node:
+                st = await asyncio.to_thread(node.localapi.status)
+                info["node_name"] = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".")
+                info["ips"] = st.get("TailscaleIPs") or []
+                for p in (st.get("Peer") or {}).values():
+                    if p.get("ExitNode"):
+                        info["exit_node"] = peer_label(p)
+            return info
+        if not node:
+            return {"ok": False, "error": "this tailproxy runs with --no-tailnet"}
+        if cmd == "exit-node-list":
+            st = await asyncio.to_thread(node.localapi.status)
+            return {"ok": True, "exit_nodes": exit_node_rows(st)}
+        if cmd in ("exit-node-set", "exit-node-clear"):
+            nonlocal exits
+            if exits is None:
+                exits = ExitNodes(node, [], settings["exit_node_allow_lan_access"], _say)
+            name = req.get("name") if cmd == "exit-node-set" else None
+            if cmd == "exit-node-set" and not isinstance(name, str):
+                return {"ok": False, "error": "exit-node-set needs a name"}
+            peer = await exits.set(name)
+            _say(f"exit node set to {peer_label(peer)}" if peer else "exit node cleared")
+            return {"ok": True, "exit_node": peer_label(peer) if peer else None}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+    return handle
+
+
+def exit_node_rows(status: dict) -> list[dict]:
+    return sorted(({"name": peer_label(p), "ips": p.get("TailscaleIPs") or [],
+                    "online": bool(p.get("Online")), "current": bool(p.get("ExitNode")),
+                    "id": p.get("ID")}
+                   for p in (status.get("Peer") or {}).values() if p.get("ExitNodeOption")),
+                  key=lambda r: r["name"])
+
+
+async def _serve(settings, dialer, rundir, preload, program, command, node, exits) -> int:
     proxy_only = not command
     if proxy_only:
         listen = settings["socks5"]
@@ -95,12 +142,20 @@ async def _serve(settings, dialer, rundir, preload, program, command) -> int:
         auth = ("tailproxy", secrets.token_urlsafe(16))
     proxy = Proxy(dialer, channel_path=os.path.join(rundir, "channel.sock"), socks_listen=listen,
                   socks_auth=auth, connect_timeout=settings["connect_timeout"],
-                  verbose=settings["verbose"], log=_say)
+                  verbose=settings["verbose"], log=_log_line)
+    control = ControlServer(_control_handler(settings, node, exits, command))
     try:
         await proxy.start()
     except OSError as e:
         _say(f"cannot start the local proxy on {listen[0]}:{listen[1]}: {e.strerror or e}")
         return 1
+    try:
+        await control.start()
+    except OSError as e:
+        _say(f"warning: no runtime control ({e}); `tailproxy ps` will not list this run")
+        control = None
+    if exits:
+        exits.start_monitor()
     try:
         if proxy_only:
             return await _serve_proxy_only(proxy, auth)
@@ -109,6 +164,10 @@ async def _serve(settings, dialer, rundir, preload, program, command) -> int:
                         proxy_addr=proxy.socks_address, proxy_auth=auth)
         return await _run_child(program, command, env)
     finally:
+        if exits:
+            await exits.stop()
+        if control:
+            await control.close()
         await proxy.close()
 
 

@@ -1,0 +1,84 @@
+"""Exit-node policy for one run: initial choice, failover along a list, runtime switching."""
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from ..node import Node
+from ..node.exitnode import ExitNodeError, peer_label
+
+
+class ExitNodes:
+    """`choices` in order of preference ("auto" allowed); the first usable one is used and
+    the monitor moves to the next usable one when it goes offline."""
+
+    def __init__(self, node: Node, choices: list[str], allow_lan: bool,
+                 say: Callable[[str], None], poll_interval: float = 1.0):
+        self.node, self.choices, self.allow_lan = node, list(choices), allow_lan
+        self.say, self.poll_interval = say, poll_interval
+        self.current: dict | None = None
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    def select_initial(self, timeout: float) -> None:
+        """Blocking: use the first usable choice; raise ExitNodeError listing every failure."""
+        errors = []
+        for name in self.choices:
+            try:
+                self.current = self.node.set_exit_node(name, self.allow_lan, timeout=timeout)
+                return
+            except ExitNodeError as e:
+                errors.append(str(e))
+        raise ExitNodeError("; ".join(errors) if len(errors) > 1 else errors[0])
+
+    def start_monitor(self) -> None:
+        if len(self.choices) > 1 or self.choices == ["auto"]:
+            self._task = asyncio.create_task(self._monitor())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def set(self, name: str | None) -> dict | None:
+        """Runtime switch (None clears); stops failover, the user decided."""
+        async with self._lock:
+            if name is None:
+                await asyncio.to_thread(self.node.clear_exit_node)
+                self.current, self.choices = None, []
+                return None
+            self.current = await asyncio.to_thread(self.node.set_exit_node, name, self.allow_lan)
+            self.choices = [name]
+            return self.current
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            async with self._lock:
+                if not self.choices:
+                    continue
+                try:
+                    await self._check()
+                except Exception as e:  # keep monitoring; the node may be restarting
+                    self.say(f"exit-node monitor: {e}")
+
+    async def _check(self) -> None:
+        st = await asyncio.to_thread(self.node.localapi.status)
+        ens = st.get("ExitNodeStatus") or {}
+        if ens.get("Online"):
+            return
+        old = peer_label(self.current) if self.current else "none"
+        for name in self.choices:
+            try:
+                peer = await asyncio.to_thread(self.node.set_exit_node, name, self.allow_lan, 10.0)
+            except ExitNodeError:
+                continue
+            if self.current and peer.get("ID") == self.current.get("ID"):
+                return  # it came back
+            self.current = peer
+            self.say(f"exit node {old} is offline; now using {peer_label(peer)}")
+            return
+        self.say(f"exit node {old} is offline and no other choice is usable; waiting")

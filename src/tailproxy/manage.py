@@ -1,0 +1,100 @@
+"""Management subcommands: `tailproxy ps` and `tailproxy exit-node set NAME|clear|list`."""
+from __future__ import annotations
+
+import sys
+
+from . import control
+
+SUBCOMMANDS = ("ps", "exit-node")
+USAGE = """usage: tailproxy ps
+       tailproxy [--hostname NAME] exit-node set NAME|auto
+       tailproxy [--hostname NAME] exit-node clear
+       tailproxy [OPTIONS] exit-node list
+(`tailproxy -- ps` runs a program called ps.)"""
+
+
+def _err(msg: str) -> int:
+    print(f"tailproxy: {msg}", file=sys.stderr)
+    return 1
+
+
+def _pick(runs, hostname: str | None):
+    if hostname:
+        runs = [r for r in runs if r[1].get("hostname") == hostname
+                or (r[1].get("node_name") or "").split(".")[0] == hostname]
+    if len(runs) == 1:
+        return runs[0], None
+    if not runs:
+        return None, ("no running tailproxy" + (f" with hostname {hostname!r}" if hostname else ""))
+    names = ", ".join(f"{i.get('hostname')} (pid {i.get('pid')})" for _, i in runs)
+    return None, f"several tailproxies are running ({names}); choose one with --hostname"
+
+
+def ps() -> int:
+    runs = control.running()
+    rows = [("PID", "HOSTNAME", "NODE", "ADDRESSES", "EXIT NODE", "EXPORTS", "COMMAND")]
+    for _, i in runs:
+        rows.append((str(i.get("pid")), i.get("hostname") or "-", i.get("node_name") or "-",
+                     ",".join(i.get("ips") or []) or "-", i.get("exit_node") or "-",
+                     ",".join(str(p) for p in i.get("exports") or []) or "-",
+                     " ".join(i.get("command") or []) or "(proxy only)"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
+def _print_exit_nodes(rows: list[dict]) -> None:
+    if not rows:
+        print("no exit nodes on this tailnet")
+        return
+    for r in rows:
+        state = "online" if r["online"] else "offline"
+        mark = " (in use)" if r["current"] else ""
+        print(f"{r['name']:<40} {','.join(r['ips']):<40} {state}{mark}")
+
+
+def _list_with_own_node(settings: dict) -> int:
+    from .launcher.launch import exit_node_rows
+    from .node import Node, NodeConfig, NodeError
+    node = Node(NodeConfig(state_dir=settings["state_dir"], hostname=settings["hostname"],
+                           authkey=settings["authkey"], control_url=settings["control_url"],
+                           ephemeral=settings["ephemeral"]))
+    try:
+        node.up(settings["timeout"])
+        _print_exit_nodes(exit_node_rows(node.localapi.status()))
+        return 0
+    except NodeError as e:
+        return _err(f"cannot join the tailnet: {e}")
+    finally:
+        node.close()
+
+
+def main(args: list[str], settings: dict, hostname_flag: str | None) -> int:
+    if args[0] == "ps":
+        if len(args) != 1:
+            return _err("ps takes no arguments\n" + USAGE)
+        return ps()
+    sub = args[1:] if len(args) > 1 else []
+    if not sub or sub[0] not in ("set", "clear", "list") or \
+            (sub[0] == "set" and len(sub) != 2) or (sub[0] != "set" and len(sub) != 1):
+        return _err(USAGE)
+    runs = control.running()
+    target, why = _pick(runs, hostname_flag)
+    if sub[0] == "list" and target is None and not (hostname_flag and runs):
+        return _list_with_own_node(settings)
+    if target is None:
+        return _err(why)
+    req = {"cmd": "exit-node-" + sub[0]}
+    if sub[0] == "set":
+        req["name"] = sub[1]
+    reply = control.ask(target[0], req, timeout=60)
+    if not reply.get("ok"):
+        return _err(reply.get("error", "failed"))
+    if sub[0] == "list":
+        _print_exit_nodes(reply["exit_nodes"])
+    elif sub[0] == "set":
+        print(f"{target[1].get('hostname')}: exit node {reply['exit_node']}")
+    else:
+        print(f"{target[1].get('hostname')}: exit node cleared")
+    return 0
