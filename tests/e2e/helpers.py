@@ -1,0 +1,35 @@
+"""Running tailproxy and test programs from end-to-end tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tailproxy_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tailproxy", *args]
+
+
+def run_tp(*args: str, input: str | None = None, timeout: float = 120, env: dict | None = None,
+           check: bool = False) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    cp = subprocess.run(tailproxy_argv(*args), input=input, capture_output=True, text=True,
+                        timeout=timeout, env=e)
+    if check and cp.returncode != 0:
+        raise AssertionError(f"tailproxy {' '.join(args)} exited {cp.returncode}\n"
+                             f"stdout:\n{cp.stdout}\nstderr:\n{cp.stderr}")
+    return cp
+
+
+def py(code: str) -> list[str]:
+    """argv running a Python snippet (dedented)."""
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def in_netns(netns: str, argv: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", netns, *argv], **kw)

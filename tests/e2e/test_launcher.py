@@ -1,0 +1,106 @@
+"""The launcher as a user sees it: exit statuses, messages, signals, warnings (--no-tailnet: these
+tests make no connection at all)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import py, run_tp, tailproxy_argv
+
+
+def test_exit_status_passes_through():
+    assert run_tp("--no-tailnet", "sh", "-c", "exit 7").returncode == 7
+    assert run_tp("--no-tailnet", "true").returncode == 0
+
+
+def test_command_not_found_is_127_with_message():
+    cp = run_tp("--no-tailnet", "surely-not-a-command-xyz")
+    assert cp.returncode == 127
+    assert "surely-not-a-command-xyz: command not found" in cp.stderr
+
+
+def test_not_executable_is_126_with_message(tmp_path):
+    f = tmp_path / "script"
+    f.write_text("#!/bin/sh\n")
+    cp = run_tp("--no-tailnet", str(f))
+    assert cp.returncode == 126 and "permission denied" in cp.stderr
+
+
+def test_signal_death_is_128_plus_n_with_message():
+    cp = run_tp("--no-tailnet", "sh", "-c", "kill -9 $$")
+    assert cp.returncode == 128 + 9
+    assert "killed by SIGKILL" in cp.stderr
+
+
+def test_double_dash_runs_a_program_named_like_a_subcommand(tmp_path):
+    prog = tmp_path / "ps"
+    prog.write_text("#!/bin/sh\necho i-am-the-program\n")
+    prog.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    cp = run_tp("--no-tailnet", "--", "ps", env=env)
+    assert cp.stdout.strip() == "i-am-the-program"
+
+
+def test_sigterm_is_forwarded_and_status_passes(tmp_path):
+    marker = tmp_path / "got"
+    code = f"""
+        import signal, sys, time
+        def h(sig, frm):
+            open({str(marker)!r}, "w").write(str(sig)); sys.exit(42)
+        signal.signal(signal.SIGTERM, h)
+        print("ready", flush=True)
+        time.sleep(30)
+    """
+    p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py(code)), stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(15) == 42
+    assert marker.read_text() == str(int(signal.SIGTERM))
+
+
+def test_second_interrupt_forces_shutdown():
+    code = """
+        import signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+    p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py(code)), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert p.poll() is None       # the program ignores the first one
+    t = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    status = p.wait(10)
+    assert time.monotonic() - t < 5
+    assert status == 128 + 9
+    assert "second interrupt" in p.stderr.read()
+
+
+def test_static_binary_warning():
+    # The pinned tailscale CLI is a static Go binary (CGO_ENABLED=0).
+    from tailproxy.native import native_path
+    cp = run_tp("--no-tailnet", native_path("tailscale"), "version")
+    assert "statically linked" in cp.stderr
+    assert cp.stderr.count("warning") == 1
+
+
+def test_bad_config_key_is_named(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('exit_nod = "x"\n')
+    cp = run_tp("--config", str(cfg), "true")
+    assert cp.returncode == 2 and "unknown key 'exit_nod'" in cp.stderr
+
+
+@pytest.mark.tailnet  # starts a node: only inside the testnet's namespaces
+def test_missing_authkey_with_dead_control_is_clear(tmp_path):
+    # No key, no state, and a control URL where nothing answers: a clear error, in time.
+    cp = run_tp("--state-dir", str(tmp_path / "s"), "--control-url", "http://127.0.0.1:9",
+                "--timeout", "4", "true", env={"TS_AUTHKEY": "", "TS_AUTH_KEY": ""}, timeout=30)
+    assert cp.returncode == 1
+    assert "cannot join the tailnet" in cp.stderr
