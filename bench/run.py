@@ -50,9 +50,11 @@ def say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def show(argv: list[str], env: dict | None = None, note: str = "") -> str:
+def show(argv: list[str], env: dict | None = None, note: str = "", secret: str | None = None) -> str:
     line = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
     line = (line + " " if line else "") + shlex.join(argv)
+    if secret:     # the auth key is shown as the variable it came from
+        line = line.replace(secret, "$TS_AUTHKEY")
     COMMANDS.append(line + (f"    # {note}" if note else ""))
     say(f"  $ {line}" + (f"    # {note}" if note else ""))
     return line
@@ -86,10 +88,9 @@ def tail(text: str, n: int = 6) -> str:
 
 
 def run(argv: list[str], env: dict | None = None, timeout: float = 300, note: str = "",
-        quiet: bool = False) -> str:
+        secret: str | None = None) -> str:
     """Run a client command to completion; return its stdout; raise Failed with the error."""
-    if not quiet:
-        show(argv, env, note)
+    show(argv, env, note, secret)
     full_env = dict(os.environ, **(env or {}))
     p = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -229,11 +230,14 @@ def tailproxy_cmd(override: str | None) -> tuple[list[str], dict]:
     return [sys.executable, "-m", "tailproxy"], env
 
 
+PROXYCHAINS_CONF = ("# tailproxy bench: one SOCKS5 hop, no DNS through the proxy\n"
+                    "strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
+                    "[ProxyList]\nsocks5 127.0.0.1 {port}\n")
+
+
 def proxychains_conf(path: str, port: int) -> str:
     with open(path, "w") as f:
-        f.write("# tailproxy bench: one SOCKS5 hop, no DNS through the proxy\n"
-                "strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
-                f"[ProxyList]\nsocks5 127.0.0.1 {port}\n")
+        f.write(PROXYCHAINS_CONF.format(port=port))
     return path
 
 
@@ -332,7 +336,7 @@ def bench_local(ctx, a: argparse.Namespace) -> dict:
                 before = sink_count(ctx["sink_log"])
                 d = result_line(run(pre + [tb, "bulk", ip, str(ctx["sink_port"]), str(a.bulk_bytes)], env),
                                 "bulk")
-                return delivered(ctx["sink_log"], before, d, a.bulk_bytes)
+                return delivered(ctx["sink_log"], before, d, a.bulk_bytes, (None, ctx["sink_port"]))
             bulk[m].add(one)
     return {"conn": conn, "bulk": bulk}
 
@@ -342,28 +346,46 @@ def sink_count(log: str) -> int:
         return sum(1 for l in f if l.startswith("sink: "))
 
 
-def delivered(log: str, before: int, client: dict, expect: int) -> tuple[float, dict]:
-    """The sink logs each closed connection ("sink: N bytes first=T last=T", CLOCK_MONOTONIC, which
-    network namespaces share). The rate is taken from the client's first write to the sink's last
-    byte: through tailscaled a close can reach the client before the last bytes reach the sink."""
-    deadline = time.monotonic() + 20
+def delivered(log: str, before: int, client: dict, expect: int, where: tuple | None = None) -> tuple[float, dict]:
+    """The sink logs each connection once it has `expect` bytes or closes ("sink: N bytes first=T
+    last=T", CLOCK_MONOTONIC, which network namespaces share). The rate is taken from the client's
+    first write to the sink's last byte: through tailscaled the close can reach the client before
+    the last bytes reach the sink. where = (netns or None, sink port), for the diagnosis."""
+    deadline = time.monotonic() + 60
     while True:
         with open(log) as f:
-            lines = [l for l in f if l.startswith("sink: ")][before:]
-        if lines or time.monotonic() > deadline:
+            seen = [parse_kv(l.replace("sink: ", "sink bytes=", 1).replace(" bytes ", " ", 1))
+                    for l in f if l.startswith("sink: ")][before:]
+        ok = [d for d in seen if int(d["bytes"]) == expect and d["first"] >= client["t0"]]
+        if ok or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    if not lines:
-        raise Failed("the sink saw no connection")
-    seen = [parse_kv(l.replace("sink: ", "sink bytes=", 1).replace(" bytes ", " ", 1)) for l in lines]
-    ok = [d for d in seen if int(d["bytes"]) == expect and d["first"] >= client["t0"]]
     if not ok:
-        raise Failed(f"the sink received {', '.join(str(int(d['bytes'])) for d in seen)} bytes, "
-                     f"expected {expect}")
+        msg = (f"the client wrote all {expect} bytes and saw the close after {client.get('seconds')} s, "
+               f"but 60 s later the sink still had not received them")
+        if seen:
+            msg += f" (connections it saw close: {', '.join(str(int(d['bytes'])) for d in seen)} bytes)"
+        if where:
+            msg += "; " + sink_sockets(*where)
+        raise Failed(msg)
     d = ok[0]
     secs = d["last"] - client["t0"]
     out = dict(client, sink_last=d["last"], delivered_s=secs, delivered_gbit_s=expect * 8 / secs / 1e9)
     return out["delivered_gbit_s"], out
+
+
+def sink_sockets(netns: str | None, port: int) -> str:
+    """What the sink's open connections have received (ss), to tell lost data from a stall."""
+    argv = (["ip", "netns", "exec", netns] if netns else []) + \
+        ["ss", "-tniH", "state", "established", f"( sport = :{port} )"]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"ss failed: {e}"
+    got = [tok.split(":", 1)[1] for tok in out.split() if tok.startswith("bytes_received:")]
+    conns = sum(1 for l in out.splitlines() if l and not l[0].isspace())
+    return (f"the sink has {conns} open connection(s) that received "
+            f"{', '.join(got) if got else 'nothing'} bytes (ss in {netns or 'this namespace'})")
 
 
 def tailnet_script(tb: str, ip: str, echo: int, sink: int, a: argparse.Namespace) -> str:
@@ -405,7 +427,7 @@ def bench_tailnet(ctx, a: argparse.Namespace) -> dict:
     dead = {}   # mode -> error of a whole run that failed: not run again (e.g. cannot join)
     if ctx.get("anchor_error"):
         dead["anchor"] = ctx["anchor_error"]
-    for r in range(a.reps):
+    for r in range(a.reps_tailnet):
         for m in rotated(list(modes), r):
             pre, env, echo_key = modes[m]
             if m in dead:
@@ -424,7 +446,7 @@ def bench_tailnet(ctx, a: argparse.Namespace) -> dict:
                 continue
             sec = split_sections(out)
             stderr = sec.get("stderr", "")
-            failed = set(f.split()[0] for f in sec.get("failed", []))
+            failed = set(f.split()[0] for f in sec.get("failed", "").splitlines() if f.strip())
 
             def get(name, word):
                 if name in failed:
@@ -435,7 +457,8 @@ def bench_tailnet(ctx, a: argparse.Namespace) -> dict:
             res["warmup"][m].add(lambda: (get("warm", "connloop")["total_s"], {}))
 
             def one_bulk():
-                return delivered(ctx["peer_sink_log"], before, get("bulk", "bulk"), a.tailnet_bulk_bytes)
+                return delivered(ctx["peer_sink_log"], before, get("bulk", "bulk"), a.tailnet_bulk_bytes,
+                                 (ctx["peer_netns"], ctx["peer_sink_port"]))
             res["bulk"][m].add(one_bulk)
             lat = {}
 
@@ -557,8 +580,10 @@ def bench_memory(ctx, a: argparse.Namespace) -> dict:
                                 a.hold_timeout))
         if ctx.get("anchor_proc") and not ctx.get("anchor_error"):
             apid = ctx["anchor_proc"].pid
-            mem["anchor tailscaled before hold"] = {"tailscaled": rss_kib(apid)}
-            say(f"    anchor tailscaled before hold: {fmt_mem(mem['anchor tailscaled before hold'])}")
+            mem["anchor tailscaled idle (after login)"] = {"tailscaled": ctx.get("anchor_idle_kib")}
+            mem["anchor tailscaled before hold (after (c))"] = {"tailscaled": rss_kib(apid)}
+            say(f"    anchor tailscaled idle: {fmt_mem(mem['anchor tailscaled idle (after login)'])}; "
+                f"before hold: {fmt_mem(mem['anchor tailscaled before hold (after (c))'])}")
             record(f"anchor tailscaled {k} conns",
                    lambda: hold_rss(["proxychains4", "-q", "-f", ctx["pc_anchor"], tb, "hold", peer_ip,
                                      str(peer_echo), str(k)], {}, lambda p: {"tailscaled": apid},
@@ -601,8 +626,10 @@ def start_anchor(ctx, info: dict) -> None:
         authkey = os.environ.get("TS_AUTHKEY") or info["authkey"]
         up = [ts, f"--socket={sock}", "up", f"--login-server={control}", f"--auth-key={authkey}",
               "--hostname=bench-anchor"]
-        run(up, timeout=90)
+        run(up, timeout=90, secret=authkey)
         wait_port("127.0.0.1", port, p)
+        time.sleep(1)
+        ctx["anchor_idle_kib"] = rss_kib(p.pid)
     except Failed as e:
         ctx["anchor_error"] = f"anchor tailscaled: {e}"
         say(f"    FAILED: {ctx['anchor_error']}")
@@ -667,7 +694,8 @@ def summarize(loc: dict | None, tn: dict | None, mem: dict | None, a) -> tuple[l
                                        ("connlat", "(c) connect latency (median)", "{:.0f} µs", "lower"),
                                        ("connlat_p90", "(c) connect latency (p90)", "{:.0f} µs", "lower"),
                                        ("connloop", "(c) connect+echo to peer", "{:.0f} µs/conn", "lower"),
-                                       ("warmup", f"(c) first {a.warmup} connect+echo", "{:.2f} s", "lower")):
+                                       ("warmup", f"(c) first {a.warmup} connect+echo (tailproxy's node just started)", "{:.2f} s",
+                                        "lower")):
             for m in ("anchor", "tailproxy"):
                 failed(what, m, tn[key][m])
                 extra = "" if m == "anchor" else f"{fr(ratio(tn[key][m].median, tn[key]['anchor'].median))} anchor"
@@ -692,10 +720,15 @@ def summarize(loc: dict | None, tn: dict | None, mem: dict | None, a) -> tuple[l
                 idle_key = {"tailproxy --no-tailnet": "tailproxy --no-tailnet idle",
                             "tailproxy (tailnet)": "tailproxy (tailnet) idle",
                             "microsocks": "microsocks idle",
-                            "anchor tailscaled": "anchor tailscaled before hold"}
+                            "anchor tailscaled": "anchor tailscaled before hold (after (c))"}
                 for prefix, ik in idle_key.items():
-                    if name.startswith(prefix) and name != ik and ik in mem and mem[ik].get(proc):
-                        extra = f"+{(kib - mem[ik][proc]) / k:.1f} KiB/conn over idle"
+                    if (name.startswith(prefix) and name.endswith(f"{k} conns") and ik in mem
+                            and mem[ik].get(proc)):
+                        extra = (f"+{(kib - mem[ik][proc]) / k:.1f} KiB/conn over "
+                                 f"{'before hold' if 'before' in ik else 'idle'}")
+                ms = mem.get(f"microsocks {k} conns", {}).get("microsocks")
+                if proc == "tailproxy" and name.endswith(f"{k} conns") and ms:
+                    extra += f"; {kib / ms:.1f}x microsocks"
                 rows.append(["(d) memory", f"{name}: {proc}", f"{kib / 1024:.1f} MiB", extra])
     return rows, targets, failures
 
@@ -709,12 +742,15 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 def markdown(rows, targets, failures, meta, a) -> str:
     md = ["# tailproxy benchmarks", "",
           f"- when: {meta['when']}",
-          f"- command: `{meta['command']}` (this is what `make bench` runs)",
+          f"- command: `{meta['command']}` (`make bench` runs this without options)",
           f"- machine: {meta['versions']['cpus']} CPUs ({meta['versions']['cpu']}), Linux "
-          f"{meta['versions']['kernel']}, Python {meta['versions']['python']}",
+          f"{meta['versions']['kernel']}, Python {meta['versions']['python']}; load average "
+          f"{meta['loadavg_start'][0]:.2f} at the start, {meta['loadavg_end'][0]:.2f} at the end "
+          f"(other work on the machine shows here); run took {meta['seconds']} s",
           f"- tailproxy {meta['versions']['git']}; anchors: proxychains4 {meta['versions']['proxychains4']}, "
           f"microsocks {meta['versions']['microsocks']}, tailscaled {meta['versions']['tailscaled']}",
-          f"- each figure: median of {a.reps} repetitions, modes interleaved; (a) {a.conns} connections, "
+          f"- each figure: median of {a.reps} ((a), (b)) or {a.reps_tailnet} ((c)) repetitions, modes "
+          f"interleaved and rotated; (a) {a.conns} connections, "
           f"(b) {a.bulk_bytes / GiB:g} GiB, (c) {a.tailnet_bulk_bytes / MiB:g} MiB and {a.tailnet_conns} "
           f"connections after {a.warmup} warm-up, (d) {a.hold} connections, one run",
           "", "| benchmark | mode | median | vs anchor |", "|---|---|---|---|"]
@@ -725,16 +761,34 @@ def markdown(rows, targets, failures, meta, a) -> str:
     if failures:
         md += ["", "## Failures", ""] + [f"- {f}" for f in failures]
     md += ["", "## Commands (exact, in order)", "", "```"] + COMMANDS + ["```", ""]
+    md += ["proxychains4 configuration (the same for every proxychains4 run, PORT = that SOCKS5 "
+           "server's port):", "", "```", PROXYCHAINS_CONF.format(port="PORT").rstrip(), "```", ""]
     return "\n".join(md)
 
 
 # ---------------------------------------------------------------- main
 
+CRASHES: list[str] = []
+
+
+def guarded(name, fn, *args):
+    """A bug in one section of this script must not lose the others' figures."""
+    try:
+        return fn(*args)
+    except Exception:
+        import traceback
+        tb = traceback.format_exc()
+        say(tb)
+        CRASHES.append(f"{name}: bench/run.py crashed: {tb.strip().splitlines()[-1]}")
+        return None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, small counts")
-    p.add_argument("--reps", type=int, default=3, help="repetitions per figure (default 3)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions of (a) and (b) (default 5)")
+    p.add_argument("--reps-tailnet", type=int, default=3, help="repetitions of (c) (default 3)")
     p.add_argument("--conns", type=int, default=2000, help="(a) sequential connections (default 2000)")
     p.add_argument("--bulk-bytes", type=int, default=2 * GiB, help="(b) bytes per bulk run (default 2 GiB)")
     p.add_argument("--tailnet-conns", type=int, default=1000, help="(c) connections per run (default 1000)")
@@ -749,7 +803,7 @@ def main() -> int:
     p.add_argument("--hold-timeout", type=float, default=180)
     a = p.parse_args()
     if a.quick:
-        a.reps, a.conns, a.bulk_bytes = 1, 200, 256 * MiB
+        a.reps, a.reps_tailnet, a.conns, a.bulk_bytes = 1, 1, 200, 256 * MiB
         a.tailnet_conns, a.tailnet_bulk_bytes, a.warmup, a.hold = 100, 64 * MiB, 10, 100
     info_path = os.environ.get("TESTNET_INFO")
     if not info_path:
@@ -777,6 +831,7 @@ def main() -> int:
             "command": shlex.join(["python", "-m", "tailproxy.testnet", "--", sys.executable,
                                    os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:]),
             "versions": versions(info["bin"]["tailscaled"]), "nofile": hard,
+            "loadavg_start": os.getloadavg(),
             "args": vars(a), "testnet": {"client": info["client"], "peer": info["peers"]["peer"]}}
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
@@ -804,7 +859,7 @@ def main() -> int:
         ctx["pc_local"] = proxychains_conf(os.path.join(tmp, "proxychains-local.conf"), ms_port)
         say(f"  proxychains4 conf {ctx['pc_local']}: " + open(ctx["pc_local"]).read().replace("\n", "; "))
         if "c" in a.only or ("d" in a.only and not a.no_tailnet_memory):
-            ns = info["peers"]["peer"]["netns"]
+            ns = ctx["peer_netns"] = info["peers"]["peer"]["netns"]
             for key in ("peer_echo_anchor", "peer_echo_tp", "peer_echo_hold"):
                 _, ctx[key] = start_server(["ip", "netns", "exec", ns, tb, "echo-server", "0", "127.0.0.1"],
                                            os.path.join(tmp, key + ".log"), note="in the peer's namespace")
@@ -817,11 +872,11 @@ def main() -> int:
             start_anchor(ctx, info)
 
         if "a" in a.only or "b" in a.only:
-            loc = bench_local(ctx, a)
+            loc = guarded("(a)/(b)", bench_local, ctx, a)
         if "c" in a.only:
-            tn = bench_tailnet(ctx, a)
+            tn = guarded("(c)", bench_tailnet, ctx, a)
         if "d" in a.only:
-            mem = bench_memory(ctx, a)
+            mem = guarded("(d)", bench_memory, ctx, a)
     except KeyboardInterrupt:
         say("bench: interrupted")
     finally:
@@ -830,7 +885,9 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     rows, targets, failures = summarize(loc, tn, mem, a)
+    failures += CRASHES
     meta["seconds"] = round(time.monotonic() - t_start, 1)
+    meta["loadavg_end"] = os.getloadavg()
     say("\n" + table(rows, ["benchmark", "mode", "median", "vs anchor"]))
     say("\ntargets:")
     for t in targets:
