@@ -315,6 +315,30 @@ class Node:
                 return p
         return None
 
+    # -- serve config ------------------------------------------------------------------------
+    def serve_tcp(self, port: int, handler: dict | None) -> None:
+        """Set (or with None remove) the serve-config TCP handler of `port`, e.g.
+        {"TCPForward": "127.0.0.1:8000", "ProxyProtocol": 2}."""
+        self._require_running()
+        api = self.localapi
+        for _ in range(10):  # optimistic concurrency on the serve config (ETag)
+            cfg, etag = api.serve_config()
+            tcp = dict(cfg.get("TCP") or {})
+            if handler is None:
+                if str(port) not in tcp:
+                    return
+                tcp.pop(str(port))
+            else:
+                tcp[str(port)] = handler
+            cfg["TCP"] = tcp or None
+            try:
+                api.set_serve_config(cfg, etag)
+                return
+            except LocalAPIError as e:
+                if e.status != 412:
+                    raise
+        raise NodeError(f"could not update the serve config for port {port}")
+
     # -- dial and listen --------------------------------------------------------------------
     async def dial(self, host: str, port: int, timeout: float = 30.0) -> socket.socket:
         """A TCP connection to host:port through the tailnet (a connected, non-blocking socket)."""
@@ -361,22 +385,7 @@ class Listener:
         await asyncio.to_thread(self._update_serve, {"TCPForward": local, "ProxyProtocol": 2})
 
     def _update_serve(self, handler: dict | None) -> None:
-        api = self.node.localapi
-        for _ in range(5):  # optimistic concurrency on the serve config (ETag)
-            cfg, etag = api.serve_config()
-            tcp = cfg.setdefault("TCP", {}) or {}
-            if handler is None:
-                tcp.pop(str(self.port), None)
-            else:
-                tcp[str(self.port)] = handler
-            cfg["TCP"] = tcp or None
-            try:
-                api.set_serve_config(cfg, etag)
-                return
-            except LocalAPIError as e:
-                if e.status != 412:
-                    raise
-        raise NodeError(f"could not update the serve config for port {self.port}")
+        self.node.serve_tcp(self.port, handler)
 
     async def accept(self) -> tuple[socket.socket, tuple[str, int]]:
         """Next connection and the peer's tailnet (ip, port)."""
