@@ -2,11 +2,15 @@
  *   test_process fork IP          parent and fork child both connect through the proxy
  *   test_process exec IP          a fork child execs a grandchild that connects
  *   test_process threads IP N     N threads connect at once (blocking and non-blocking)
- *   test_process closerange IP    close_range(3, ~0) first, then connect
+ *   test_process closerange IP    close_range(3, ~0) first, then connect; no fd left behind
+ *   test_process sighandler IP    connects from a signal handler while the main
+ *                                 thread connects too (async-signal-safety)
  */
 #include "tptest.h"
 
+#include <dirent.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #ifndef SYS_close_range
@@ -43,23 +47,43 @@ static void one(int nonblock)
 	close(fd);
 }
 
-/* accepts and upper-cases one byte per connection, forever */
+/* upper-cases one byte, then closes */
+static void *echo_one(void *arg)
+{
+	int c = (int)(long)arg;
+	char b;
+
+	if (read(c, &b, 1) == 1) {
+		b = (char)(b - 'x' + 'X');
+		write_all(c, &b, 1);
+	}
+	close(c);
+	return NULL;
+}
+
+/* accepts forever, one thread per connection (a connect made from a signal
+ * handler may wait on its echo while the main thread's is still unsent) */
 static void *echo_server(void *arg)
 {
 	int fd = (int)(long)arg;
+	sigset_t ss;
+	pthread_attr_t a;
 
+	/* signals are for the connecting thread (the sighandler test) */
+	sigfillset(&ss);
+	pthread_sigmask(SIG_BLOCK, &ss, NULL);
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&a, 64 * 1024);
 	for (;;) {
+		pthread_t t;
 		int c = accept(fd, NULL, NULL);
-		char b;
 		if (c < 0 && (errno == EBADF || errno == EINVAL || errno == ENOTSOCK))
 			return NULL;    /* closed under us (close_range test) */
 		if (c < 0)
 			continue;
-		if (read(c, &b, 1) == 1) {
-			b = (char)(b - 'x' + 'X');
-			write_all(c, &b, 1);
-		}
-		close(c);
+		if (pthread_create(&t, &a, echo_one, (void *)(long)c) != 0)
+			echo_one((void *)(long)c);
 	}
 	return NULL;
 }
@@ -143,6 +167,8 @@ static void t_threads(int n)
 	printf("ok: %d threads\n", n);
 }
 
+static void t_nofds(void);
+
 static void t_closerange(void)
 {
 	int i;
@@ -160,7 +186,92 @@ static void t_closerange(void)
 	start_server();
 	one(0);
 	one(1);
+	t_nofds();
 	printf("ok: after close_range\n");
+}
+
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+static void t_nofds(void)
+{
+	int before = count_fds(), i, after;
+
+	for (i = 0; i < 20; i++)
+		one(i & 1);
+	after = count_fds();
+	CHECK(before == after, "%d fds before, %d after 20 connects", before, after);
+	printf("ok: no fd left behind (%d)\n", after);
+}
+
+static volatile sig_atomic_t in_handler_ok, in_handler_fail;
+
+/* A blocking connect, getpeername and SO_ERROR, all from a signal handler. */
+static void on_alarm(int sig)
+{
+	struct sockaddr_storage ss, peer;
+	socklen_t len = mkaddr(dst, lport, &ss), plen = sizeof(peer);
+	int e = errno, fd = socket(family_of(dst), SOCK_STREAM, 0), v = -1;
+	socklen_t vl = sizeof(v);
+	char b = 'x';
+
+	(void)sig;
+	if (connect(fd, (struct sockaddr *)&ss, len) == 0 &&
+	    getpeername(fd, (struct sockaddr *)&peer, &plen) == 0 && plen == len &&
+	    memcmp(&peer, &ss, len) == 0 &&
+	    getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &vl) == 0 && v == 0 &&
+	    write(fd, &b, 1) == 1 && read(fd, &b, 1) == 1 && b == 'X')
+		in_handler_ok++;
+	else
+		in_handler_fail++;
+	close(fd);
+	errno = e;
+}
+
+static void t_sighandler(void)
+{
+	struct sigaction sa;
+	struct itimerval it = {.it_interval = {0, 15000}, .it_value = {0, 15000}};
+	int i;
+
+	start_server();
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_alarm;
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGALRM, &sa, NULL);
+	setitimer(ITIMER_REAL, &it, NULL);
+	for (i = 0; i < 60 || in_handler_ok < 5; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len = mkaddr(dst, lport, &ss);
+		int fd = socket(family_of(dst), SOCK_STREAM | SOCK_NONBLOCK, 0), r;
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		char b;
+
+		CHECK(i < 2000, "handler never succeeded");
+		r = connect(fd, (struct sockaddr *)&ss, len);
+		CHECK(r == -1 && errno == EINPROGRESS, "connect: %s", strerror(errno));
+		while ((r = poll(&p, 1, 10000)) < 0 && errno == EINTR)
+			;
+		CHECK(r == 1 && so_error(fd) == 0, "connect %d did not complete", i);
+		set_nonblock(fd, 0);
+		while (write(fd, "x", 1) != 1)
+			CHECK(errno == EINTR, "write: %s", strerror(errno));
+		while (read(fd, &b, 1) != 1)
+			CHECK(errno == EINTR, "read: %s", strerror(errno));
+		CHECK(b == 'X', "echo");
+		close(fd);
+	}
+	memset(&it, 0, sizeof(it));
+	setitimer(ITIMER_REAL, &it, NULL);
+	CHECK(in_handler_fail == 0, "%d connects in the handler failed", (int)in_handler_fail);
+	printf("ok: %d main connects, %d in the signal handler\n", i, (int)in_handler_ok);
 }
 
 int main(int argc, char **argv)
@@ -177,6 +288,8 @@ int main(int argc, char **argv)
 		t_exec_child(atoi(argv[3]));
 	else if (!strcmp(m, "threads"))
 		t_threads(argc > 3 ? atoi(argv[3]) : 200);
+	else if (!strcmp(m, "sighandler"))
+		t_sighandler();
 	else if (!strcmp(m, "closerange"))
 		t_closerange();
 	else

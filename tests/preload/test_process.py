@@ -31,3 +31,8 @@ def test_connect_from_another_librarys_constructor(run, order):
     r = run.run("test_connect", "udp", V4,
                 env={"LD_PRELOAD": ":".join(libs), "TP_EARLY_IP": V4})
     assert "early: ok" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_connect_from_signal_handler(run, ip):
+    run.run("test_process", "sighandler", ip, timeout=120)
