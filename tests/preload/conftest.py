@@ -28,23 +28,11 @@ import time
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from preload_env import SETUP  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRELOAD = os.path.join(ROOT, "preload")
-
-V4 = "198.18.0.1"
-V6 = "2001:db8::1"
-BYPASSED = "198.18.0.2"
-UNREACH4 = "198.18.99.5"
-UNREACH6 = "2001:db8:99::5"
-
-SETUP = [
-    "ip link set lo up",
-    f"ip addr add {V4}/32 dev lo",
-    f"ip addr add {BYPASSED}/32 dev lo",
-    f"ip -6 addr add {V6}/128 dev lo nodad",
-    "ip route add unreachable 198.18.99.0/24",
-    "ip -6 route add unreachable 2001:db8:99::/48",
-]
 
 
 def _sanitizer() -> str:
@@ -60,12 +48,16 @@ def build():
     """(lib path, test program dir): from make, or built here into a temp dir."""
     lib, testbin = os.environ.get("TAILPROXY_LIB"), os.environ.get("TAILPROXY_TESTBIN")
     if lib and testbin:
-        return lib, testbin
+        yield lib, testbin
+        return
     if not shutil.which(os.environ.get("CC", "gcc")):
         pytest.skip("no C compiler to build libtailproxy.so")
     out = tempfile.mkdtemp(prefix="tailproxy-preload-build-")
-    subprocess.run(["make", "-s", "-C", PRELOAD, f"OUT={out}", "progs"], check=True)
-    return os.path.join(out, "libtailproxy.so"), os.path.join(out, "tests")
+    try:
+        subprocess.run(["make", "-s", "-C", PRELOAD, f"OUT={out}", "progs"], check=True)
+        yield os.path.join(out, "libtailproxy.so"), os.path.join(out, "tests")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """connect() on non-blocking sockets and the SO_ERROR hook (preload/tests/test_nonblock.c)."""
 import pytest
 
-from conftest import UNREACH4, UNREACH6, V4, V6
+from preload_env import UNREACH4, UNREACH6, V4, V6
 
 
 @pytest.mark.parametrize("how", ["poll", "epoll"])

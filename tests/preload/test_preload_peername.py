@@ -1,7 +1,7 @@
 """getpeername() (preload/tests/test_peername.c)."""
 import pytest
 
-from conftest import V4, V6
+from preload_env import V4, V6
 
 
 @pytest.mark.parametrize("mode", ["requested", "truncated", "dup", "stale", "exec"])

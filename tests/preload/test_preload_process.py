@@ -1,7 +1,7 @@
 """fork, exec, threads, close_range (preload/tests/test_process.c)."""
 import pytest
 
-from conftest import V4, V6
+from preload_env import V4, V6
 
 
 @pytest.mark.parametrize("ip", [V4, V6])

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from conftest import UNREACH4, V4, V6
+from preload_env import UNREACH4, V4, V6
 
 SERVER = textwrap.dedent("""
     import asyncio, errno, socket, sys, threading

@@ -1,7 +1,7 @@
 """connect() on blocking sockets (preload/tests/test_connect.c)."""
 import pytest
 
-from conftest import UNREACH4, UNREACH6, V4, V6
+from preload_env import UNREACH4, UNREACH6, V4, V6
 
 
 @pytest.mark.parametrize("ip", [V4, V6])

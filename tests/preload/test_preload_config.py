@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import BYPASSED, V4, V6
+from preload_env import BYPASSED, V4, V6
 
 
 def no_lines(r):

@@ -1,7 +1,7 @@
 """Data through the relay (preload/tests/test_relay.c)."""
 import pytest
 
-from conftest import V4, V6
+from preload_env import V4, V6
 
 
 @pytest.mark.parametrize("mode", ["halfclose", "banner", "bulk"])
