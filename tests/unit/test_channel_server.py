@@ -423,3 +423,108 @@ def test_close_releases_everything(tmp_path):
     s2.close()
     assert not os.path.exists(tmp_path / "c.sock")
     assert count_fds() == before
+
+
+# ------------------------------------------------------------ hand-over details
+
+def test_connector_path_is_used(env):
+    s = socket.socket()
+    s.setblocking(False)
+    rep = connect_via_channel(env.path, s, *DST)
+    assert wait_status(env.path, rep.token) == 0
+    assert wait_writable(s, 2) & select.POLLOUT
+    echo_roundtrip(s)
+    s.close()
+    extra = env.proxy.channel.stats.extra
+    assert extra.get("via_connector") == 1 and not extra.get("via_relay_listener")
+
+
+def test_no_visible_transition_for_pollers(env):
+    """A program polling its socket while the proxy completes the connect
+    must see POLLOUT only -- never POLLERR/POLLHUP (curl fails on those)."""
+    import threading
+    for i in range(100):
+        gate = env.dialer.gate(*DST)
+        s = socket.socket()
+        s.setblocking(False)
+        rep = connect_via_channel(env.path, s, *DST)
+        assert rep.err == 0
+        seen = []
+
+        def poller():
+            p = select.poll()
+            p.register(s, select.POLLOUT)
+            seen.extend(ev for _fd, ev in p.poll(5000))
+        t = threading.Thread(target=poller)
+        t.start()
+        time.sleep(0.001)
+        gate.set()
+        t.join()
+        assert seen == [select.POLLOUT], (i, seen)
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        s.close()
+
+
+def test_fallback_to_relay_listener(env):
+    ep = env.proxy.channel._endpoints
+
+    def broken(sock, park):
+        raise OSError(errno.EADDRNOTAVAIL, "no connector")
+    ep.open_connector = broken
+    try:
+        for blocking in (False, True):
+            s = socket.socket()
+            s.setblocking(blocking)
+            rep = connect_via_channel(env.path, s, *DST, blocking=blocking)
+            assert rep.err == 0
+            assert wait_status(env.path, rep.token) == 0
+            assert wait_writable(s, 2) & select.POLLOUT
+            echo_roundtrip(s)
+            local = cp.Address.from_sockaddr(s.getsockname())
+            assert channel_request(env.path, cp.encode_peer(local)).dst == cp.Address(4, *DST)
+            s.close()
+        assert env.proxy.channel.stats.extra.get("via_relay_listener") == 2
+    finally:
+        del ep.open_connector
+
+
+def test_blocking_success_then_eisconn(env):
+    s = socket.socket()
+    assert connect_via_channel(env.path, s, *DST, blocking=True).err == 0
+    # the socket is the kernel's now: connect again is EISCONN, like a real one
+    assert s.connect_ex(s.getpeername()) == errno.EISCONN
+    echo_roundtrip(s)
+    s.close()
+
+
+def test_blocking_failure_socket_reusable(env):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    local = s.getsockname()
+    assert connect_via_channel(env.path, s, *REFUSED, blocking=True).err == errno.ECONNREFUSED
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    assert s.getsockname() == local
+    assert connect_via_channel(env.path, s, *DST, blocking=True).err == 0
+    assert s.getsockname() == local
+    echo_roundtrip(s)
+    s.close()
+
+
+def test_blocking_interrupted_stays_in_progress(env):
+    """After the preload gives up waiting (EINTR), the socket looks like a
+    kernel connect still in flight: nothing to poll, EALREADY."""
+    gate = env.dialer.gate(*DST)
+    s = socket.socket()
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c.connect(env.path)
+    socket.send_fds(c, [cp.encode_connect(cp.Address(4, *DST), blocking=True)], [s.fileno()])
+    time.sleep(0.05)
+    c.close()
+    s.setblocking(False)
+    assert wait_writable(s, 0.2) == 0
+    assert s.connect_ex(("127.0.0.1", 9)) == errno.EALREADY
+    gate.set()
+    assert wait_writable(s, 2) == select.POLLOUT
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    echo_roundtrip(s)
+    s.close()

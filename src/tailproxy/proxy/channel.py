@@ -1,12 +1,16 @@
 """asyncio server of the private preload channel (docs/CHANNEL.md).
 
 One SOCK_SEQPACKET Unix listener; each connection carries requests
-(normally exactly one). A CONNECT brings the program's socket (SCM_RIGHTS);
-we keep the duplicate only until the socket has been steered to the relay
-listener (success) or to a closed port (failure), see :mod:`.loopback`.
+(normally exactly one). A CONNECT brings the program's socket (SCM_RIGHTS).
+Every socket is parked at once (blocking ones too); the duplicate is kept
+until the dial has an outcome: success completes the parked connect by a
+simultaneous open from a connector socket, which becomes our end of the
+relay (fallback: relay listener); failure points the socket at a closed
+port. See :mod:`.loopback`. The outcome is recorded under the token before
+the kernel shows it (the preload's SO_ERROR hook relies on that).
 
-Blocking: nothing here blocks the loop except the loopback connect of a
-*blocking* program socket, which completes during the call.
+Blocking: nothing here blocks the loop (loopback connects of program
+sockets are made with O_NONBLOCK set for the call).
 Cancellation: :meth:`ChannelServer.close` cancels every task; every received
 fd is closed on every path.
 """
@@ -27,7 +31,7 @@ from typing import Callable
 
 from . import channel_proto as cp
 from .dialer import DialError, Dialer, errno_name
-from .loopback import LoopbackEndpoints, clear_error, disconnect
+from .loopback import LoopbackEndpoints, clear_error
 from .relay import DEFAULT_BUFSIZE, relay
 
 __all__ = ["ChannelServer", "TokenStore", "ConnLog"]
@@ -98,6 +102,20 @@ class _Pending:
     token: int
     t0: float
     timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Job:
+    """One CONNECT whose socket is parked."""
+    sock: socket.socket
+    dst: cp.Address
+    host: str
+    timeout: float
+    token: int
+    label: str
+    t0: float
+    bound: tuple | None
+    park: cp.Address
 
 
 @dataclass
@@ -293,7 +311,13 @@ class ChannelServer:
 
     # ------------------------------------------------------------ CONNECT
     async def _handle_connect(self, loop, conn, req: cp.ConnectReq, fd: int) -> bool:
-        """Returns False when the channel connection must be closed."""
+        """Returns False when the channel connection must be closed.
+
+        Every program socket is parked first (blocking ones too, with
+        O_NONBLOCK set for that one call), so a connect interrupted on the
+        program's side (EINTR, SO_SNDTIMEO) goes on like a kernel connect.
+        Non-blocking socket (and no BLOCKING flag): reply {0, token} at once.
+        Otherwise reply when the dial has an outcome."""
         self.stats.connects += 1
         try:
             sock = socket.socket(fileno=fd)
@@ -309,56 +333,56 @@ class ChannelServer:
             sock.close()
             self._send(conn, cp.encode_connect_reply(bad))
             return False
-        nonblocking = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+        try:
+            nonblocking = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+            bound = sock.getsockname()
+            err, park = self._endpoints.park(sock, req.dst)
+        except OSError as exc:
+            err, park = exc.errno or errno.EINVAL, None
         token = self._next_token
         self._next_token += 1
         timeout = req.timeout_ms / 1000.0 if req.timeout_ms else self.connect_timeout
+        timeout = min(timeout, self._park_limit)
         host = req.host or req.dst.ip
         label = f"{host}:{req.dst.port}" if ":" not in host else f"[{host}]:{req.dst.port}"
         t0 = time.monotonic()
+        if err:
+            sock.close()
+            self._send(conn, cp.encode_connect_reply(err))
+            self._report(label, errno_name(err), 0, 0, t0)
+            return True
+        self.tokens.set(token, errno.EINPROGRESS)
+        job = _Job(sock, req.dst, host, timeout, token, label, t0, bound, park)
 
         if nonblocking and not req.blocking:
-            # park it, reply at once, dial in the background
-            try:
-                bound = sock.getsockname()
-            except OSError:
-                bound = None
-            try:
-                err = self._endpoints.park(sock, req.dst)
-            except OSError as exc:
-                err = exc.errno or errno.EINVAL
-            if err:
-                sock.close()
-                self._send(conn, cp.encode_connect_reply(err))
-                self._report(label, errno_name(err), 0, 0, t0)
-                return True
-            self.tokens.set(token, errno.EINPROGRESS)
-            self._spawn(self._dial_parked(sock, req, host, min(timeout, self._park_limit),
-                                          token, label, t0, bound))
+            self._spawn(self._finish_parked(job))
             self._send(conn, cp.encode_connect_reply(0, token))
             return True
 
         # blocking: reply when the dial has an outcome
-        self.tokens.set(token, errno.EINPROGRESS)
         try:
-            remote = await self._dial(host, req.dst.port, timeout)
-        except DialError as exc:
-            self.tokens.set(token, exc.errno)
-            self._report(label, exc.name, 0, 0, t0)
-            if not self._send(conn, cp.encode_connect_reply(exc.errno, token)):
-                # the preload gave up (EINTR/SO_SNDTIMEO): leave the socket failed
-                self._to_closed(sock, req.dst)
-            sock.close()
+            try:
+                remote = await self._dial(host, req.dst.port, timeout)
+            except DialError as exc:
+                self.tokens.set(token, exc.errno)
+                self._report(label, exc.name, 0, 0, t0)
+                # unconnected again *before* the reply, so a retry can connect
+                self._endpoints.unpark(sock, bound)
+                if not self._send(conn, cp.encode_connect_reply(exc.errno, token)):
+                    # the preload gave up (EINTR/SO_SNDTIMEO): leave it failed
+                    self._to_closed(sock, req.dst)
+                return True
+            except asyncio.CancelledError:
+                self.tokens.set(token, errno.ECONNRESET)
+                self._fail_parked(sock, req.dst, bound)
+                raise
+            err = self._complete(job, remote)
+            if err == 0:
+                self._endpoints.mark_connected(sock)
+            self._send(conn, cp.encode_connect_reply(err, token))
             return True
-        except BaseException:
-            sock.close()
-            raise
-        try:
-            err = self._attach(sock, remote, req.dst, token, label, t0, parked=False)
         finally:
             sock.close()
-        self._send(conn, cp.encode_connect_reply(err, token))
-        return True
 
     @staticmethod
     def _check_socket(sock: socket.socket, dst: cp.Address) -> int:
@@ -387,74 +411,79 @@ class ChannelServer:
             self.log(f"dialer error for {host}:{port}: {exc!r}")
             raise DialError(errno.ECONNRESET, f"{host}:{port}: internal error: {exc}") from None
 
-    async def _dial_parked(self, sock, req, host, timeout, token, label, t0, bound) -> None:
+    async def _finish_parked(self, job: "_Job") -> None:
+        """Background dial of a parked non-blocking socket."""
+        sock = job.sock
         try:
             try:
-                remote = await self._dial(host, req.dst.port, timeout)
+                remote = await self._dial(job.host, job.dst.port, job.timeout)
             except DialError as exc:
-                self.tokens.set(token, exc.errno)
-                self._unpark(sock, bound)
-                self._to_closed(sock, req.dst)
-                self._report(label, exc.name, 0, 0, t0)
+                # record the outcome *before* the kernel shows it
+                self.tokens.set(job.token, exc.errno)
+                self._fail_parked(sock, job.dst, job.bound)
+                self._report(job.label, exc.name, 0, 0, job.t0)
                 return
-            self._unpark(sock, bound)
-            self._attach(sock, remote, req.dst, token, label, t0, parked=True)
+            self._complete(job, remote)
         except asyncio.CancelledError:
             # proxy shutting down: fail the program's connect now rather than
             # leave it in SYN_SENT until the kernel gives up
-            self.tokens.set(token, errno.ECONNRESET)
+            self.tokens.set(job.token, errno.ECONNRESET)
             if sock.fileno() != -1:
-                self._unpark(sock, bound)
-                self._to_closed(sock, req.dst)
+                self._fail_parked(sock, job.dst, job.bound)
             raise
         finally:
             sock.close()
 
-    @staticmethod
-    def _unpark(sock: socket.socket, bound=None) -> None:
-        """Disconnect a parked socket and clear the resulting ECONNRESET. A
-        port chosen by bind(port 0) is released by the kernel on disconnect:
-        bind it again so the program keeps its local address."""
+    def _fail_parked(self, sock, dst, bound) -> None:
+        """Parked socket -> failed (SO_ERROR ECONNREFUSED, POLLERR)."""
         try:
-            disconnect(sock)
+            if self._endpoints.unpark_to(sock, dst, "closed", bound) == 0:
+                return
         except OSError:
             pass
-        try:
-            clear_error(sock)
-        except OSError:
-            pass
-        if bound is not None and bound[1] != 0:
-            try:
-                sock.bind(bound)    # EINVAL when the port is still held: fine
-            except OSError:
-                pass
+        self._to_closed(sock, dst)
 
     def _to_closed(self, sock, dst) -> None:
+        """Mark an unconnected socket failed (ECONNREFUSED)."""
         try:
+            clear_error(sock)
             self._endpoints.to_closed(sock, dst)
         except OSError:
             pass
 
-    def _attach(self, sock, remote, dst, token, label, t0, *, parked: bool) -> int:
-        """Dial succeeded: connect the program's socket to the relay listener
-        and register it as pending. Returns 0 or an errno (then ``remote`` is
-        closed and the socket marked failed)."""
-        self.tokens.set(token, 0)
+    def _complete(self, job: "_Job", remote: socket.socket) -> int:
+        """Dial succeeded: complete the parked socket's connect and start the
+        relay. Primary: simultaneous open from a connector socket (no visible
+        transition). Fallback: disconnect and connect to the relay listener.
+        Returns 0 or an errno (``remote`` closed, socket marked failed)."""
+        sock, dst = job.sock, job.dst
+        self.tokens.set(job.token, 0)       # the outcome is recorded first
         try:
-            local = self._endpoints.to_relay(sock, dst)
+            connector, local = self._endpoints.open_connector(sock, job.park)
+        except OSError as exc:
+            self.log(f"connector for {job.label}: {exc}; using the relay listener")
+        else:
+            self._peers[local] = dst
+            self.stats.relays += 1
+            self.stats.extra["via_connector"] = self.stats.extra.get("via_connector", 0) + 1
+            self._spawn(self._run_relay(connector, remote, dst, job.label, job.t0, local))
+            return 0
+        try:
+            err = self._endpoints.unpark_to(sock, dst, "relay", job.bound)
+            if err:
+                raise OSError(err, os.strerror(err))
+            local = cp.Address.from_sockaddr(sock.getsockname())
         except OSError as exc:
             err = exc.errno or errno.ECONNRESET
             remote.close()
-            self.tokens.set(token, err)
-            if parked:
-                self._unpark(sock)
-                self._to_closed(sock, dst)
-            self._report(label, errno_name(err), 0, 0, t0)
+            self.tokens.set(job.token, err)
+            self._to_closed(sock, dst)
+            self._report(job.label, errno_name(err), 0, 0, job.t0)
             return err
         old = self._pending.pop(local, None)
         if old is not None:
             self._drop_pending(old)
-        p = _Pending(remote, dst, label, token, t0)
+        p = _Pending(remote, dst, job.label, job.token, job.t0)
         p.timer = asyncio.get_running_loop().call_later(_PENDING_TTL, self._expire_pending, local)
         self._pending[local] = p
         self._peers[local] = dst
@@ -503,13 +532,15 @@ class ChannelServer:
             if p.timer is not None:
                 p.timer.cancel()
             self.stats.relays += 1
-            self._spawn(self._run_relay(conn, p, key))
+            self.stats.extra["via_relay_listener"] = self.stats.extra.get("via_relay_listener", 0) + 1
+            self._spawn(self._run_relay(conn, p.remote, p.dst, p.label, p.t0, key))
 
-    async def _run_relay(self, conn: socket.socket, p: _Pending, key) -> None:
+    async def _run_relay(self, conn: socket.socket, remote: socket.socket, dst, label, t0,
+                         key) -> None:
         outcome = "ok"
         res = None
         try:
-            res = await relay(conn, p.remote, idle_timeout=self.idle_timeout, bufsize=self.bufsize)
+            res = await relay(conn, remote, idle_timeout=self.idle_timeout, bufsize=self.bufsize)
             if res.reason == "idle":
                 outcome = "ok idle-timeout"
             elif res.error:
@@ -519,9 +550,9 @@ class ChannelServer:
             raise
         finally:
             up, down = (res.up, res.down) if res else (0, 0)
-            self._report(p.label, outcome, up, down, p.t0)
+            self._report(label, outcome, up, down, t0)
             if not self._closing:
-                asyncio.get_running_loop().call_later(_PEER_GRACE, self._forget_peer, key, p.dst)
+                asyncio.get_running_loop().call_later(_PEER_GRACE, self._forget_peer, key, dst)
 
     def _forget_peer(self, key, dst) -> None:
         if self._peers.get(key) is dst:
