@@ -209,6 +209,7 @@ def test_ipv6_socket(env, dst):
     peer = channel_request(env.path, cp.encode_peer(local))
     assert peer.err == 0 and peer.dst.ip == dst[0]
     s.close()
+    assert not env.proxy.channel.stats.extra.get("via_relay_listener")
 
 
 def test_host_name_is_dialled(env):
