@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 import tailproxy.testnet
+from tailproxy.testnet import netns
 
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(tailproxy.testnet.__file__))))
 
@@ -205,7 +206,11 @@ def info():
             pytest.fail("TESTNET_INFO is not set (TAILPROXY_REQUIRE_TESTNET=1)")
         pytest.skip("needs the local test tailnet (python -m tailproxy.testnet)")
     with open(path) as f:
-        return json.load(f)
+        data = json.load(f)
+    # Never send test traffic from a namespace that might route off this machine.
+    if not netns.current_is(data["client"]["netns"]):
+        pytest.fail(f"TESTNET_INFO is set but this is not the client namespace {data['client']['netns']}")
+    return data
 
 
 def in_netns(ns, code, timeout=60, **kw):

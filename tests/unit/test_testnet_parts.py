@@ -166,3 +166,7 @@ def test_prune_stale_dirs_only_removes_dead_runs_of_ours(tmp_path):
     (alive / "logs").mkdir(parents=True)
     assert netns.prune_stale_dirs(str(tmp_path)) == [str(ours)]
     assert not ours.exists() and not_ours.exists() and alive.exists()
+
+
+def test_current_is_false_for_unknown_namespace():
+    assert netns.current_is("tn0-no-such-namespace") is False

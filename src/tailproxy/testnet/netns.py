@@ -85,6 +85,16 @@ def prune_stale_dirs(tmp_root: str) -> list[str]:
     return removed
 
 
+def current_is(ns: str) -> bool:
+    """True if this process runs in network namespace `ns` (e.g. a test's guard that it really is
+    on the testnet's client host before it sends anything)."""
+    try:
+        a, b = os.stat(f"/run/netns/{ns}"), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def wrap(ns: str, binds: dict[str, str], argv: list[str]) -> list[str]:
     """argv to run `argv` in netns `ns` inside a private mount namespace where each
     target path in binds (e.g. /etc/resolv.conf) is overlaid by its source file."""
