@@ -259,7 +259,8 @@ class Testnet:
         def node_info(name: str) -> dict:
             n = self.nodes[name]
             return {"name": name, **self_info(statuses[name]), "netns": n.ns, "lan_ipv4": n.lan_ip,
-                    "socket": n.socket, "socks5": n.socks5}
+                    "socket": n.socket, "socks5": n.socks5,
+                    "tailscaled_pid": self.procs.procs[f"tailscaled-{name}"].pid}  # e.g. for failover tests
 
         peer = node_info("peer")
         peer.update(echo_port=ECHO_PORT, http_port=PEER_HTTP_PORT, http_serve_port=PEER_HTTP_SERVE_PORT)
