@@ -28,6 +28,7 @@ from .binaries import find_binaries, log
 from .control import Control
 from .hosts import Node, mesh_problems, self_info
 from .procs import PartFailed, Procs, log_tail
+from .procs import _preexec as procs_preexec
 from .tls import make_certs
 
 LAN_PREFIX = "198.18.0.0/24"
@@ -164,7 +165,7 @@ class Testnet:
             with open(logp, "wb") as f:
                 p = subprocess.Popen(node.up_argv(self.control.url, self.authkey), stdin=subprocess.DEVNULL,
                                      stdout=f, stderr=subprocess.STDOUT,
-                                     env=dict(node.env, HOME=node.dir), preexec_fn=_pdeath)
+                                     env=dict(node.env, HOME=node.dir), preexec_fn=procs_preexec)
             ups.append((node, p, logp))
         for node, p, logp in ups:
             try:
@@ -340,8 +341,3 @@ class Testnet:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _pdeath():
-    from .procs import _preexec
-    _preexec()
