@@ -82,6 +82,23 @@ def _names(v: Any) -> list[str]:
     return out
 
 
+def _ports(v: Any) -> list[tuple[int, int]]:
+    from .exporter.ports import parse_ports
+    if isinstance(v, list):
+        v = ",".join(str(i) for i in v)
+    return parse_ports(str(v))
+
+
+def _count(v: Any) -> int:
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected a whole number") from None
+    if n < 1:
+        raise ValueError("expected at least 1")
+    return n
+
+
 def _hostport(v: Any) -> tuple[str, int]:
     v = _str(v)
     host, sep, port = v.rpartition(":")
@@ -141,6 +158,15 @@ SETTINGS: list[Setting] = [
     Setting("tailnet_only", _bool, False, ("TAILPROXY_TAILNET_ONLY",),
             "without an exit node, refuse non-tailnet destinations (EHOSTUNREACH) instead of "
             "dialling them from this host"),
+    Setting("export_listeners", _bool, False, ("TAILPROXY_EXPORT_LISTENERS",),
+            "make the program's listening TCP ports reachable on the tailnet (and only there)"),
+    Setting("export_allow_ports", _ports, None, (),
+            "with --export-listeners, export only these ports, e.g. 3000,8080,10000-10100", "SPEC"),
+    Setting("export_deny_ports", _ports, None, (),
+            "never export these ports (wins over --export-allow-ports)", "SPEC"),
+    Setting("export_max", _count, None, (), "export at most N ports", "N"),
+    Setting("export_proxy_protocol", _bool, False, (),
+            "prepend a PROXY protocol v2 header carrying the tailnet client's address"),
     Setting("no_tailnet", _bool, False, (),
             "dial destinations directly instead of through the tailnet (debugging, benchmarks)"),
     Setting("socks5", _hostport, None, ("TAILPROXY_SOCKS5",),

@@ -10,6 +10,8 @@ import sys
 import tempfile
 
 from ..control import ControlServer
+from ..exporter.exporter import Exporter
+from ..exporter.ports import PortFilter
 from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
@@ -49,8 +51,16 @@ def run(settings: dict, command: list[str]) -> int:
     except FileNotFoundError as e:
         _say(str(e))
         return 1
-    if settings["no_tailnet"] and (settings["exit_node"] or settings["tailnet_only"]):
-        _say("--no-tailnet cannot be combined with --exit-node or --tailnet-only")
+    if settings["no_tailnet"] and (settings["exit_node"] or settings["tailnet_only"]
+                                   or settings["export_listeners"]):
+        _say("--no-tailnet cannot be combined with --exit-node, --tailnet-only or "
+             "--export-listeners")
+        return 2
+    if not settings["export_listeners"] and any(
+            settings[k] for k in ("export_allow_ports", "export_deny_ports", "export_max",
+                                  "export_proxy_protocol")):
+        _say("--export-allow-ports/--export-deny-ports/--export-max/--export-proxy-protocol "
+             "need --export-listeners")
         return 2
 
     rundir = tempfile.mkdtemp(prefix="tailproxy-")  # 0700: only we can reach the channel
@@ -89,13 +99,24 @@ def run(settings: dict, command: list[str]) -> int:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def _control_handler(settings, node, exits, command):
+def _listen_notice(exporter: Exporter):
+    from ..proxy.channel_proto import OP_LISTEN
+
+    async def notice(req) -> None:
+        if req.op == OP_LISTEN:
+            await exporter.on_listen(req.family, req.port)
+        else:
+            await exporter.on_unlisten(req.family, req.port)
+    return notice
+
+
+def _control_handler(settings, node, exits, command, exporter=None):
     async def handle(req: dict) -> dict:
         cmd = req["cmd"]
         if cmd == "info":
             info = {"ok": True, "pid": os.getpid(), "hostname": settings["hostname"],
                     "command": command, "exit_node": None, "node_name": None, "ips": [],
-                    "exports": []}
+                    "exports": sorted(exporter.exports) if exporter else []}
             if node:
                 st = await asyncio.to_thread(node.localapi.status)
                 info["node_name"] = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".")
@@ -143,8 +164,16 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
     proxy = Proxy(dialer, channel_path=os.path.join(rundir, "channel.sock"), socks_listen=listen,
                   socks_auth=auth, connect_timeout=settings["connect_timeout"],
                   verbose=settings["verbose"], log=_log_line)
-    control = ControlServer(_control_handler(settings, node, exits, command))
+    exporter = None
+    if settings["export_listeners"] and node:
+        exporter = Exporter(node, PortFilter(settings["export_allow_ports"],
+                                             settings["export_deny_ports"], settings["export_max"]),
+                            settings["export_proxy_protocol"], _say)
+        proxy.on_listen = _listen_notice(exporter)
+    control = ControlServer(_control_handler(settings, node, exits, command, exporter))
     try:
+        if exporter:
+            await exporter.start()
         await proxy.start()
     except OSError as e:
         _say(f"cannot start the local proxy on {listen[0]}:{listen[1]}: {e.strerror or e}")
@@ -161,7 +190,8 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
             return await _serve_proxy_only(proxy, auth)
         env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
                         bypass=list(settings["bypass"]), verbose=settings["verbose"],
-                        proxy_addr=proxy.socks_address, proxy_auth=auth)
+                        proxy_addr=proxy.socks_address, proxy_auth=auth,
+                        export_listeners=exporter is not None)
         return await _run_child(program, command, env)
     finally:
         if exits:
@@ -169,6 +199,8 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
         if control:
             await control.close()
         await proxy.close()
+        if exporter:
+            await exporter.close()
 
 
 async def _serve_proxy_only(proxy, auth) -> int:

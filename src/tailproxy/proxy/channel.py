@@ -27,7 +27,7 @@ import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from . import channel_proto as cp
 from .dialer import DialError, Dialer, errno_name
@@ -131,8 +131,10 @@ class ChannelServer:
     def __init__(self, path: str, dialer: Dialer, *, endpoints: LoopbackEndpoints | None = None,
                  connect_timeout: float = 30.0, idle_timeout: float | None = None,
                  make_parent: bool = False, on_conn: ConnLog | None = None,
-                 log: Callable[[str], None] | None = None, bufsize: int = DEFAULT_BUFSIZE):
+                 log: Callable[[str], None] | None = None, bufsize: int = DEFAULT_BUFSIZE,
+                 on_listen: Callable[[cp.ListenReq], Awaitable[None]] | None = None):
         self.path = path
+        self.on_listen = on_listen
         self.dialer = dialer
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -290,6 +292,10 @@ class ChannelServer:
                     fd, fds = fds[0], []
                     if not await self._handle_connect(loop, conn, req, fd):
                         return
+                elif isinstance(req, cp.ListenReq):
+                    # A notice: no reply (the preload does not wait), never fatal.
+                    if self.on_listen is not None:
+                        self._spawn(self._notify_listen(req))
                 elif isinstance(req, cp.StatusReq):
                     err = self.tokens.get(req.token)
                     self._send(conn, cp.encode_status_reply(errno.ENOENT if err is None else err))
@@ -300,6 +306,12 @@ class ChannelServer:
             for fd in fds:
                 _close_fd(fd)
             conn.close()
+
+    async def _notify_listen(self, req: cp.ListenReq) -> None:
+        try:
+            await self.on_listen(req)
+        except Exception as exc:  # a broken exporter must not take the channel down
+            self.log(f"channel: listen notice for port {req.port}: {exc}")
 
     @staticmethod
     def _send(conn: socket.socket, data: bytes) -> bool:

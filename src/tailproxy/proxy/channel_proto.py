@@ -24,7 +24,10 @@ VERSION = 1
 OP_CONNECT = 1
 OP_STATUS = 2
 OP_PEER = 3
-OPS = (OP_CONNECT, OP_STATUS, OP_PEER)
+# 4-6: name service (RESOLVE, REVERSE, QUERY)
+OP_LISTEN = 7
+OP_UNLISTEN = 8
+OPS = (OP_CONNECT, OP_STATUS, OP_PEER, OP_LISTEN, OP_UNLISTEN)
 
 FLAG_BLOCKING = 0x0001
 
@@ -37,6 +40,7 @@ _REQ_HDR = struct.Struct("=BBHI")
 _REP_HDR = struct.Struct("=BBHi")
 _ADDR = struct.Struct("=BBH16s")
 _CONNECT_BODY = struct.Struct("=20sIB255s")
+_LISTEN_BODY = struct.Struct("=BBHi")         # family 4|6, zero, port, pid
 _U64 = struct.Struct("=Q")
 
 REQ_HDR_SIZE = _REQ_HDR.size          # 8
@@ -48,8 +52,11 @@ PEER_REQ_SIZE = REQ_HDR_SIZE + ADDR_SIZE               # 28
 CONNECT_REP_SIZE = REP_HDR_SIZE + _U64.size            # 16
 STATUS_REP_SIZE = REP_HDR_SIZE                         # 8
 PEER_REP_SIZE = REP_HDR_SIZE + ADDR_SIZE               # 28
+LISTEN_REQ_SIZE = REQ_HDR_SIZE + _LISTEN_BODY.size      # 16
+LISTEN_REP_SIZE = REP_HDR_SIZE                          # 8
 
-REQ_SIZES = {OP_CONNECT: CONNECT_REQ_SIZE, OP_STATUS: STATUS_REQ_SIZE, OP_PEER: PEER_REQ_SIZE}
+REQ_SIZES = {OP_CONNECT: CONNECT_REQ_SIZE, OP_STATUS: STATUS_REQ_SIZE, OP_PEER: PEER_REQ_SIZE,
+             OP_LISTEN: LISTEN_REQ_SIZE, OP_UNLISTEN: LISTEN_REQ_SIZE}
 MAX_REQ_SIZE = max(REQ_SIZES.values())
 
 assert (CONNECT_REQ_SIZE, CONNECT_REP_SIZE) == (288, 16)
@@ -128,7 +135,18 @@ class PeerReq:
     local: Address
 
 
-Request = ConnectReq | StatusReq | PeerReq
+@dataclass(frozen=True, slots=True)
+class ListenReq:
+    """A socket of the program started (LISTEN) or may have stopped (UNLISTEN) listening."""
+    seq: int
+    flags: int
+    op: int
+    family: int
+    port: int
+    pid: int
+
+
+Request = ConnectReq | StatusReq | PeerReq | ListenReq
 
 
 # ---------------------------------------------------------------- addresses
@@ -196,6 +214,11 @@ def decode_request(data: bytes, nfds: int = 0) -> Request:
     if op == OP_STATUS:
         (token,) = _U64.unpack(body)
         return StatusReq(seq, flags, token)
+    if op in (OP_LISTEN, OP_UNLISTEN):
+        family, zero, port, pid = _LISTEN_BODY.unpack(body)
+        if family not in (FAMILY_V4, FAMILY_V6) or zero or not port:
+            raise ProtoError(errno.EINVAL, f"listen notice: family {family}, port {port}", op)
+        return ListenReq(seq, flags, op, family, port, pid)
     return PeerReq(seq, flags, decode_address(bytes(body), op))
 
 
@@ -214,6 +237,10 @@ def encode_status(token: int, *, seq: int = 0) -> bytes:
 
 def encode_peer(local: Address, *, seq: int = 0) -> bytes:
     return _REQ_HDR.pack(VERSION, OP_PEER, 0, seq) + encode_address(local)
+
+
+def encode_listen(op: int, family: int, port: int, pid: int, *, seq: int = 0) -> bytes:
+    return _REQ_HDR.pack(VERSION, op, 0, seq) + _LISTEN_BODY.pack(family, 0, port, pid)
 
 
 # ---------------------------------------------------------------- replies
