@@ -115,6 +115,10 @@ static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 		why = errno;
 		goto down;
 	}
+	if (replen == 0) {               /* a notice: nothing to wait for */
+		ret = 0;
+		goto out;
+	}
 
 	for (;;) {
 		struct pollfd p = {.fd = s, .events = POLLIN};
@@ -246,4 +250,17 @@ int chan_peer(const struct tp_addr *local, int *err, struct tp_addr *dst)
 	if (*err == 0 && (n < HDR + ADDR || get_addr(rep + HDR, dst) != 0))
 		*err = EPROTO;
 	return 0;
+}
+
+int chan_listen_notice(int op, int family, uint16_t port)
+{
+	uint8_t req[HDR + 8];
+	int32_t pid = (int32_t)getpid();
+
+	memset(req, 0, sizeof(req));
+	put_hdr(req, op, 0);
+	req[HDR] = (uint8_t)family;
+	memcpy(req + HDR + 2, &port, 2);
+	memcpy(req + HDR + 4, &pid, 4);
+	return request(req, sizeof(req), -1, NULL, 0, 0, 0);
 }

@@ -107,15 +107,10 @@ static int again(int fd, const struct sockaddr *sa, socklen_t len, const struct 
 		struct timespec ts = {0, 5000000}, *tsp = NULL;
 		int st = tcp_state(fd), r, v = -1;
 
-		if (st == TCP_SYN_SENT) {
-			if (!blocking) {        /* the kernel says EALREADY itself */
-				errno = e0;
-				ret = real_connect(fd, sa, len);
-				/* unless the relay connect completed just now */
-				if (ret == 0 || errno == EISCONN)
-					fdt_update(fd, fi->ino, FD_DONE, local_port(fd, NULL));
-				goto out;
-			}
+		/* Never the kernel's connect() while pending: it could see the
+		 * proxy's hand-over half done (or even dial dst itself). */
+		if (st == TCP_SYN_SENT && blocking) {
+			/* parked: wait below */
 		} else if (st == TCP_CLOSE && !fi->token && (v = so_error_of(fd)) == 0) {
 			/* an interrupted blocking connect the proxy is still dialling */
 			if (!blocking) {

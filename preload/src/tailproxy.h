@@ -96,6 +96,10 @@ HIDDEN int chan_connect(const struct tp_addr *dst, int fd, int blocking, int wai
 			int *err, uint64_t *token);
 HIDDEN int chan_status(uint64_t token, int *err);
 HIDDEN int chan_peer(const struct tp_addr *local, int *err, struct tp_addr *dst);
+/* LISTEN/UNLISTEN notices for the exporter (send only; 0 or -1 with errno). */
+#define OP_LISTEN 7
+#define OP_UNLISTEN 8
+HIDDEN int chan_listen_notice(int op, int family, uint16_t port);
 
 /* ---- helpers shared by the hooks (addr.c) ---- */
 HIDDEN int sa_to_tp(const struct sockaddr *sa, socklen_t len, struct tp_addr *a, int *mapped);

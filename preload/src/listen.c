@@ -1,0 +1,178 @@
+/* Export mode (TAILPROXY_EXPORT_LISTENERS=1): the program's TCP servers are held to loopback
+ * and the exporter is told about each listening port, which the node then serves on the
+ * tailnet. bind() to a non-loopback address is rewritten to 127.0.0.1 / ::1 (same port);
+ * listen() on an unbound socket binds it to loopback first (the kernel would pick 0.0.0.0);
+ * after listen() succeeds the port goes to the exporter (LISTEN); close() of a listening
+ * socket sends UNLISTEN so the exporter checks at once (it trusts only the kernel's view). */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tailproxy.h"
+
+typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
+typedef int (*listen_fn)(int, int);
+typedef int (*close_fn)(int);
+
+static void *next_fn(void **slot, const char *name)
+{
+	void *f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+
+	if (!f) {
+		f = dlsym(RTLD_NEXT, name);
+		__atomic_store_n(slot, f, __ATOMIC_RELEASE);
+	}
+	return f;
+}
+
+static void *p_bind, *p_listen, *p_close;
+
+static int export_mode(void)
+{
+	static int state;          /* 0 unread, 1 off, 2 on; racing readers agree */
+	int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
+
+	if (!s) {
+		const char *v = getenv("TAILPROXY_EXPORT_LISTENERS");
+		s = (v && v[0] == '1' && tp_config()->active) ? 2 : 1;
+		__atomic_store_n(&state, s, __ATOMIC_RELAXED);
+	}
+	return s == 2;
+}
+
+/* AF_INET/AF_INET6 stream socket: its family (AF_*), else 0. */
+static int tcp_family(int fd)
+{
+	int type = 0, dom = 0;
+	socklen_t l = sizeof(type);
+
+	if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM)
+		return 0;
+	l = sizeof(dom);
+	if (real_getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
+		return 0;
+	return dom == AF_INET || dom == AF_INET6 ? dom : 0;
+}
+
+static const uint8_t v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+/* Rewrite a non-loopback address to loopback in place; 1 if changed. */
+static int to_loopback(struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)ss;
+		if ((ntohl(in->sin_addr.s_addr) >> 24) == 127)
+			return 0;
+		in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		return 1;
+	}
+	if (ss->ss_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+		uint8_t *a = in6->sin6_addr.s6_addr;
+		if (!memcmp(a, v4mapped_prefix, 12)) {
+			if (a[12] == 127)
+				return 0;
+			a[12] = 127, a[13] = 0, a[14] = 0, a[15] = 1;
+			return 1;
+		}
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return 0;
+		in6->sin6_addr = in6addr_loopback;
+		in6->sin6_scope_id = 0;
+		return 1;
+	}
+	return 0;
+}
+
+EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	bind_fn real = (bind_fn)next_fn(&p_bind, "bind");
+	struct sockaddr_storage ss;
+
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (!export_mode() || !sa || len > sizeof(ss) || len < sizeof(sa_family_t) ||
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !tcp_family(fd))
+		return real(fd, sa, len);
+	memcpy(&ss, sa, len);
+	if ((ss.ss_family == AF_INET && len < sizeof(struct sockaddr_in)) ||
+	    (ss.ss_family == AF_INET6 && len < sizeof(struct sockaddr_in6)))
+		return real(fd, sa, len);    /* let the kernel give its EINVAL */
+	to_loopback(&ss);
+	return real(fd, (struct sockaddr *)&ss, len);
+}
+
+EXPORT int listen(int fd, int backlog)
+{
+	listen_fn real = (listen_fn)next_fn(&p_listen, "listen");
+	bind_fn real_bind = (bind_fn)next_fn(&p_bind, "bind");
+	struct sockaddr_storage ss;
+	socklen_t l = sizeof(ss);
+	int e0 = errno, fam, r;
+	uint16_t port;
+
+	if (!real || !real_bind) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (!export_mode() || !(fam = tcp_family(fd)))
+		return real(fd, backlog);
+	memset(&ss, 0, sizeof(ss));
+	if (getsockname(fd, (struct sockaddr *)&ss, &l) == 0 &&
+	    ((fam == AF_INET && ((struct sockaddr_in *)&ss)->sin_port == 0) ||
+	     (fam == AF_INET6 && ((struct sockaddr_in6 *)&ss)->sin6_port == 0))) {
+		/* Unbound: the kernel would bind 0.0.0.0 / ::. Bind loopback ourselves. */
+		to_loopback(&ss);
+		ss.ss_family = (sa_family_t)fam;
+		if (real_bind(fd, (struct sockaddr *)&ss,
+			      fam == AF_INET ? sizeof(struct sockaddr_in)
+					     : sizeof(struct sockaddr_in6)) != 0)
+			return -1;
+	}
+	r = real(fd, backlog);
+	if (r != 0)
+		return r;
+	l = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &l) == 0) {
+		port = ntohs(fam == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+					    : ((struct sockaddr_in6 *)&ss)->sin6_port);
+		chan_listen_notice(OP_LISTEN, fam == AF_INET ? 4 : 6, port);
+	}
+	errno = e0;
+	return 0;
+}
+
+EXPORT int close(int fd)
+{
+	close_fn real = (close_fn)next_fn(&p_close, "close");
+	struct sockaddr_storage ss;
+	socklen_t l = sizeof(ss);
+	int acc = 0, fam = 0, r, e;
+	uint16_t port = 0;
+
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (export_mode()) {
+		socklen_t al = sizeof(acc);
+		e = errno;
+		if (real_getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) == 0 && acc &&
+		    (fam = tcp_family(fd)) && getsockname(fd, (struct sockaddr *)&ss, &l) == 0)
+			port = ntohs(fam == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+						    : ((struct sockaddr_in6 *)&ss)->sin6_port);
+		errno = e;
+	}
+	r = real(fd);
+	if (port) {
+		e = errno;
+		chan_listen_notice(OP_UNLISTEN, fam == AF_INET ? 4 : 6, port);
+		errno = e;
+	}
+	return r;
+}
