@@ -47,6 +47,10 @@ def headscale_config(run_dir: str, ip: str, certs, base_domain: str, policy_path
             "update_frequency": "24h",
         },
         "disable_check_updates": True,
+        # Tell peers about a new node at once: headscale's defaults (800 ms batching plus a
+        # 500 ms node-store batch) make a brand-new node's first WireGuard handshake arrive
+        # before the peer knows its key, and WireGuard only retries after 5 s.
+        "tuning": {"batch_change_delay": "10ms", "node_store_batch_timeout": "10ms"},
         "ephemeral_node_inactivity_timeout": "30m",
         "database": {
             "type": "sqlite",
