@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/time.h>
 
 #include "tailproxy.h"
@@ -171,7 +172,16 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	int e0 = errno, mapped, domain, st, fl, blocking, err = 0;
 
 	if (!c->active || sa_to_tp(sa, len, &dst, &mapped) != 0 ||
-	    !is_our_kind(fd, sa, mapped, &domain) || tp_goes_direct(c, &dst)) {
+	    !is_our_kind(fd, sa, mapped, &domain)) {
+		errno = e0;
+		return real_connect(fd, sa, len);
+	}
+	if (tp_goes_direct(c, &dst)) {
+		/* remembered so getpeername() never asks the proxy about it */
+		memset(&fi, 0, sizeof(fi));
+		fi.ino = sock_ino(fd);
+		fi.state = FD_DIRECT;
+		fdt_set(fd, &fi);
 		errno = e0;
 		return real_connect(fd, sa, len);
 	}

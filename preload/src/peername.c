@@ -39,9 +39,17 @@ EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len)
 	if (lport == 0)
 		goto real;
 	have = fdt_get(fd, &fi);
+	if (have && fi.state == FD_DIRECT)
+		goto real;
 	if (have && fi.lport == lport) {
 		dst = fi.dst;
 	} else {
+		int type = 0;
+		socklen_t tl = sizeof(type);
+
+		if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 ||
+		    type != SOCK_STREAM)
+			goto real;
 		/* unknown here (exec'd, dup'd) or the port moved since connect()
 		 * returned (a non-blocking connect parks first): ask the proxy */
 		if (chan_peer(&local, &err, &dst) != 0 || err != 0)

@@ -67,7 +67,7 @@ HIDDEN void log_flush(struct tp_log *l);            /* adds '\n', one write(2) *
 HIDDEN void tp_warn_channel_down(const char *path, int err);
 
 /* ---- fdtable.c: per-process state of our sockets, indexed by fd ---- */
-enum { FD_PENDING = 1, FD_DONE = 2 };
+enum { FD_PENDING = 1, FD_DONE = 2, FD_DIRECT = 3 };  /* DIRECT: connected past the proxy */
 
 struct fd_info {
 	uint64_t ino;           /* socket inode: identifies the socket behind fd */
