@@ -60,3 +60,18 @@ def test_coverage_warning_dynamic_static_setuid_script(tmp_path):
     script = tmp_path / "script"
     script.write_text(f"#!{static}\n")
     assert "statically linked" in coverage_warning(str(script), None)
+
+
+def test_local_networks_from_route_tables(tmp_path):
+    from tailproxy.launcher.lan import local_networks
+    r4 = tmp_path / "route"
+    r4.write_text("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+                  "eth0\t00000000\t010012C6\t0003\t0\t0\t0\t00000000\n"     # default via gw
+                  "eth0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"     # 198.18.0.0/24
+                  "lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\n")
+    r6 = tmp_path / "ipv6_route"
+    r6.write_text("fd000000000000000000000000000000 40 00000000000000000000000000000000 00 "
+                  "00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0\n"
+                  "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+                  "fd000000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n")
+    assert local_networks(str(r4), str(r6)) == ["198.18.0.0/24", "fd00::/64"]

@@ -19,6 +19,7 @@ from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
 from .childenv import child_env
 from .exitnodes import ExitNodes
+from .lan import local_networks
 from .program import ProgramError, coverage_warning, locate
 from .tailnetdialer import TailnetDialer
 
@@ -188,8 +189,11 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
     try:
         if proxy_only:
             return await _serve_proxy_only(proxy, auth)
+        bypass = list(settings["bypass"])
+        if settings["exit_node_allow_lan_access"]:
+            bypass += [n for n in local_networks() if n not in bypass]
         env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
-                        bypass=list(settings["bypass"]), verbose=settings["verbose"],
+                        bypass=bypass, verbose=settings["verbose"],
                         proxy_addr=proxy.socks_address, proxy_auth=auth,
                         export_listeners=exporter is not None)
         return await _run_child(program, command, env)
