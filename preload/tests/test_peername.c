@@ -63,26 +63,49 @@ static void t_dup(const char *ip)
 	printf("ok: dup'd fd %d\n", d);
 }
 
-static void t_stale(const char *ip)
+/* A direct loopback connection from 127.0.0.2: its local address can be no
+ * relayed socket's (those are 127.0.0.1 or ::1), so the proxy cannot know it. */
+static int direct_loopback(int *server)
 {
-	int lfd, port, srv, fd = proxied(ip, &lfd, &port, &srv), lo_port, lo_lfd, d, c;
-	struct sockaddr_storage ss, peer;
-	socklen_t len;
-	char a[80];
+	int lo_port, lo_lfd = listener("127.0.0.1", 4, &lo_port), d = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_storage ss;
+	socklen_t len = mkaddr("127.0.0.2", 0, &ss);
 
-	expect_peer(fd, ip, port);
-	/* same fd number, now a direct loopback connection */
-	lo_lfd = listener("127.0.0.1", 4, &lo_port);
-	d = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(bind(d, (struct sockaddr *)&ss, len) == 0, "bind 127.0.0.2: %s", strerror(errno));
 	len = mkaddr("127.0.0.1", lo_port, &ss);
 	CHECK(connect(d, (struct sockaddr *)&ss, len) == 0, "connect loopback");
+	*server = accept_timeout(lo_lfd, 2000);
+	close(lo_lfd);
+	return d;
+}
+
+static void expect_loopback_peer(int fd)
+{
+	struct sockaddr_storage peer, raw;
+	socklen_t len = sizeof(peer);
+	char a[80], b[80];
+
+	CHECK(getpeername(fd, (struct sockaddr *)&peer, &len) == 0, "getpeername");
+	CHECK(raw_peer(fd, &raw) == 0 && memcmp(&peer, &raw, len) == 0,
+	      "stale answer %s, the kernel says %s", fmt(&peer, a, sizeof(a)), fmt(&raw, b, sizeof(b)));
+}
+
+static void t_stale(const char *ip)
+{
+	int lfd, port, srv, fd = proxied(ip, &lfd, &port, &srv), d, c;
+
+	expect_peer(fd, ip, port);
+	/* the fd number reused by dup2 for a direct connection */
+	d = direct_loopback(&c);
 	CHECK(dup2(d, fd) == fd, "dup2");
 	close(d);
-	c = accept_timeout(lo_lfd, 2000);
-	len = sizeof(peer);
-	CHECK(getpeername(fd, (struct sockaddr *)&peer, &len) == 0, "getpeername");
-	CHECK(port_of(&peer) == lo_port, "stale answer %s", fmt(&peer, a, sizeof(a)));
+	expect_loopback_peer(fd);
 	close(c);
+	/* and back again: a relayed socket on that number is ours again */
+	d = proxied(ip, &lfd, &port, &srv);
+	CHECK(dup2(d, fd) == fd, "dup2");
+	close(d);
+	expect_peer(fd, ip, port);
 	printf("ok: reused fd not confused\n");
 }
 
