@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as _errno
+import ipaddress
 import os
 import socket
 from typing import Protocol, runtime_checkable
@@ -75,6 +76,19 @@ def _map_oserror(exc: OSError, host: str, port: int) -> DialError:
     return DialError(code, f"{host}:{port}: {os.strerror(code)}")
 
 
+def _numeric(host: str, port: int, family: int) -> list | None:
+    """getaddrinfo's answer for a numeric address, without the executor round trip."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    if family not in (0, fam):
+        return None
+    addr = (str(ip), port) if fam == socket.AF_INET else (str(ip), port, 0, 0)
+    return [(fam, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", addr)]
+
+
 class DirectDialer:
     """Dial straight from this host (``--no-tailnet``).
 
@@ -92,7 +106,7 @@ class DirectDialer:
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    infos = await loop.getaddrinfo(
+                    infos = _numeric(host, port, self.family) or await loop.getaddrinfo(
                         host, port, family=self.family, type=socket.SOCK_STREAM,
                         proto=socket.IPPROTO_TCP)
                 except socket.gaierror as exc:

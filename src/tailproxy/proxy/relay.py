@@ -18,6 +18,7 @@ import asyncio
 import errno
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
@@ -37,32 +38,42 @@ class RelayResult:
     duration: float = 0.0
 
 
+_local = threading.local()
+
+
+def _shared_view(bufsize: int) -> memoryview:
+    """One receive buffer per thread (one event loop per thread): a pump only holds bytes of
+    its own between wake-ups when a send was partial, so idle relays cost no buffer memory."""
+    views = _local.__dict__.setdefault("views", {})
+    view = views.get(bufsize)
+    if view is None:
+        view = views[bufsize] = memoryview(bytearray(bufsize))
+    return view
+
+
 class _Pump:
     """One direction src -> dst."""
 
-    __slots__ = ("r", "src", "dst", "sfd", "dfd", "buf", "view", "start", "end",
-                 "count", "done", "reading", "writing")
+    __slots__ = ("r", "src", "dst", "sfd", "dfd", "view", "pending", "count", "done",
+                 "reading", "writing")
 
     def __init__(self, r: "_Relay", src: socket.socket, dst: socket.socket, bufsize: int):
         self.r = r
         self.src, self.dst = src, dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
-        self.buf = bytearray(bufsize)
-        self.view = memoryview(self.buf)
-        self.start = self.end = 0
+        self.view = _shared_view(bufsize)
+        self.pending: memoryview | None = None   # unsent bytes (own copy) after a partial send
         self.count = 0
         self.done = False
         self.reading = self.writing = False
 
     def preload(self, data: bytes) -> None:
-        n = len(data)
-        if n > len(self.buf):
+        if len(data) > len(self.view):
             raise ValueError("initial data larger than relay buffer")
-        self.buf[:n] = data
-        self.start, self.end = 0, n
+        self.pending = memoryview(bytes(data)) if data else None
 
     def begin(self) -> None:
-        if self.end > self.start:
+        if self.pending is not None:
             self._on_writable()
         else:
             self._want_read()
@@ -111,7 +122,7 @@ class _Pump:
                 self.r.fail(exc, self.dst)
                 return
             if sent < n:
-                self.start, self.end = sent, n
+                self.pending = memoryview(bytes(view[sent:n]))
                 if self.reading:
                     self.r.loop.remove_reader(self.sfd)
                     self.reading = False
@@ -121,8 +132,9 @@ class _Pump:
                 return
 
     def _on_writable(self) -> None:
+        pending = self.pending
         try:
-            sent = self.dst.send(self.view[self.start:self.end])
+            sent = self.dst.send(pending)
         except (BlockingIOError, InterruptedError):
             self._want_write()
             return
@@ -130,11 +142,11 @@ class _Pump:
             self.r.fail(exc, self.dst)
             return
         self.r.active = True
-        self.start += sent
-        if self.start < self.end:
+        if sent < len(pending):
+            self.pending = pending[sent:]
             self._want_write()
             return
-        self.start = self.end = 0
+        self.pending = None
         if self.writing:
             self.r.loop.remove_writer(self.dfd)
             self.writing = False
