@@ -296,6 +296,8 @@ def test_peer_sees_exit_node_option(info):
     assert r.returncode == 0, r.stderr
     peers = {p["HostName"]: p for p in json.loads(r.stdout)["Peer"].values()}
     for ex in info["exit_nodes"]:
+        if ex["name"] != "exit" and not os.path.exists(f"/proc/{ex['tailscaled_pid']}"):
+            continue  # the failover tests stop exit2 on purpose
         assert peers[ex["name"]]["ExitNodeOption"] is True
         assert peers[ex["name"]]["Online"] is True
 
