@@ -245,7 +245,7 @@ static void t_eintr(const char *ip)
 }
 
 /* After EINTR, POSIX says: the connect goes on; wait for writability, then
- * read SO_ERROR. Here the dial fails later (the listener goes away). */
+ * read SO_ERROR. Nothing may show until the dial completes. */
 static void t_eintr_poll(const char *ip)
 {
 	struct slow s = slow_listener(ip);
