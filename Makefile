@@ -34,10 +34,12 @@ dev: $(VPY) native
 test-unit: dev
 	$(VPY) -m pytest -q tests/unit
 
-# Everything, inside the local test tailnet (tests that need it are skipped outside it, and this
-# target never runs them outside).
+# Everything: unit and end-to-end tests inside a local tailnet (with two exit nodes; tests that
+# need the tailnet fail rather than skip here), then the preload's own suite under ASan.
 test: deps dev
-	$(VPY) -m tailproxy.testnet -- $(VPY) -m pytest -q -p no:cacheprovider tests preload/tests
+	$(VPY) -m tailproxy.testnet --exit-nodes 2 -- env TAILPROXY_REQUIRE_TESTNET=1 \
+		$(VPY) -m pytest -q -p no:cacheprovider tests
+	$(MAKE) -s -C preload asan PYTHON=$(abspath $(VPY)) PYTEST_ARGS="-p no:cacheprovider"
 
 demo: deps dev
 	$(VPY) -m tailproxy.testnet -- sh demo/demo.sh
