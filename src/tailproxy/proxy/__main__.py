@@ -14,6 +14,7 @@ import signal
 import sys
 
 from .dialer import DirectDialer
+from .channel_proto import OP_LISTEN
 from .server import Proxy
 
 
@@ -47,9 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args) -> int:
+    async def listen_notice(req) -> None:   # standalone: no exporter, just say what came
+        kind = "LISTEN" if req.op == OP_LISTEN else "UNLISTEN"
+        print(f"tailproxy: {kind} tcp{req.family} port {req.port} pid {req.pid}",
+              file=sys.stderr, flush=True)
+
     proxy = Proxy(DirectDialer(), channel_path=args.channel, socks_listen=args.socks5,
                   socks_auth=args.socks5_auth, connect_timeout=args.connect_timeout,
-                  idle_timeout=args.idle_timeout, verbose=args.verbose)
+                  idle_timeout=args.idle_timeout, verbose=args.verbose,
+                  on_listen=listen_notice if args.verbose else None)
     await proxy.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
