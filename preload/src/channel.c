@@ -264,3 +264,10 @@ int chan_listen_notice(int op, int family, uint16_t port)
 	memcpy(req + HDR + 4, &pid, 4);
 	return request(req, sizeof(req), -1, NULL, 0, 0, 0);
 }
+
+int chan_request(int op, int flags, uint8_t *req, size_t reqlen, uint8_t *rep, size_t replen,
+		 int wait_ms)
+{
+	put_hdr(req, op, flags);
+	return request(req, reqlen, -1, rep, replen, wait_ms, 0);
+}

@@ -100,6 +100,17 @@ HIDDEN int chan_peer(const struct tp_addr *local, int *err, struct tp_addr *dst)
 #define OP_LISTEN 7
 #define OP_UNLISTEN 8
 HIDDEN int chan_listen_notice(int op, int family, uint16_t port);
+/* Name-service requests (names.c builds the bodies): the header is filled in here; the reply
+ * is checked for version and op. Returns the reply length or -1 with errno (ENETDOWN: the
+ * channel is unreachable, already reported; ETIMEDOUT: no reply within wait_ms). */
+#define OP_RESOLVE 4
+#define OP_REVERSE 5
+#define OP_QUERY 6
+HIDDEN int chan_request(int op, int flags, uint8_t *req, size_t reqlen, uint8_t *rep,
+			size_t replen, int wait_ms);
+/* udpdns.c: a connect() to port 53 goes to the name service's DNS responder; 1 if handled
+ * (*ret is connect's result, errno set), 0 if not ours. */
+HIDDEN int dns_redirect_connect(int fd, const struct sockaddr *sa, socklen_t len, int *ret);
 
 /* ---- helpers shared by the hooks (addr.c) ---- */
 HIDDEN int sa_to_tp(const struct sockaddr *sa, socklen_t len, struct tp_addr *a, int *mapped);

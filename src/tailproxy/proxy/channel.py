@@ -132,9 +132,11 @@ class ChannelServer:
                  connect_timeout: float = 30.0, idle_timeout: float | None = None,
                  make_parent: bool = False, on_conn: ConnLog | None = None,
                  log: Callable[[str], None] | None = None, bufsize: int = DEFAULT_BUFSIZE,
-                 on_listen: Callable[[cp.ListenReq], Awaitable[None]] | None = None):
+                 on_listen: Callable[[cp.ListenReq], Awaitable[None]] | None = None,
+                 on_names: Callable[[cp.NameRequest], Awaitable[bytes]] | None = None):
         self.path = path
         self.on_listen = on_listen
+        self.on_names = on_names    # RESOLVE/REVERSE/QUERY -> encoded reply (the name service)
         self.dialer = dialer
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -296,6 +298,8 @@ class ChannelServer:
                     # A notice: no reply (the preload does not wait), never fatal.
                     if self.on_listen is not None:
                         self._spawn(self._notify_listen(req))
+                elif isinstance(req, (cp.ResolveReq, cp.ReverseReq, cp.QueryReq)):
+                    self._send(conn, await self._names(req))
                 elif isinstance(req, cp.StatusReq):
                     err = self.tokens.get(req.token)
                     self._send(conn, cp.encode_status_reply(errno.ENOENT if err is None else err))
@@ -312,6 +316,17 @@ class ChannelServer:
             await self.on_listen(req)
         except Exception as exc:  # a broken exporter must not take the channel down
             self.log(f"channel: listen notice for port {req.port}: {exc}")
+
+    async def _names(self, req) -> bytes:
+        op = cp.OP_RESOLVE if isinstance(req, cp.ResolveReq) else (
+            cp.OP_REVERSE if isinstance(req, cp.ReverseReq) else cp.OP_QUERY)
+        if self.on_names is None:
+            return cp.encode_error_reply(op, errno.ENOSYS)
+        try:
+            return await self.on_names(req)
+        except Exception as exc:  # a broken name service must not take the channel down
+            self.log(f"channel: name service: {exc!r}")
+            return cp.encode_error_reply(op, errno.EAGAIN)
 
     @staticmethod
     def _send(conn: socket.socket, data: bytes) -> bool:

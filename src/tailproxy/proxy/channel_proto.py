@@ -24,12 +24,22 @@ VERSION = 1
 OP_CONNECT = 1
 OP_STATUS = 2
 OP_PEER = 3
-# 4-6: name service (RESOLVE, REVERSE, QUERY)
+OP_RESOLVE = 4      # name service: name -> addresses
+OP_REVERSE = 5      # name service: address -> name
+OP_QUERY = 6        # name service: raw DNS query -> raw DNS answer
 OP_LISTEN = 7
 OP_UNLISTEN = 8
-OPS = (OP_CONNECT, OP_STATUS, OP_PEER, OP_LISTEN, OP_UNLISTEN)
+OPS = (OP_CONNECT, OP_STATUS, OP_PEER, OP_RESOLVE, OP_REVERSE, OP_QUERY, OP_LISTEN, OP_UNLISTEN)
+NAME_OPS = (OP_RESOLVE, OP_REVERSE, OP_QUERY)
 
 FLAG_BLOCKING = 0x0001
+FLAG_IDN = 0x0001          # RESOLVE: the name may be UTF-8, encode it with IDNA (AI_IDN)
+FLAG_SEARCH = 0x0001       # QUERY: apply the resolver's search list (res_search)
+
+# RESOLVE reply flags
+RES_PLACEHOLDER = 0x01     # addresses are placeholders for the name
+RES_TAILNET = 0x02         # a tailnet name
+RES_HOSTS = 0x04           # from /etc/hosts
 
 FAMILY_V4 = 4
 FAMILY_V6 = 6
@@ -42,6 +52,11 @@ _ADDR = struct.Struct("=BBH16s")
 _CONNECT_BODY = struct.Struct("=20sIB255s")
 _LISTEN_BODY = struct.Struct("=BBHi")         # family 4|6, zero, port, pid
 _U64 = struct.Struct("=Q")
+_RESOLVE_BODY = struct.Struct("=BBBB255s")    # family 0|4|6, zero, namelen, zero, name
+_RESOLVE_REP = struct.Struct("=BBBBHH")       # naddr, flags, canonlen, naliases, aliaslen, zero
+_REVERSE_REP = struct.Struct("=BBH")          # namelen, naliases, aliaslen
+_QUERY_BODY = struct.Struct("=HH512s")        # len, zero, DNS message
+_QUERY_REP = struct.Struct("=HH")             # len, zero; then the message
 
 REQ_HDR_SIZE = _REQ_HDR.size          # 8
 REP_HDR_SIZE = _REP_HDR.size          # 8
@@ -55,11 +70,28 @@ PEER_REP_SIZE = REP_HDR_SIZE + ADDR_SIZE               # 28
 LISTEN_REQ_SIZE = REQ_HDR_SIZE + _LISTEN_BODY.size      # 16
 LISTEN_REP_SIZE = REP_HDR_SIZE                          # 8
 
+NAME_MAX = 255             # a name on the channel (no NUL)
+RESOLVE_MAX_ADDRS = 16
+CANON_FIELD = 256          # canonical/reverse name field (NUL-terminated)
+ALIASES_FIELD = 512        # aliases: each NUL-terminated, packed
+QUERY_MAX = 512            # a DNS query
+ANSWER_MAX = 4096          # a DNS answer
+RESOLVE_REQ_SIZE = REQ_HDR_SIZE + _RESOLVE_BODY.size    # 267
+RESOLVE_REP_SIZE = (REP_HDR_SIZE + _RESOLVE_REP.size + RESOLVE_MAX_ADDRS * ADDR_SIZE
+                    + CANON_FIELD + ALIASES_FIELD)       # 1104
+REVERSE_REQ_SIZE = REQ_HDR_SIZE + ADDR_SIZE              # 28
+REVERSE_REP_SIZE = REP_HDR_SIZE + _REVERSE_REP.size + CANON_FIELD + ALIASES_FIELD   # 780
+QUERY_REQ_SIZE = REQ_HDR_SIZE + _QUERY_BODY.size         # 524
+QUERY_REP_MIN = REP_HDR_SIZE + _QUERY_REP.size           # 12, + the answer (variable)
+
 REQ_SIZES = {OP_CONNECT: CONNECT_REQ_SIZE, OP_STATUS: STATUS_REQ_SIZE, OP_PEER: PEER_REQ_SIZE,
+             OP_RESOLVE: RESOLVE_REQ_SIZE, OP_REVERSE: REVERSE_REQ_SIZE,
+             OP_QUERY: QUERY_REQ_SIZE,
              OP_LISTEN: LISTEN_REQ_SIZE, OP_UNLISTEN: LISTEN_REQ_SIZE}
 MAX_REQ_SIZE = max(REQ_SIZES.values())
 
 assert (CONNECT_REQ_SIZE, CONNECT_REP_SIZE) == (288, 16)
+assert (RESOLVE_REQ_SIZE, RESOLVE_REP_SIZE, REVERSE_REP_SIZE, QUERY_REQ_SIZE) == (267, 1104, 780, 524)
 
 
 class ProtoError(Exception):
@@ -146,7 +178,41 @@ class ListenReq:
     pid: int
 
 
-Request = ConnectReq | StatusReq | PeerReq | ListenReq
+@dataclass(frozen=True, slots=True)
+class ResolveReq:
+    """Name -> addresses. ``family`` 0 (any), 4 or 6; ``name`` as bytes (maybe UTF-8)."""
+    seq: int
+    flags: int
+    family: int
+    name: bytes
+
+    @property
+    def idn(self) -> bool:
+        return bool(self.flags & FLAG_IDN)
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseReq:
+    """Address -> name (port ignored)."""
+    seq: int
+    flags: int
+    addr: Address
+
+
+@dataclass(frozen=True, slots=True)
+class QueryReq:
+    """A raw DNS query (res_query & co., UDP port 53) to be answered."""
+    seq: int
+    flags: int
+    msg: bytes
+
+    @property
+    def search(self) -> bool:
+        return bool(self.flags & FLAG_SEARCH)
+
+
+Request = ConnectReq | StatusReq | PeerReq | ListenReq | ResolveReq | ReverseReq | QueryReq
+NameRequest = ResolveReq | ReverseReq | QueryReq
 
 
 # ---------------------------------------------------------------- addresses
@@ -219,6 +285,21 @@ def decode_request(data: bytes, nfds: int = 0) -> Request:
         if family not in (FAMILY_V4, FAMILY_V6) or zero or not port:
             raise ProtoError(errno.EINVAL, f"listen notice: family {family}, port {port}", op)
         return ListenReq(seq, flags, op, family, port, pid)
+    if op == OP_RESOLVE:
+        family, _z, namelen, _z2, raw = _RESOLVE_BODY.unpack(body)
+        if family not in (0, FAMILY_V4, FAMILY_V6):
+            raise ProtoError(errno.EINVAL, f"resolve: bad family {family}", op)
+        name = raw[:namelen]
+        if not namelen or b"\0" in name:
+            raise ProtoError(errno.EINVAL, "resolve: empty name or NUL in name", op)
+        return ResolveReq(seq, flags, family, bytes(name))
+    if op == OP_REVERSE:
+        return ReverseReq(seq, flags, decode_address(bytes(body), op))
+    if op == OP_QUERY:
+        n, _z, raw = _QUERY_BODY.unpack(body)
+        if not 12 <= n <= QUERY_MAX:
+            raise ProtoError(errno.EINVAL, f"query: bad length {n}", op)
+        return QueryReq(seq, flags, bytes(raw[:n]))
     return PeerReq(seq, flags, decode_address(bytes(body), op))
 
 
@@ -243,6 +324,25 @@ def encode_listen(op: int, family: int, port: int, pid: int, *, seq: int = 0) ->
     return _REQ_HDR.pack(VERSION, op, 0, seq) + _LISTEN_BODY.pack(family, 0, port, pid)
 
 
+def encode_resolve(name: bytes | str, family: int = 0, *, seq: int = 0, idn: bool = False) -> bytes:
+    nb = name.encode() if isinstance(name, str) else name
+    if not 0 < len(nb) <= NAME_MAX:
+        raise ValueError("bad name length")
+    return (_REQ_HDR.pack(VERSION, OP_RESOLVE, FLAG_IDN if idn else 0, seq)
+            + _RESOLVE_BODY.pack(family, 0, len(nb), 0, nb))
+
+
+def encode_reverse(addr: Address, *, seq: int = 0) -> bytes:
+    return _REQ_HDR.pack(VERSION, OP_REVERSE, 0, seq) + encode_address(addr)
+
+
+def encode_query(msg: bytes, *, seq: int = 0, search: bool = False) -> bytes:
+    if not 12 <= len(msg) <= QUERY_MAX:
+        raise ValueError("bad query length")
+    return (_REQ_HDR.pack(VERSION, OP_QUERY, FLAG_SEARCH if search else 0, seq)
+            + _QUERY_BODY.pack(len(msg), 0, msg))
+
+
 # ---------------------------------------------------------------- replies
 
 def encode_reply_header(op: int, err: int) -> bytes:
@@ -262,12 +362,56 @@ def encode_peer_reply(err: int, dst: Address | None = None) -> bytes:
     return _REP_HDR.pack(VERSION, OP_PEER, 0, err) + body
 
 
+def _names_field(names: list[str], size: int) -> tuple[int, bytes]:
+    """(count, packed NUL-terminated names) fitting in ``size`` bytes; the rest is dropped."""
+    out, n = b"", 0
+    for a in names:
+        ab = a.encode("utf-8", "replace")[:NAME_MAX] + b"\0"
+        if len(out) + len(ab) > size or n == 255:
+            break
+        out += ab
+        n += 1
+    return n, out
+
+
+def encode_resolve_reply(err: int, addrs: list[str] = (), *, flags: int = 0, canon: str = "",
+                         aliases: list[str] = ()) -> bytes:
+    """RESOLVE reply: addresses as text (at most RESOLVE_MAX_ADDRS kept)."""
+    addrs = list(addrs)[:RESOLVE_MAX_ADDRS] if err == 0 else []
+    raw = b"".join(encode_address(Address(6 if ":" in a else 4, a, 0)) for a in addrs)
+    cb = canon.encode("utf-8", "replace")[:CANON_FIELD - 1]
+    nal, al = _names_field(list(aliases), ALIASES_FIELD)
+    return (_REP_HDR.pack(VERSION, OP_RESOLVE, 0, err)
+            + _RESOLVE_REP.pack(len(addrs), flags, len(cb), nal, len(al), 0)
+            + raw.ljust(RESOLVE_MAX_ADDRS * ADDR_SIZE, b"\0")
+            + cb.ljust(CANON_FIELD, b"\0") + al.ljust(ALIASES_FIELD, b"\0"))
+
+
+def encode_reverse_reply(err: int, name: str = "", aliases: list[str] = ()) -> bytes:
+    nb = name.encode("utf-8", "replace")[:CANON_FIELD - 1] if err == 0 else b""
+    nal, al = _names_field(list(aliases), ALIASES_FIELD) if err == 0 else (0, b"")
+    return (_REP_HDR.pack(VERSION, OP_REVERSE, 0, err) + _REVERSE_REP.pack(len(nb), nal, len(al))
+            + nb.ljust(CANON_FIELD, b"\0") + al.ljust(ALIASES_FIELD, b"\0"))
+
+
+def encode_query_reply(err: int, answer: bytes = b"") -> bytes:
+    if len(answer) > ANSWER_MAX:
+        raise ValueError("answer too long")
+    return _REP_HDR.pack(VERSION, OP_QUERY, 0, err) + _QUERY_REP.pack(len(answer), 0) + answer
+
+
 def encode_error_reply(op: int, err: int) -> bytes:
     """Error reply of the size the op's reply has (header only if op unknown)."""
     if op == OP_CONNECT:
         return encode_connect_reply(err, 0)
     if op == OP_PEER:
         return encode_peer_reply(err)
+    if op == OP_RESOLVE:
+        return encode_resolve_reply(err)
+    if op == OP_REVERSE:
+        return encode_reverse_reply(err)
+    if op == OP_QUERY:
+        return encode_query_reply(err)
     return encode_reply_header(op, err)
 
 
@@ -277,6 +421,16 @@ class Reply:
     err: int
     token: int | None = None
     dst: Address | None = None
+    addrs: tuple = ()          # RESOLVE: addresses (text)
+    flags: int = 0             # RESOLVE: RES_* flags
+    name: str | None = None    # RESOLVE: canonical name; REVERSE: the name
+    aliases: tuple = ()        # RESOLVE/REVERSE
+    answer: bytes | None = None  # QUERY
+
+
+def _split_names(raw: bytes, count: int) -> tuple:
+    parts = raw.split(b"\0")
+    return tuple(p.decode("utf-8", "replace") for p in parts[:count])
 
 
 def decode_reply(data: bytes) -> Reply:
@@ -291,6 +445,28 @@ def decode_reply(data: bytes) -> Reply:
         return Reply(op, err, token=_U64.unpack(body)[0])
     if op == OP_PEER and len(body) == ADDR_SIZE:
         return Reply(op, err, dst=decode_address(body) if err == 0 else None)
+    if op == OP_RESOLVE and len(data) == RESOLVE_REP_SIZE:
+        naddr, flags, clen, nal, alen, _z = _RESOLVE_REP.unpack_from(body)
+        off = _RESOLVE_REP.size
+        addrs = tuple(decode_address(body[off + i * ADDR_SIZE: off + (i + 1) * ADDR_SIZE]).ip
+                      for i in range(naddr))
+        off += RESOLVE_MAX_ADDRS * ADDR_SIZE
+        canon = body[off:off + clen].decode("utf-8", "replace")
+        off += CANON_FIELD
+        return Reply(op, err, addrs=addrs, flags=flags, name=canon,
+                     aliases=_split_names(body[off:off + alen], nal))
+    if op == OP_REVERSE and len(data) == REVERSE_REP_SIZE:
+        nlen, nal, alen = _REVERSE_REP.unpack_from(body)
+        off = _REVERSE_REP.size
+        name = body[off:off + nlen].decode("utf-8", "replace") if err == 0 else None
+        off += CANON_FIELD
+        return Reply(op, err, name=name, aliases=_split_names(body[off:off + alen], nal))
+    if op == OP_QUERY and len(data) >= QUERY_REP_MIN:
+        n, _z = _QUERY_REP.unpack_from(body)
+        ans = body[_QUERY_REP.size:]
+        if len(ans) != n:
+            raise ProtoError(errno.EPROTO, "query reply: bad length")
+        return Reply(op, err, answer=ans)
     if not body:
         return Reply(op, err)
     raise ProtoError(errno.EPROTO, f"reply op {op}: bad size {len(data)}")

@@ -43,7 +43,7 @@ class Proxy:
                  socks_auth: tuple[str, str] | None = None,
                  connect_timeout: float = 30.0, idle_timeout: float | None = None,
                  verbose: bool = False, log: Callable[[str], None] | None = None,
-                 make_channel_dir: bool = True, on_listen=None):
+                 make_channel_dir: bool = True, on_listen=None, on_names=None):
         self.dialer = dialer
         self._channel_path = channel_path
         self._socks_listen = socks_listen
@@ -54,6 +54,7 @@ class Proxy:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.make_channel_dir = make_channel_dir
         self.on_listen = on_listen          # async callable(ListenReq): export-listeners notices
+        self.on_names = on_names            # async callable(Resolve/Reverse/QueryReq) -> reply bytes
         self._endpoints: LoopbackEndpoints | None = None
         self.channel: ChannelServer | None = None
         self.socks = None
@@ -77,7 +78,7 @@ class Proxy:
                     self._channel_path, self.dialer, endpoints=self._endpoints,
                     connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout,
                     make_parent=self.make_channel_dir, on_conn=self._on_conn, log=self._debug,
-                    on_listen=self.on_listen)
+                    on_listen=self.on_listen, on_names=self.on_names)
                 await self.channel.start()
             if self._socks_listen is not None:
                 from .socks5 import SocksServer

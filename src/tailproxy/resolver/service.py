@@ -1,0 +1,264 @@
+"""The name service of one tailproxy run (docs/NAMES.md).
+
+Order for a name: /etc/hosts, then tailnet names (from the node's status), then
+- with an exit node in use (mode "auto") or mode "tailnet": a placeholder address; a connect to
+  it is dialled by name through the tailnet (:mod:`.dialer`), so the name is resolved on the exit
+  node's side and no query leaves this host;
+- otherwise the system's resolver, in the proxy process.
+Answers come from the proxy's memory (one local round trip for the program) except in the
+last case, which costs what the system's lookup costs.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from ..proxy import channel_proto as cp
+from . import dnsmsg
+from .hosts import HostsFile
+from .placeholders import PlaceholderMap
+from .system import SystemResolver
+from .tailnet import TailnetNames
+
+MODES = ("auto", "tailnet")
+TTL = 60          # seconds, in DNS answers we build
+
+_RCODE = {errno.ENOENT: dnsmsg.NXDOMAIN, errno.ENODATA: dnsmsg.NOERROR}
+
+
+@dataclass
+class Result:
+    err: int = 0                       # 0, ENOENT (no such name), ENODATA (no address of that
+    addrs: list[str] = field(default_factory=list)   # family), EAGAIN, EIO
+    flags: int = 0                     # cp.RES_*
+    canon: str = ""
+    aliases: list[str] = field(default_factory=list)
+
+
+def valid_name(name: str) -> bool:
+    n = name[:-1] if name.endswith(".") else name
+    if not n or len(n) > 253:
+        return False
+    for label in n.split("."):
+        if not 0 < len(label.encode("utf-8", "surrogateescape")) < 64:
+            return False
+        if any(c.isspace() or c in "\0/\\" for c in label):
+            return False
+    return True
+
+
+class NameService:
+    """``status``: sync callable returning a LocalAPI status dict (None: no tailnet).
+    ``dns_query``: sync callable (name, type name) -> DNS answer bytes through the node (used for
+    record types other than A/AAAA/PTR in tailnet mode). ``mode``: "auto" (tailnet resolution
+    while an exit node is in use) or "tailnet" (always)."""
+
+    def __init__(self, *, status: Callable[[], dict] | None = None,
+                 dns_query: Callable[[str, str], bytes] | None = None, mode: str = "auto",
+                 placeholders: PlaceholderMap | None = None, hosts: HostsFile | None = None,
+                 system: SystemResolver | None = None, status_ttl: float = 2.0,
+                 log: Callable[[str], None] | None = None):
+        if mode not in MODES:
+            raise ValueError(f"bad DNS mode {mode!r}")
+        self.status, self.dns_query, self.mode = status, dns_query, mode
+        self.placeholders = PlaceholderMap() if placeholders is None else placeholders
+        self.hosts = HostsFile() if hosts is None else hosts
+        self.system = SystemResolver() if system is None else system
+        self.status_ttl = status_ttl
+        self.log = log or (lambda msg: None)
+        self._tn: TailnetNames | None = None if status else TailnetNames()
+        self._tn_at = 0.0
+        self._refreshing: asyncio.Task | None = None
+        self.stats = {"resolve": 0, "reverse": 0, "query": 0, "placeholder": 0}
+
+    # ------------------------------------------------------------ tailnet snapshot
+    async def refresh(self) -> None:
+        """Read the node's status now (the launcher calls this once at start)."""
+        if self.status is None:
+            return
+        try:
+            st = await asyncio.to_thread(self.status)
+            self._tn = TailnetNames.from_status(st)
+            self._tn_at = time.monotonic()
+        except Exception as e:          # keep the last snapshot; retried on the next lookup
+            self.log(f"name service: cannot read the node's status: {e}")
+            if self._tn is None:
+                self._tn = TailnetNames()
+
+    async def _tailnet(self) -> TailnetNames:
+        if self._tn is None:
+            await self.refresh()
+        elif self.status is not None and time.monotonic() - self._tn_at > self.status_ttl:
+            if self._refreshing is None or self._refreshing.done():
+                # stale-while-revalidate: this lookup is not held up by the LocalAPI call
+                self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+        return self._tn
+
+    def tailnet_dns(self, tn: TailnetNames) -> bool:
+        return self.mode == "tailnet" or tn.exit_node_in_use
+
+    # ------------------------------------------------------------ lookups
+    async def resolve(self, name: bytes | str, version: int = 0, idn: bool = False) -> Result:
+        self.stats["resolve"] += 1
+        if isinstance(name, bytes):
+            raw = name
+            try:
+                text = name.decode("ascii")
+            except UnicodeDecodeError:
+                text = name.decode("utf-8", "surrogateescape")
+                if idn:
+                    try:
+                        text = text.encode("utf-8", "strict").decode("utf-8").encode("idna").decode()
+                        raw = text.encode()
+                    except UnicodeError:
+                        return Result(errno.ENOENT)
+        else:
+            text, raw = name, name.encode("utf-8", "surrogateescape")
+        if not valid_name(text):
+            return Result(errno.ENOENT)
+        h = self.hosts.lookup(text, version)
+        if h is not None:       # a name the hosts file has (for either family) goes no further
+            return Result(0 if h.addrs else errno.ENODATA, h.addrs, cp.RES_HOSTS, h.canon,
+                          h.aliases)
+        tn = await self._tailnet()
+        hit = tn.lookup(text)
+        if hit is not None:
+            fqdn, ips = hit
+            addrs = [i for i in ips if not version or (":" in i) == (version == 6)]
+            return Result(0 if addrs else errno.ENODATA, addrs, cp.RES_TAILNET, fqdn)
+        if tn.under_suffix(text):
+            return Result(errno.ENOENT)          # not a peer: never asked anywhere else
+        canon = text.rstrip(".")
+        if self.tailnet_dns(tn):
+            self.stats["placeholder"] += 1
+            addr = self.placeholders.get(canon, 6 if version == 6 else 4)
+            return Result(0, [addr], cp.RES_PLACEHOLDER, canon.lower())
+        err, addrs, cn = await self.system.getaddrinfo(raw, version)
+        return Result(err, addrs, 0, cn or canon)
+
+    async def reverse(self, ip: str) -> tuple[int, str, list[str]]:
+        self.stats["reverse"] += 1
+        a = ipaddress.ip_address(ip)
+        if a.version == 6 and a.ipv4_mapped is not None:
+            a = a.ipv4_mapped
+        ip = str(a)
+        name = self.placeholders.name_of(a)
+        if name is not None:
+            return 0, name, []
+        if self.placeholders.contains(a):
+            return errno.ENOENT, "", []
+        tn = await self._tailnet()
+        if ip in tn.by_ip:
+            return 0, tn.by_ip[ip], []
+        h = self.hosts.reverse(ip)
+        if h is not None:
+            return 0, h[0], list(h[1])
+        if self.tailnet_dns(tn):
+            ans = await self._node_query(dnsmsg.ptr_name(ip), "PTR")
+            if ans is None:
+                return errno.EAGAIN, "", []
+            try:
+                a = dnsmsg.parse_answer(ans)
+            except dnsmsg.DNSFormatError:
+                return errno.EIO, "", []
+            names = a.values(dnsmsg.PTR)
+            if names:
+                return 0, names[0], names[1:]
+            return (errno.ENOENT if a.rcode in (dnsmsg.NXDOMAIN, dnsmsg.NOERROR) else errno.EAGAIN), "", []
+        return await self.system.gethostbyaddr(ip)
+
+    async def _node_query(self, name: str, qtype: str) -> bytes | None:
+        if self.dns_query is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.dns_query, name, qtype)
+        except Exception as e:
+            self.log(f"name service: dns-query {name} {qtype} through the node: {e}")
+            return None
+
+    async def query(self, raw: bytes, search: bool = False) -> bytes:
+        """Answer a DNS query message (res_query & co., UDP/TCP port 53)."""
+        self.stats["query"] += 1
+        try:
+            q = dnsmsg.parse_query(raw)
+        except dnsmsg.DNSFormatError:
+            return dnsmsg.error_answer(raw, dnsmsg.FORMERR)
+        if q.opcode != 0:
+            return dnsmsg.build_answer(q, dnsmsg.NOTIMP)
+        if q.qclass != dnsmsg.CLASS_IN:
+            return dnsmsg.build_answer(q, dnsmsg.REFUSED)
+        if q.qtype in (dnsmsg.A, dnsmsg.AAAA):
+            version = 4 if q.qtype == dnsmsg.A else 6
+            r = await self.resolve(q.name, version)
+            if r.err and r.err not in _RCODE:
+                return dnsmsg.build_answer(q, dnsmsg.SERVFAIL)
+            if r.err:
+                return dnsmsg.build_answer(q, _RCODE[r.err], aa=bool(r.flags))
+            answers = []
+            owner = None
+            if r.canon and r.canon.rstrip(".").lower() != q.key.rstrip(".") and not r.flags:
+                answers.append((None, dnsmsg.CNAME, TTL, r.canon))   # as the server said
+                owner = r.canon
+            answers += [(owner, q.qtype, TTL, a) for a in r.addrs]
+            return dnsmsg.build_answer(q, dnsmsg.NOERROR, answers, aa=bool(r.flags))
+        if q.qtype == dnsmsg.PTR:
+            ip = dnsmsg.ip_of_ptr(q.name)
+            if ip is not None:
+                err, name, _aliases = await self.reverse(ip)
+                if err == 0:
+                    return dnsmsg.build_answer(q, dnsmsg.NOERROR, [(None, dnsmsg.PTR, TTL, name)])
+                return dnsmsg.build_answer(q, dnsmsg.NXDOMAIN if err == errno.ENOENT
+                                           else dnsmsg.SERVFAIL)
+        tn = await self._tailnet()
+        if tn.lookup(q.name) is not None:
+            return dnsmsg.build_answer(q, dnsmsg.NOERROR, aa=True)     # no such record: NODATA
+        if tn.under_suffix(q.name):
+            return dnsmsg.build_answer(q, dnsmsg.NXDOMAIN, aa=True)
+        if self.tailnet_dns(tn):
+            ans = await self._node_query(q.name + ".", dnsmsg_type_name(q.qtype))
+            if ans is None:
+                return dnsmsg.build_answer(q, dnsmsg.SERVFAIL)
+            return dnsmsg.with_id(ans, q.id)
+        return await self.system.forward(q, raw, search)
+
+    # ------------------------------------------------------------ the channel
+    async def handle(self, req: cp.NameRequest) -> bytes:
+        """Channel callback: a RESOLVE/REVERSE/QUERY request -> its encoded reply."""
+        if isinstance(req, cp.ResolveReq):
+            r = await self.resolve(req.name, req.family, req.idn)
+            return cp.encode_resolve_reply(r.err, r.addrs, flags=r.flags, canon=r.canon,
+                                           aliases=r.aliases)
+        if isinstance(req, cp.ReverseReq):
+            err, name, aliases = await self.reverse(req.addr.ip)
+            return cp.encode_reverse_reply(err, name, aliases)
+        ans = await self.query(req.msg, req.search)
+        if len(ans) > cp.ANSWER_MAX:
+            ans = dnsmsg.truncate(ans, cp.ANSWER_MAX)
+        return cp.encode_query_reply(0 if ans else errno.EIO, ans)
+
+
+_TYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
+               33: "SRV", 35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 99: "SPF",
+               255: "ANY", 257: "CAA"}
+
+
+def dnsmsg_type_name(qtype: int) -> str:
+    return _TYPE_NAMES.get(qtype, f"TYPE{qtype}")
+
+
+def node_dns_query(localapi) -> Callable[[str, str], bytes]:
+    """The node's LocalAPI dns-query as a (name, type) -> answer bytes callable."""
+    def query(name: str, qtype: str) -> bytes:
+        r = localapi.dns_query(name, qtype)
+        b = r.get("Bytes") if isinstance(r, dict) else None
+        if isinstance(b, str):
+            return base64.b64decode(b)
+        if isinstance(b, list):
+            return bytes(b)
+        raise ValueError("dns-query: no answer bytes")
+    return query
