@@ -171,6 +171,8 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	uint64_t ino, token = 0;
 	int e0 = errno, mapped, domain, st, fl, blocking, err = 0;
 
+	if (c->active && dns_redirect_connect(fd, sa, len, &err))   /* port 53: udpdns.c */
+		return err;
 	if (!c->active || sa_to_tp(sa, len, &dst, &mapped) != 0 ||
 	    !is_our_kind(fd, sa, mapped, &domain)) {
 		errno = e0;

@@ -116,6 +116,23 @@ def _userpass(v: Any) -> tuple[str, str]:
     return user, pw
 
 
+def _dns_mode(v: Any) -> str:
+    v = _str(v).lower()
+    if v not in ("auto", "tailnet", "off"):
+        raise ValueError("expected auto, tailnet or off")
+    return v
+
+
+def _placeholder_v4(v: Any) -> str:
+    from .resolver.placeholders import check_range
+    return str(check_range(_str(v), 4))
+
+
+def _placeholder_v6(v: Any) -> str:
+    from .resolver.placeholders import check_range
+    return str(check_range(_str(v), 6))
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     key: str                      # config-file key; the flag is --key with '_' → '-'
@@ -175,6 +192,15 @@ SETTINGS: list[Setting] = [
             "credentials for --socks5 (default: generated and printed)", "USER:PASS", secret=True),
     Setting("socks5_no_auth", _bool, False, (),
             "serve --socks5 without credentials (any local user can then use your tailnet)"),
+    Setting("dns", _dns_mode, "auto", ("TAILPROXY_DNS",),
+            "name resolution for the program: auto (through the tailnet while an exit node is in "
+            "use, else as this host resolves), tailnet (always through the tailnet), off (the "
+            "program's own resolver, as without tailproxy)", "MODE"),
+    Setting("dns_placeholder_v4", _placeholder_v4, "240.0.0.0/4", (),
+            "IPv4 range of the placeholder addresses names get when resolved through the tailnet",
+            "CIDR"),
+    Setting("dns_placeholder_v6", _placeholder_v6, "fd74:7072:6f78::/48", (),
+            "IPv6 range of the placeholder addresses (for IPv6-only lookups)", "CIDR"),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -9,7 +9,7 @@ _PROXY_VARS = ("ALL_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], verbose: bool,
               proxy_addr: tuple[str, int] | None, proxy_auth: tuple[str, str] | None,
-              export_listeners: bool = False) -> dict:
+              export_listeners: bool = False, dns_server: str | None = None) -> dict:
     env = {k: v for k, v in parent.items() if k not in SECRETS}
     old = env.get("LD_PRELOAD", "").strip()
     env["LD_PRELOAD"] = f"{old}:{preload}" if old else preload
@@ -19,6 +19,13 @@ def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], ve
         env["TAILPROXY_EXPORT_LISTENERS"] = "1"
     else:
         env.pop("TAILPROXY_EXPORT_LISTENERS", None)
+    if dns_server is not None:
+        # names through the proxy's name service; port-53 traffic to its DNS responder
+        env["TAILPROXY_RESOLVE"] = "1"
+        env["TAILPROXY_DNS_SERVER"] = dns_server
+    else:
+        env.pop("TAILPROXY_RESOLVE", None)
+        env.pop("TAILPROXY_DNS_SERVER", None)
     if verbose:
         env["TAILPROXY_VERBOSE"] = "1"
     else:

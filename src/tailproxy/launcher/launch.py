@@ -17,6 +17,7 @@ from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
+from ..resolver import DNSResponder, NameService, PlaceholderDialer, PlaceholderMap, node_dns_query
 from .childenv import child_env
 from .exitnodes import ExitNodes
 from .lan import local_networks
@@ -64,6 +65,10 @@ def run(settings: dict, command: list[str]) -> int:
              "need --export-listeners")
         return 2
 
+    if settings["no_tailnet"] and settings["dns"] == "tailnet":
+        _say("--dns=tailnet needs the tailnet; it cannot be combined with --no-tailnet")
+        return 2
+
     rundir = tempfile.mkdtemp(prefix="tailproxy-")  # 0700: only we can reach the channel
     node = exits = None
     try:
@@ -91,7 +96,17 @@ def run(settings: dict, command: list[str]) -> int:
                 _say(str(e))
                 return 2
             dialer = TailnetDialer(node, settings["tailnet_only"], _say)
-        return asyncio.run(_serve(settings, dialer, rundir, preload, program, command, node, exits))
+        names = None
+        if settings["dns"] != "off":   # the name service (docs/NAMES.md)
+            names = NameService(
+                status=node.localapi.status if node else None,
+                dns_query=node_dns_query(node.localapi) if node else None,
+                mode="tailnet" if settings["dns"] == "tailnet" else "auto", log=log,
+                placeholders=PlaceholderMap(settings["dns_placeholder_v4"],
+                                            settings["dns_placeholder_v6"]))
+            dialer = PlaceholderDialer(dialer, names.placeholders, log)
+        return asyncio.run(_serve(settings, dialer, rundir, preload, program, command, node, exits,
+                                  names))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -111,7 +126,7 @@ def _listen_notice(exporter: Exporter):
     return notice
 
 
-def _control_handler(settings, node, exits, command, exporter=None):
+def _control_handler(settings, node, exits, command, exporter=None, names=None):
     async def handle(req: dict) -> dict:
         cmd = req["cmd"]
         if cmd == "info":
@@ -139,6 +154,8 @@ def _control_handler(settings, node, exits, command, exporter=None):
             if cmd == "exit-node-set" and not isinstance(name, str):
                 return {"ok": False, "error": "exit-node-set needs a name"}
             peer = await exits.set(name)
+            if names:
+                await names.refresh()   # placeholders from now on (or not): no stale mode
             _say(f"exit node set to {peer_label(peer)}" if peer else "exit node cleared")
             return {"ok": True, "exit_node": peer_label(peer) if peer else None}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
@@ -153,7 +170,8 @@ def exit_node_rows(status: dict) -> list[dict]:
                   key=lambda r: r["name"])
 
 
-async def _serve(settings, dialer, rundir, preload, program, command, node, exits) -> int:
+async def _serve(settings, dialer, rundir, preload, program, command, node, exits,
+                 names=None) -> int:
     proxy_only = not command
     if proxy_only:
         listen = settings["socks5"]
@@ -171,12 +189,22 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
                                              settings["export_deny_ports"], settings["export_max"]),
                             settings["export_proxy_protocol"], _say)
         proxy.on_listen = _listen_notice(exporter)
-    control = ControlServer(_control_handler(settings, node, exits, command, exporter))
+    control = ControlServer(_control_handler(settings, node, exits, command, exporter, names))
+    responder = None
+    if names:
+        await names.refresh()
+        proxy.on_names = names.handle
+        if not proxy_only:
+            responder = DNSResponder(names.query, log=_say if settings["verbose"] else None)
     try:
         if exporter:
             await exporter.start()
+        if responder:
+            await responder.start()
         await proxy.start()
     except OSError as e:
+        if responder:
+            await responder.close()
         _say(f"cannot start the local proxy on {listen[0]}:{listen[1]}: {e.strerror or e}")
         return 1
     try:
@@ -195,7 +223,8 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
         env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
                         bypass=bypass, verbose=settings["verbose"],
                         proxy_addr=proxy.socks_address, proxy_auth=auth,
-                        export_listeners=exporter is not None)
+                        export_listeners=exporter is not None,
+                        dns_server=responder.env_value() if responder else None)
         return await _run_child(program, command, env)
     finally:
         if exits:
@@ -203,6 +232,8 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
         if control:
             await control.close()
         await proxy.close()
+        if responder:
+            await responder.close()
         if exporter:
             await exporter.close()
 
