@@ -190,23 +190,28 @@ static void t_closerange(void)
 	printf("ok: after close_range\n");
 }
 
+/* open fds below 1000 (valgrind keeps its own near the limit) */
 static int count_fds(void)
 {
 	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
 	int n = 0;
-	while (readdir(d))
-		n++;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.' && atoi(e->d_name) < 1000)
+			n++;
 	closedir(d);
-	return n;
+	return n - 1;      /* the directory's own fd */
 }
 
 static void t_nofds(void)
 {
-	int before = count_fds(), i, after;
+	int before = count_fds(), i, after = -1;
 
 	for (i = 0; i < 20; i++)
 		one(i & 1);
-	after = count_fds();
+	/* the echo threads close their ends a moment after answering */
+	for (i = 0; i < 200 && (after = count_fds()) != before; i++)
+		poll(NULL, 0, 10);
 	CHECK(before == after, "%d fds before, %d after 20 connects", before, after);
 	printf("ok: no fd left behind (%d)\n", after);
 }
