@@ -43,7 +43,6 @@ _MAX_FDS = 8
 _RECV_BUF = 1024
 _ANC_BUF = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 _PENDING_TTL = 30.0        # a relay connection must arrive within this
-_PEER_GRACE = 60.0         # PEER keeps answering this long after a relay ends
 
 
 def _syn_give_up_s() -> float:
@@ -578,8 +577,9 @@ class ChannelServer:
         finally:
             up, down = (res.up, res.down) if res else (0, 0)
             self._report(label, outcome, up, down, t0)
-            if not self._closing:
-                asyncio.get_running_loop().call_later(_PEER_GRACE, self._forget_peer, key, dst)
+            # Forget at once: the local port may be reused by an unrelated socket, and a PEER
+            # answer for it would then lie (the preload's fd table covers the live socket).
+            self._forget_peer(key, dst)
 
     def _forget_peer(self, key, dst) -> None:
         if self._peers.get(key) is dst:
