@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import ipaddress
+import select
 import os
 import socket
 from typing import Protocol, runtime_checkable
@@ -76,6 +77,22 @@ def _map_oserror(exc: OSError, host: str, port: int) -> DialError:
     return DialError(code, f"{host}:{port}: {os.strerror(code)}")
 
 
+def _writable_now(sock: socket.socket) -> bool:
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLOUT)
+    return bool(p.poll(0))
+
+
+async def _wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    fut = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        loop.remove_writer(fd)
+
+
 def _numeric(host: str, port: int, family: int) -> list | None:
     """getaddrinfo's answer for a numeric address, without the executor round trip."""
     try:
@@ -134,7 +151,14 @@ class DirectDialer:
             sock.setblocking(False)
             if fam in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, addr)
+            err = sock.connect_ex(addr)
+            if err in (_errno.EINPROGRESS, _errno.EAGAIN):
+                # On local routes the handshake is usually over by now: skip the loop round trip.
+                if not _writable_now(sock):
+                    await _wait_writable(loop, sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
             return sock
         except BaseException:
             sock.close()
