@@ -554,10 +554,14 @@ EXPORT int getnameinfo(const struct sockaddr *sa, socklen_t salen, char *host, s
 		if (real(sa, salen, text, sizeof(text), NULL, 0, NI_NUMERICHOST) == 0)
 			tp_names_log("reverse lookup", text, err);
 	}
-	if (err) {
+	if (err) {                      /* glibc: a temporary failure is reported as such */
+		if (err == EAGAIN || err == ENETDOWN || err == ETIMEDOUT) {
+			errno = e0;
+			return EAI_AGAIN;
+		}
 		if (flags & NI_NAMEREQD) {
 			errno = e0;
-			return (err == EAGAIN || err == ENETDOWN) ? EAI_AGAIN : EAI_NONAME;
+			return EAI_NONAME;
 		}
 		/* the numeric form, exactly as glibc writes it (scope ids included) */
 		r = real(sa, salen, host, hostlen, NULL, 0, (flags & ~NI_NAMEREQD) | NI_NUMERICHOST);
