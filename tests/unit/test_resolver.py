@@ -1,0 +1,340 @@
+"""The name service (src/tailproxy/resolver): placeholders, /etc/hosts, tailnet names, the
+service's decisions, DNS answers, the channel ops, the responder's owner check, the dialer."""
+import asyncio
+import errno
+import os
+import socket
+import struct
+
+import pytest
+
+from test_proxy_harness import cp  # noqa: F401  (sets sys.path)
+from tailproxy.proxy.dialer import DialError
+from tailproxy.resolver import (DNSResponder, HostsFile, NameService, PlaceholderDialer,
+                                PlaceholderMap, check_range)
+from tailproxy.resolver import dnsmsg
+from tailproxy.resolver.responder import socket_uid
+from tailproxy.resolver.tailnet import TailnetNames
+
+STATUS = {
+    "CurrentTailnet": {"MagicDNSSuffix": "ts.test"},
+    "Self": {"DNSName": "me.ts.test.", "TailscaleIPs": ["100.64.0.9", "fd7a:115c:a1e0::9"]},
+    "Peer": {"a": {"DNSName": "peer.ts.test.", "TailscaleIPs": ["fd7a:115c:a1e0::2", "100.64.0.2"]},
+             "b": {"DNSName": "shared.other.net.", "TailscaleIPs": ["100.64.0.7"]}},
+}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class FakeSystem:
+    def __init__(self):
+        self.calls = []
+
+    async def getaddrinfo(self, name, version):
+        self.calls.append(("gai", name, version))
+        if name == b"example.com":
+            return 0, ["93.184.215.14"], "example.com"
+        return errno.ENOENT, [], ""
+
+    async def gethostbyaddr(self, ip):
+        self.calls.append(("gha", ip))
+        return errno.ENOENT, "", []
+
+    async def forward(self, q, raw, search):
+        self.calls.append(("fwd", q.name, search))
+        return dnsmsg.build_answer(q, dnsmsg.NXDOMAIN)
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    p = tmp_path / "hosts"
+    p.write_text("# comment\n127.0.0.1 localhost\n10.1.2.3 myhost.example myhost  # x\n"
+                 "10.1.2.4 myhost\nfe80::1%eth0 ll6\nbogus line\n")
+    return HostsFile(str(p))
+
+
+def service(hosts, mode="auto", status=STATUS, exit_node=False, query=None):
+    st = dict(status, ExitNodeStatus={"ID": "x"} if exit_node else None)
+    return NameService(status=lambda: st, mode=mode, hosts=hosts, system=FakeSystem(),
+                       dns_query=query)
+
+
+# ---------------------------------------------------------------- placeholders
+
+def test_placeholders_stable_distinct_and_reversible():
+    m = PlaceholderMap()
+    a, b = m.get("Example.com.", 4), m.get("other.test", 4)
+    assert a == "240.0.0.1" and b == "240.0.0.2"
+    assert m.get("example.com", 4) == a
+    assert m.get("example.com", 6) == "fd74:7072:6f78::1"
+    assert m.name_of(a) == "example.com" and m.name_of("fd74:7072:6f78::1") == "example.com"
+    assert m.name_of("::ffff:" + a) == "example.com"
+    assert m.name_of("240.0.0.99") is None and m.contains("240.0.0.99")
+    assert not m.contains("10.0.0.1") and m.name_of("not an ip") is None
+
+
+def test_placeholders_evict_least_recently_used():
+    m = PlaceholderMap(max_names=2)
+    a = m.get("a", 4)
+    m.get("b", 4)
+    m.name_of(a)                   # a used again
+    m.get("c", 4)                  # evicts b
+    assert m.name_of(a) == "a" and len(m) == 2
+    assert "b" not in [m.name_of(f"240.0.0.{i}") for i in range(1, 5)]
+
+
+def test_placeholder_range_reuses_freed_addresses():
+    m = PlaceholderMap("240.1.0.0/24", max_names=1000)
+    got = {m.get(f"n{i}", 4) for i in range(254)}
+    assert len(got) == 254 and "240.1.0.255" not in got and "240.1.0.0" not in got
+    assert m.get("one-more", 4) in got      # oldest evicted, its address reused
+
+
+@pytest.mark.parametrize("cidr,version", [("224.0.0.0/8", 4), ("127.0.0.0/8", 4),
+                                          ("100.64.0.0/12", 4), ("10.0.0.0/30", 4),
+                                          ("ff00::/16", 6), ("fd7a:115c:a1e0::/64", 6),
+                                          ("fd00::/48", 4), ("nonsense", 4)])
+def test_placeholder_ranges_refused(cidr, version):
+    with pytest.raises(ValueError):
+        check_range(cidr, version)
+
+
+def test_placeholder_ranges_accepted():
+    assert str(check_range("240.0.0.0/4", 4)) == "240.0.0.0/4"
+    assert str(check_range("198.51.100.0/24", 4)) == "198.51.100.0/24"
+
+
+# ---------------------------------------------------------------- hosts, tailnet names
+
+def test_hosts_file(hosts, tmp_path):
+    e = hosts.lookup("MYHOST.")
+    assert (e.canon, e.aliases, e.addrs) == ("myhost.example", ["myhost"], ["10.1.2.3", "10.1.2.4"])
+    assert hosts.lookup("myhost", 6).addrs == []
+    assert hosts.lookup("ll6", 6).addrs == ["fe80::1"]
+    assert hosts.lookup("nope") is None
+    assert hosts.reverse("10.1.2.3") == ("myhost.example", ["myhost"])
+    (tmp_path / "hosts").write_text("10.9.9.9 fresh\n")
+    os.utime(tmp_path / "hosts", ns=(1, 1))
+    assert hosts.lookup("fresh").addrs == ["10.9.9.9"] and hosts.lookup("myhost") is None
+
+
+def test_tailnet_names_from_status():
+    tn = TailnetNames.from_status(STATUS)
+    assert tn.lookup("peer") == ("peer.ts.test", ["100.64.0.2", "fd7a:115c:a1e0::2"])
+    assert tn.lookup("PEER.ts.test.")[0] == "peer.ts.test"
+    assert tn.lookup("me")[0] == "me.ts.test"
+    assert tn.lookup("shared.other.net") and tn.lookup("shared") is None   # not MagicDNS-short
+    assert tn.by_ip["fd7a:115c:a1e0::9"] == "me.ts.test"
+    assert tn.under_suffix("x.ts.test") and not tn.under_suffix("ts.testing")
+
+
+# ---------------------------------------------------------------- the service
+
+def test_resolve_order_and_modes(hosts):
+    ns = service(hosts)
+    r = run(ns.resolve(b"myhost", 0))
+    assert (r.err, r.addrs, r.flags, r.canon) == (0, ["10.1.2.3", "10.1.2.4"], cp.RES_HOSTS,
+                                                  "myhost.example")
+    assert run(ns.resolve(b"myhost", 6)).err == errno.ENODATA        # hosts: no AAAA elsewhere
+    r = run(ns.resolve(b"peer", 6))
+    assert (r.addrs, r.flags, r.canon) == (["fd7a:115c:a1e0::2"], cp.RES_TAILNET, "peer.ts.test")
+    assert run(ns.resolve(b"nosuch.ts.test", 0)).err == errno.ENOENT
+    r = run(ns.resolve(b"example.com", 4))                           # no exit node: the system's
+    assert (r.err, r.addrs, r.flags) == (0, ["93.184.215.14"], 0)
+    assert ns.system.calls == [("gai", b"example.com", 4)]
+    assert run(ns.resolve(b"bad..name", 0)).err == errno.ENOENT
+    assert run(ns.resolve(b"x" * 300, 0)).err == errno.ENOENT
+
+
+@pytest.mark.parametrize("how", ["exit-node", "dns-mode"])
+def test_placeholders_with_exit_node_or_dns_mode(hosts, how):
+    ns = service(hosts, mode="tailnet" if how == "dns-mode" else "auto", exit_node=how == "exit-node")
+    r = run(ns.resolve(b"example.com", 0))
+    assert (r.addrs, r.flags, r.canon) == (["240.0.0.1"], cp.RES_PLACEHOLDER, "example.com")
+    assert run(ns.resolve(b"example.com", 6)).addrs == ["fd74:7072:6f78::1"]
+    assert run(ns.reverse("240.0.0.1")) == (0, "example.com", [])
+    assert ns.system.calls == []                                     # nothing asked locally
+    assert run(ns.resolve(b"peer", 4)).addrs == ["100.64.0.2"]
+
+
+def test_idn_names(hosts):
+    ns = service(hosts, exit_node=True)
+    r = run(ns.resolve("bücher.example".encode(), 0, idn=True))
+    assert r.canon == "xn--bcher-kva.example" and r.flags == cp.RES_PLACEHOLDER
+
+
+def test_reverse(hosts):
+    ns = service(hosts)
+    assert run(ns.reverse("100.64.0.2")) == (0, "peer.ts.test", [])
+    assert run(ns.reverse("::ffff:100.64.0.9")) == (0, "me.ts.test", [])
+    assert run(ns.reverse("10.1.2.3")) == (0, "myhost.example", ["myhost"])
+    assert run(ns.reverse("240.0.0.5"))[0] == errno.ENOENT          # unassigned placeholder
+    assert run(ns.reverse("192.0.2.1"))[0] == errno.ENOENT
+    assert ns.system.calls == [("gha", "192.0.2.1")]
+
+
+def test_reverse_through_the_node_with_exit_node(hosts):
+    def q(name, qtype):
+        assert (name, qtype) == ("1.2.0.192.in-addr.arpa", "PTR")
+        qq = dnsmsg.parse_query(dnsmsg.build_query(name, dnsmsg.PTR, 1))
+        return dnsmsg.build_answer(qq, 0, [(None, dnsmsg.PTR, 60, "far.example")])
+    ns = service(hosts, exit_node=True, query=q)
+    assert run(ns.reverse("192.0.2.1")) == (0, "far.example", [])
+    assert ns.system.calls == []
+
+
+def answer_of(ns, name, qtype, **kw):
+    return dnsmsg.parse_answer(run(ns.query(dnsmsg.build_query(name, qtype, 4321), **kw)))
+
+
+def test_query_answers(hosts):
+    ns = service(hosts)
+    a = answer_of(ns, "peer.ts.test", dnsmsg.A)
+    assert (a.id, a.rcode, a.values(dnsmsg.A)) == (4321, 0, ["100.64.0.2"])
+    assert answer_of(ns, "peer", dnsmsg.AAAA).values(dnsmsg.AAAA) == ["fd7a:115c:a1e0::2"]
+    assert answer_of(ns, "nosuch.ts.test", dnsmsg.A).rcode == dnsmsg.NXDOMAIN
+    a = answer_of(ns, "peer", dnsmsg.MX)
+    assert (a.rcode, a.records) == (0, [])                            # NODATA
+    a = answer_of(ns, "9.0.64.100.in-addr.arpa", dnsmsg.PTR)
+    assert a.values(dnsmsg.PTR) == ["me.ts.test"]
+    assert answer_of(ns, "example.org", dnsmsg.MX, search=True).rcode == dnsmsg.NXDOMAIN
+    assert ns.system.calls[-1] == ("fwd", "example.org", True)       # system mode: forwarded
+    assert run(ns.query(b"\x00\x01garbage")) == b""                 # not even a header
+    bad = dnsmsg.build_query("peer", dnsmsg.A, 8)[:-3]
+    assert dnsmsg.parse_answer(run(ns.query(bad))).rcode == dnsmsg.FORMERR
+
+
+def test_query_other_types_through_the_node_with_exit_node(hosts):
+    seen = []
+
+    def q(name, qtype):
+        seen.append((name, qtype))
+        qq = dnsmsg.parse_query(dnsmsg.build_query(name, dnsmsg.TXT, 1))
+        return dnsmsg.build_answer(qq, dnsmsg.NOERROR)
+    ns = service(hosts, exit_node=True, query=q)
+    a = answer_of(ns, "example.org", dnsmsg.TXT)
+    assert a.id == 4321 and seen == [("example.org.", "TXT")] and ns.system.calls == []
+    assert answer_of(ns, "example.org", dnsmsg.A).values(dnsmsg.A) == ["240.0.0.1"]
+
+
+def test_status_failure_keeps_serving(hosts):
+    def broken():
+        raise OSError("node gone")
+    ns = NameService(status=broken, hosts=hosts, system=FakeSystem())
+    assert run(ns.resolve(b"myhost", 4)).addrs == ["10.1.2.3", "10.1.2.4"]
+    assert run(ns.resolve(b"peer", 4)).err == errno.ENOENT           # asked the system instead
+
+
+def test_channel_handle_roundtrip(hosts):
+    ns = service(hosts, exit_node=True)
+    rep = cp.decode_reply(run(ns.handle(cp.decode_request(cp.encode_resolve(b"peer", 0, seq=3)))))
+    assert (rep.op, rep.err, rep.addrs, rep.name) == (cp.OP_RESOLVE, 0,
+                                                      ("100.64.0.2", "fd7a:115c:a1e0::2"),
+                                                      "peer.ts.test")
+    rep = cp.decode_reply(run(ns.handle(cp.decode_request(cp.encode_resolve(b"myhost", 4)))))
+    assert rep.aliases == ("myhost",) and rep.flags == cp.RES_HOSTS
+    rev = cp.decode_reply(run(ns.handle(cp.decode_request(
+        cp.encode_reverse(cp.Address(4, "100.64.0.2", 0))))))
+    assert (rev.op, rev.err, rev.name) == (cp.OP_REVERSE, 0, "peer.ts.test")
+    q = dnsmsg.build_query("peer", dnsmsg.A, 9)
+    rep = cp.decode_reply(run(ns.handle(cp.decode_request(cp.encode_query(q, search=True)))))
+    assert dnsmsg.parse_answer(rep.answer).values(dnsmsg.A) == ["100.64.0.2"]
+
+
+def test_channel_proto_name_ops_layout_and_errors():
+    assert len(cp.encode_resolve(b"x")) == cp.RESOLVE_REQ_SIZE == 267
+    assert len(cp.encode_resolve_reply(0, ["1.2.3.4"])) == cp.RESOLVE_REP_SIZE == 1104
+    assert len(cp.encode_reverse_reply(errno.ENOENT)) == cp.REVERSE_REP_SIZE == 780
+    assert len(cp.encode_query(bytes(12))) == cp.QUERY_REQ_SIZE == 524
+    assert len(cp.encode_error_reply(cp.OP_RESOLVE, errno.EAGAIN)) == 1104
+    bad = bytearray(cp.encode_resolve(b"x"))
+    bad[8] = 5                                     # family
+    with pytest.raises(cp.ProtoError) as e:
+        cp.decode_request(bytes(bad))
+    assert e.value.errno == errno.EINVAL
+    bad = bytearray(cp.encode_resolve(b"x"))
+    bad[10] = 0                                    # empty name
+    with pytest.raises(cp.ProtoError):
+        cp.decode_request(bytes(bad))
+    with pytest.raises(cp.ProtoError):
+        cp.decode_request(cp.encode_resolve(b"x"), 1)          # an fd with a name request
+    r = cp.decode_reply(cp.encode_resolve_reply(0, ["1.2.3.4"] * 20, aliases=["a" * 200] * 5))
+    assert len(r.addrs) == 16 and len(r.aliases) == 2          # bounded fields
+
+
+# ---------------------------------------------------------------- DNS messages
+
+def test_dnsmsg_answer_and_truncation():
+    q = dnsmsg.parse_query(dnsmsg.build_query("Peer.TS.test", dnsmsg.AAAA, 77))
+    assert (q.name, q.key, q.qtype, q.edns_size) == ("Peer.TS.test", "peer.ts.test", 28, 0)
+    ans = dnsmsg.build_answer(q, 0, [(None, dnsmsg.AAAA, 60, "fd7a::1")] * 40)
+    assert len(ans) > 512
+    t = dnsmsg.truncate(ans, 512)
+    assert len(t) <= 512 and t[2] & 0x02 and dnsmsg.parse_answer(t).records == []
+    assert dnsmsg.ip_of_ptr("4.3.2.1.in-addr.arpa.") == "1.2.3.4"
+    assert dnsmsg.ip_of_ptr(dnsmsg.ptr_name("fd7a::1")) == "fd7a::1"
+    assert dnsmsg.ip_of_ptr("example.com") is None
+    with pytest.raises(dnsmsg.DNSFormatError):
+        dnsmsg.parse_query(b"\x00" * 5)
+
+
+# ---------------------------------------------------------------- responder, dialer
+
+def test_socket_uid_finds_our_sockets():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    try:
+        assert socket_uid("udp", "127.0.0.1", s.getsockname()[1]) == os.getuid()
+    finally:
+        s.close()
+    assert socket_uid("udp", "127.0.0.1", 1) is None
+
+
+def test_responder_answers_own_user_and_drops_others(hosts):
+    async def main():
+        ns = service(hosts)
+        r = DNSResponder(ns.query)
+        await r.start()
+        try:
+            loop = asyncio.get_running_loop()
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            await loop.sock_connect(s, r.addresses[0])
+            await loop.sock_sendall(s, dnsmsg.build_query("peer", dnsmsg.A, 5))
+            ans = await asyncio.wait_for(loop.sock_recv(s, 2048), 5)
+            s.close()
+            assert dnsmsg.parse_answer(ans).values(dnsmsg.A) == ["100.64.0.2"]
+            r.uid = os.getuid() + 12345                       # someone else's sockets now
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            await loop.sock_connect(s, r.addresses[0])
+            await loop.sock_sendall(s, dnsmsg.build_query("peer", dnsmsg.A, 6))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(loop.sock_recv(s, 2048), 0.3)
+            s.close()
+            assert r.refused == 1
+            assert r.env_value().startswith("127.0.0.1:")
+        finally:
+            await r.close()
+    run(main())
+
+
+def test_placeholder_dialer_dials_the_name():
+    m = PlaceholderMap()
+    ip = m.get("far.example", 4)
+    seen = []
+
+    class Inner:
+        async def dial(self, host, port, timeout):
+            seen.append((host, port))
+            return "sock"
+    d = PlaceholderDialer(Inner(), m)
+    assert run(d.dial(ip, 443, 5)) == "sock"
+    assert run(d.dial("[" + m.get("far.example", 6) + "]", 80, 5)) == "sock"
+    assert run(d.dial("10.0.0.1", 22, 5)) == "sock"
+    assert seen == [("far.example", 443), ("far.example", 80), ("10.0.0.1", 22)]
+    with pytest.raises(DialError) as e:
+        run(d.dial("240.9.9.9", 80, 5))
+    assert e.value.errno == errno.EHOSTUNREACH
