@@ -17,6 +17,7 @@ modes interleaved (and their order rotated) in each repetition:
       client host (SOCKS5) + proxychains4: bulk throughput, connect latency, connect+echo loop
   (d) memory (VmRSS) of the tailproxy process and of its tailscaled child, idle and with K open
       connections, next to microsocks (and the anchor tailscaled) holding K connections
+  (f) bench/dns_bench.py: name lookups per second through tailproxy vs plain glibc
 
 Prints every exact command, a table, and writes bench/results/latest.json + latest.md
 (--out DIR to change). A tailproxy mode that fails is reported as FAILED with its error; the
@@ -829,7 +830,8 @@ def main() -> int:
     p.add_argument("--tailnet-bulk-bytes", type=int, default=512 * MiB, help="(c) bytes (default 512 MiB)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcd", help="sections to run, e.g. 'ab' (default abcd)")
+    p.add_argument("--only", default="abcdf", help="sections to run, e.g. 'ab' (default abcdf)")
+    p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
     p.add_argument("--out", default=os.path.join(BENCH, "results"), help="results folder")
@@ -870,6 +872,7 @@ def main() -> int:
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
     loc = tn = mem = None
+    dns = None
     try:
         say("\nsetup")
         tb = ctx["tb"] = build_tcpbench(tmp)
@@ -912,6 +915,10 @@ def main() -> int:
             tn = guarded("(c)", bench_tailnet, ctx, a)
         if "d" in a.only:
             mem = guarded("(d)", bench_memory, ctx, a)
+        if "f" in a.only:   # (f): bench/dns_bench.py
+            import dns_bench
+            dns = guarded("(f)", dns_bench.section, info, tp, tp_env, tmp, a.dns_lookups,
+                          1 if a.quick else 3)
     except KeyboardInterrupt:
         say("bench: interrupted")
     finally:
@@ -921,6 +928,9 @@ def main() -> int:
 
     rows, targets, failures = summarize(loc, tn, mem, a)
     failures += CRASHES
+    if dns:
+        say("\n" + dns_bench.table(dns))
+        failures += dns["failures"]
     meta["seconds"] = round(time.monotonic() - t_start, 1)
     meta["loadavg_end"] = os.getloadavg()
     say("\n" + table(rows, ["benchmark", "mode", "median", "vs anchor"]))
@@ -940,6 +950,8 @@ def main() -> int:
             "b_bulk": {m: s.to_json() for m, s in loc["bulk"].items()} if loc else None,
             "c_tailnet": {k: {m: s.to_json() for m, s in v.items()} for k, v in tn.items()} if tn else None,
             "d_memory_kib": mem}
+    if dns:
+        data["f_dns_lookups_per_s"] = dns["rates"]
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(data, f, indent=2)
     with open(os.path.join(a.out, "latest.md"), "w") as f:
