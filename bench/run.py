@@ -17,6 +17,8 @@ modes interleaved (and their order rotated) in each repetition:
       client host (SOCKS5) + proxychains4: bulk throughput, connect latency, connect+echo loop
   (d) memory (VmRSS) of the tailproxy process and of its tailscaled child, idle and with K open
       connections, next to microsocks (and the anchor tailscaled) holding K connections
+  (e) bench/export_bench.py: from peer, bulk and connect+echo to servers exported by tailproxy
+      --export-listeners vs the same servers behind a userspace tailscaled's `serve --tcp`
   (f) bench/dns_bench.py: name lookups per second through tailproxy vs plain glibc
 
 Prints every exact command, a table, and writes bench/results/latest.json + latest.md
@@ -830,7 +832,7 @@ def main() -> int:
     p.add_argument("--tailnet-bulk-bytes", type=int, default=512 * MiB, help="(c) bytes (default 512 MiB)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcdf", help="sections to run, e.g. 'ab' (default abcdf)")
+    p.add_argument("--only", default="abcdef", help="sections to run, e.g. 'ab' (default abcdef)")
     p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
@@ -871,7 +873,7 @@ def main() -> int:
             "args": vars(a), "testnet": {"client": info["client"], "peer": info["peers"]["peer"]}}
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
-    loc = tn = mem = None
+    loc = tn = mem = ex = None
     dns = None
     try:
         say("\nsetup")
@@ -919,6 +921,9 @@ def main() -> int:
             import dns_bench
             dns = guarded("(f)", dns_bench.section, info, tp, tp_env, tmp, a.dns_lookups,
                           1 if a.quick else 3)
+        if "e" in a.only:   # (e): bench/export_bench.py
+            import export_bench
+            ex = guarded("(e)", export_bench.section, ctx, info, a, sys.modules[__name__])
     except KeyboardInterrupt:
         say("bench: interrupted")
     finally:
@@ -927,6 +932,10 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     rows, targets, failures = summarize(loc, tn, mem, a)
+    if ex:
+        import export_bench
+        ex_rows, ex_failures = export_bench.rows(ex, sys.modules[__name__])
+        rows, failures = rows + ex_rows, failures + ex_failures
     failures += CRASHES
     if dns:
         say("\n" + dns_bench.table(dns))
@@ -952,6 +961,8 @@ def main() -> int:
             "d_memory_kib": mem}
     if dns:
         data["f_dns_lookups_per_s"] = dns["rates"]
+    if ex:
+        data["e_export"] = export_bench.to_json(ex)
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(data, f, indent=2)
     with open(os.path.join(a.out, "latest.md"), "w") as f:
