@@ -14,10 +14,31 @@ step "curl http://$PEER_IP:$HTTP/   (without tailproxy: this host has no route t
 curl -sS -m 3 "http://$PEER_IP:$HTTP/" || echo "(failed, as expected)"
 
 step "tailproxy curl http://$PEER_IP:$HTTP/"
-"$TP" curl -sS "http://$PEER_IP:$HTTP/"
+"$TP" curl -sS --noproxy '*' "http://$PEER_IP:$HTTP/"
 
 step "tailproxy curl -g http://[$PEER_IP6]:$HTTP/"
-"$TP" curl -sS -g "http://[$PEER_IP6]:$HTTP/"
+"$TP" curl -sS -g --noproxy '*' "http://[$PEER_IP6]:$HTTP/"
+
+step "tailproxy curl http://peer:$HTTP/   (a MagicDNS name; no system Tailscale, no /etc/hosts entry)"
+"$TP" curl -sS --noproxy '*' "http://peer:$HTTP/"
+
+INET=$(info 'd["internet"]["name"]')
+DNSLOG=$(info 'd["dns_log"]')
+before=$(wc -l < "$DNSLOG")
+step "tailproxy --exit-node=exit curl http://$INET/   (only the exit node can reach it; the name is resolved there)"
+"$TP" --exit-node=exit curl -sS --noproxy '*' "http://$INET/"
+echo "(queries that reached this host's DNS server meanwhile: $(( $(wc -l < "$DNSLOG") - before )))"
+
+PNS=$(info 'd["peers"]["peer"]["netns"]')
+SOCKS=$(info 'd["peers"]["peer"]["socks5"]')
+step "tailproxy --hostname demo-web --export-listeners python3 -m http.server 8000   (then fetched from peer)"
+"$TP" --hostname demo-web --export-listeners python3 -m http.server 8000 >/dev/null 2>/tmp/demo-export.$$ &
+TPPID=$!
+for i in $(seq 100); do grep -q "exported port 8000" /tmp/demo-export.$$ && break; sleep 0.1; done
+cat /tmp/demo-export.$$
+ip netns exec "$PNS" curl -sS -m 10 --socks5-hostname "$SOCKS" http://demo-web:8000/ | head -3
+kill $TPPID; wait $TPPID 2>/dev/null || true
+rm -f /tmp/demo-export.$$
 
 step "tailproxy --verbose python3 (asyncio, non-blocking connects) → echo service on $PEER_IP:$ECHO"
 "$TP" --verbose python3 - "$PEER_IP" "$ECHO" <<'PY'
