@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from . import channel_proto as cp
+from .accept import accepted
 from .dialer import DialError, Dialer, errno_name
 from .loopback import LoopbackEndpoints, clear_error
 from .relay import DEFAULT_BUFSIZE, relay
@@ -229,18 +230,7 @@ class ChannelServer:
 
     # ------------------------------------------------------------ channel
     async def _accept_channel(self, loop, lst: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(lst)
-            except (ConnectionAbortedError, InterruptedError):
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log(f"channel accept: {exc}; pausing")
-                    await asyncio.sleep(0.1)
-                    continue
-                raise
-            conn.setblocking(False)
+        async for conn, _ in accepted(loop, lst, "channel", self.log):
             self._spawn(self._serve_conn(loop, conn))
 
     async def _recvmsg(self, loop, conn: socket.socket):
@@ -531,17 +521,7 @@ class ChannelServer:
 
     # ------------------------------------------------------------ relay
     async def _accept_relay(self, loop, lst: socket.socket) -> None:
-        while True:
-            try:
-                conn, addr = await loop.sock_accept(lst)
-            except (ConnectionAbortedError, InterruptedError):
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log(f"relay accept: {exc}; pausing")
-                    await asyncio.sleep(0.1)
-                    continue
-                raise
+        async for conn, addr in accepted(loop, lst, "relay", self.log):
             try:
                 key = cp.Address.from_sockaddr(addr)
             except ValueError:

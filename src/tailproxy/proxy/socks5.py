@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .accept import accepted
 from .dialer import DialError, Dialer, errno_name
 from .relay import DEFAULT_BUFSIZE, relay
 from .sockreader import HandshakeEOF, SockReader
@@ -301,18 +302,7 @@ class SocksServer:
         return t
 
     async def _accept_loop(self, loop, lsock) -> None:
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(lsock)
-            except (ConnectionAbortedError, InterruptedError):
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log(f"socks accept: {exc}; pausing")
-                    await asyncio.sleep(0.1)
-                    continue
-                raise
-            conn.setblocking(False)
+        async for conn, _ in accepted(loop, lsock, "socks", self.log):
             self._conns.add(conn)
             self._spawn(self._serve(conn))
 

@@ -108,7 +108,6 @@ def parse_query(buf: bytes) -> Query:
         for _ in range(an + ns):
             p, *_r = _skip_rr(buf, p)
         for _ in range(ar):
-            start = p
             p, rtype, rclass, _rd = _skip_rr(buf, p)
             if rtype == OPT:
                 edns = max(512, rclass)

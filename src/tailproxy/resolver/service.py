@@ -16,7 +16,7 @@ import errno
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 from ..proxy import channel_proto as cp
 from . import dnsmsg
