@@ -338,3 +338,14 @@ def test_placeholder_dialer_dials_the_name():
     with pytest.raises(DialError) as e:
         run(d.dial("240.9.9.9", 80, 5))
     assert e.value.errno == errno.EHOSTUNREACH
+
+
+def test_query_with_edns_opt_record_parses():
+    from tailproxy.resolver import dnsmsg
+    q = dnsmsg.build_query("peer.ts.test", dnsmsg.A, qid=7)
+    # add an OPT record (as dig sends): root name, type OPT, class = UDP size 1232
+    hdr = bytearray(q[:12])
+    hdr[11] = 1                                   # ARCOUNT = 1
+    opt = b"\x00" + struct.pack("!HHIH", dnsmsg.OPT, 1232, 0, 0)
+    parsed = dnsmsg.parse_query(bytes(hdr) + q[12:] + opt)
+    assert parsed.name == "peer.ts.test" and parsed.edns_size == 1232

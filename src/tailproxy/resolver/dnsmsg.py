@@ -111,7 +111,6 @@ def parse_query(buf: bytes) -> Query:
             p, rtype, rclass, _rd = _skip_rr(buf, p)
             if rtype == OPT:
                 edns = max(512, rclass)
-                del start
     except DNSFormatError:
         pass
     return Query(qid, flags, name, qtype, qclass, question, edns)
