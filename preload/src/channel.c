@@ -271,3 +271,88 @@ int chan_request(int op, int flags, uint8_t *req, size_t reqlen, uint8_t *rep, s
 	put_hdr(req, op, flags);
 	return request(req, reqlen, -1, rep, replen, wait_ms, 0);
 }
+
+int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr *park,
+			socklen_t parklen, uint64_t *token)
+{
+	const struct tp_config *c = tp_config();
+	struct sockaddr_un sun;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	struct cmsghdr *ch;
+	struct iovec iov;
+	struct msghdr mh;
+	uint8_t req[CONNECT_LEN];
+	uint32_t seq;
+	ssize_t n;
+	int s, why, r;
+
+	if (c->path_len == 0 || c->path_len >= sizeof(sun.sun_path)) {
+		errno = EAGAIN;                 /* let the full path report it */
+		return -1;
+	}
+	/* 1. the channel first: if the proxy is gone the socket stays untouched */
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0) {
+		errno = EAGAIN;
+		return -1;
+	}
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, c->path, c->path_len);
+	while ((r = real_connect(s, (struct sockaddr *)&sun, sizeof(sun))) != 0 && errno == EINTR)
+		;
+	if (r != 0) {
+		why = errno;
+		close(s);
+		tp_warn_channel_down(c->path, why);
+		errno = ENETDOWN;
+		return -1;
+	}
+	/* 2. park: SYN_SENT towards a listener whose queue is full */
+	r = real_connect(fd, park, parklen);
+	if (r == 0 || errno != EINPROGRESS) {
+		if (r == 0) {                   /* the parking listener accepted: undo */
+			struct sockaddr un = {.sa_family = AF_UNSPEC};
+			real_connect(fd, &un, sizeof(un));
+		}
+		so_error_of(fd);
+		close(s);
+		errno = EAGAIN;
+		return -1;
+	}
+	/* 3. register; the proxy replies nothing */
+	memset(req, 0, sizeof(req));
+	put_hdr(req, OP_CONNECT, FLAG_PARKED);
+	memcpy(&seq, req + 4, 4);
+	put_addr(req + HDR, dst);
+	memset(&mh, 0, sizeof(mh));
+	iov.iov_base = req;
+	iov.iov_len = sizeof(req);
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	memset(&cm, 0, sizeof(cm));
+	mh.msg_control = cm.buf;
+	mh.msg_controllen = sizeof(cm.buf);
+	ch = CMSG_FIRSTHDR(&mh);
+	ch->cmsg_level = SOL_SOCKET;
+	ch->cmsg_type = SCM_RIGHTS;
+	ch->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(ch), &fd, sizeof(int));
+	while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	why = errno;
+	close(s);
+	if (n < 0) {
+		struct sockaddr un = {.sa_family = AF_UNSPEC};
+		real_connect(fd, &un, sizeof(un));      /* not parked after all */
+		so_error_of(fd);
+		tp_warn_channel_down(c->path, why);
+		errno = ENETDOWN;
+		return -1;
+	}
+	*token = ((uint64_t)(uint32_t)getpid() << 32) | seq;
+	return 0;
+}

@@ -1,4 +1,4 @@
-/* Environment: TAILPROXY_SOCKET, TAILPROXY_BYPASS, TAILPROXY_VERBOSE.
+/* Environment: TAILPROXY_SOCKET, TAILPROXY_BYPASS, TAILPROXY_VERBOSE, TAILPROXY_PARK.
  * Read once per process image (constructor, or the first hook call if that
  * comes earlier); fork children inherit the parsed copy, exec re-reads. */
 #define _GNU_SOURCE
@@ -117,11 +117,40 @@ static void warn_bad_cidr(const char *s, size_t n)
 	log_flush(&l);
 }
 
+/* "PORT4,PORT6": 127.0.0.1:PORT4 and [::1]:PORT6; either may be 0 or missing. */
+static void parse_park(const char *s, struct tp_config *c)
+{
+	long p4 = 0, p6 = 0;
+
+	if (!s)
+		return;
+	while (*s >= '0' && *s <= '9' && p4 < 65536)
+		p4 = p4 * 10 + (*s++ - '0');
+	if (*s == ',') {
+		s++;
+		while (*s >= '0' && *s <= '9' && p6 < 65536)
+			p6 = p6 * 10 + (*s++ - '0');
+	}
+	if (*s)
+		return;                 /* malformed: no fast path */
+	if (p4 > 0 && p4 < 65536) {
+		c->park4.sin_family = AF_INET;
+		c->park4.sin_port = htons((uint16_t)p4);
+		c->park4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	}
+	if (p6 > 0 && p6 < 65536) {
+		c->park6.sin6_family = AF_INET6;
+		c->park6.sin6_port = htons((uint16_t)p6);
+		c->park6.sin6_addr = in6addr_loopback;
+	}
+}
+
 static void parse(struct tp_config *c)
 {
 	const char *path = getenv("TAILPROXY_SOCKET");
 	const char *bp = getenv("TAILPROXY_BYPASS");
 	const char *v = getenv("TAILPROXY_VERBOSE");
+	const char *park = getenv("TAILPROXY_PARK");
 
 	memset(c, 0, sizeof(*c));
 	if (!path || !*path)
@@ -135,6 +164,7 @@ static void parse(struct tp_config *c)
 	if (strlen(path) > TP_PATH_MAX)
 		c->path_len = TP_PATH_MAX + 1;
 	c->verbose = v && v[0] == '1' && v[1] == 0;
+	parse_park(park, c);
 	while (bp && *bp) {
 		const char *end = strchr(bp, ',');
 		size_t n = end ? (size_t)(end - bp) : strlen(bp);

@@ -204,6 +204,33 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	fi.lport = 0;
 	fi.state = FD_PENDING;
 
+	if (!blocking) {
+		/* fast path: park here and register without waiting for the proxy */
+		const struct sockaddr *park = NULL;
+		socklen_t plen = 0;
+
+		if (domain == AF_INET && c->park4.sin_port) {
+			park = (const struct sockaddr *)&c->park4;
+			plen = sizeof(c->park4);
+		} else if (domain == AF_INET6 && c->park6.sin6_port) {
+			park = (const struct sockaddr *)&c->park6;
+			plen = sizeof(c->park6);
+		}
+		if (park && chan_connect_parked(&dst, fd, park, plen, &token) == 0) {
+			fi.token = token;
+			fdt_set(fd, &fi);
+			if (c->verbose)
+				verbose(fd, &dst, EINPROGRESS);
+			errno = EINPROGRESS;
+			return -1;
+		}
+		if (park && errno == ENETDOWN) {
+			if (c->verbose)
+				verbose(fd, &dst, ENETDOWN);
+			errno = ENETDOWN;
+			return -1;
+		}
+	}
 	if (chan_connect(&dst, fd, blocking, blocking ? send_timeout_ms(fd) : 0, &err,
 			 &token) != 0) {
 		err = errno;

@@ -45,6 +45,10 @@ struct tp_config {
 	size_t path_len;        /* 0 or > sizeof(sun_path)-1 means unusable */
 	int nbypass;
 	struct tp_cidr bypass[TP_MAX_BYPASS];
+	/* TAILPROXY_PARK: the proxy's parking listeners, so a non-blocking connect can be
+	 * parked here and registered without waiting for the proxy (0 port = not given) */
+	struct sockaddr_in park4;
+	struct sockaddr_in6 park6;
 };
 
 HIDDEN const struct tp_config *tp_config(void);
@@ -96,6 +100,12 @@ HIDDEN int chan_connect(const struct tp_addr *dst, int fd, int blocking, int wai
 			int *err, uint64_t *token);
 HIDDEN int chan_status(uint64_t token, int *err);
 HIDDEN int chan_peer(const struct tp_addr *local, int *err, struct tp_addr *dst);
+/* Non-blocking fast path: park fd at `park` ourselves, then register it with a CONNECT that
+ * needs no reply (FLAG_PARKED; token = pid << 32 | seq). 0 on success; -1 with errno
+ * ENETDOWN (channel unusable: fd untouched) or EAGAIN (could not park: fd untouched). */
+#define FLAG_PARKED 2
+HIDDEN int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr *park,
+			       socklen_t parklen, uint64_t *token);
 /* LISTEN/UNLISTEN notices for the exporter (send only; 0 or -1 with errno). */
 #define OP_LISTEN 7
 #define OP_UNLISTEN 8

@@ -103,6 +103,8 @@ class Proxy:
         self.proc = subprocess.Popen(self.prefix + argv, stdout=subprocess.PIPE, stderr=self.logf,
                                      env=env)
         line = self.proc.stdout.readline()
+        # "ready park=P4,P6": the parking ports for the preload's non-blocking fast path
+        self.park = line.split(b"park=", 1)[1].strip().decode() if b"park=" in line else None
         if b"ready" not in line:
             self.proc.kill()
             raise RuntimeError(f"proxy did not start: {line!r}; see {self.log_path}:\n"
@@ -154,8 +156,9 @@ def proxy(netns, rundir):
 class Runner:
     """Runs one test program in the namespace with the preload."""
 
-    def __init__(self, prefix, lib, testbin, channel):
+    def __init__(self, prefix, lib, testbin, channel, park=None):
         self.prefix, self.lib, self.testbin, self.channel = prefix, lib, testbin, channel
+        self.park = park
 
     def preload_value(self) -> str:
         if _sanitizer() == "address":
@@ -169,6 +172,8 @@ class Runner:
         env["LD_PRELOAD"] = self.preload_value()
         if channel:
             env["TAILPROXY_SOCKET"] = self.channel
+            if self.park:
+                env["TAILPROXY_PARK"] = self.park
         if _sanitizer() == "address":
             env["ASAN_OPTIONS"] = "detect_leaks=1:exitcode=99:abort_on_error=0"
         env.update(extra or {})
@@ -206,7 +211,7 @@ class Runner:
 @pytest.fixture(scope="session")
 def run(build, netns, proxy):
     lib, testbin = build
-    return Runner(netns, lib, testbin, proxy.channel)
+    return Runner(netns, lib, testbin, proxy.channel, proxy.park)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import os
 import select
 import socket
 import stat
+import sys
 import time
 
 import pytest
@@ -528,4 +529,56 @@ def test_blocking_interrupted_stays_in_progress(env):
     assert wait_writable(s, 2) == select.POLLOUT
     assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
     echo_roundtrip(s)
+    s.close()
+
+
+def _park_and_register(env, s, dst, seq):
+    """What the preload's fast path does: park at the proxy's parking port, then CONNECT with
+    FLAG_PARKED and no reply. Returns the token (pid << 32 | seq)."""
+    port4, _ = env.proxy.park_ports
+    assert s.connect_ex(("127.0.0.1", port4)) == errno.EINPROGRESS
+    msg = bytearray(cp.encode_connect(cp.Address(4, *dst), seq=seq))
+    msg[2:4] = cp.FLAG_PARKED.to_bytes(2, sys.byteorder)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+        c.connect(env.path)
+        socket.send_fds(c, [bytes(msg)], [s.fileno()])
+    return (os.getpid() << 32) | seq
+
+
+def test_parked_by_the_preload_completes_without_a_reply(env):
+    gate = env.dialer.gate(*DST)
+    s = socket.socket()
+    s.setblocking(False)
+    token = _park_and_register(env, s, DST, seq=4242)
+    assert wait_writable(s, 0.3) == 0                 # in flight, like a slow connect
+    assert wait_status(env.path, token, timeout=0.2) == errno.EINPROGRESS
+    gate.set()
+    assert wait_status(env.path, token) == 0
+    assert wait_writable(s, 2) == select.POLLOUT       # no POLLERR/POLLHUP on the way
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    echo_roundtrip(s)
+    s.close()
+
+
+def test_parked_by_the_preload_failure_keeps_real_errno(env):
+    s = socket.socket()
+    s.setblocking(False)
+    token = _park_and_register(env, s, UNREACH, seq=4243)
+    assert wait_status(env.path, token) == errno.EHOSTUNREACH
+    assert wait_writable(s, 2) & select.POLLERR
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+    s.close()
+
+
+def test_parked_flag_for_an_unparked_socket_is_refused(env):
+    s = socket.socket()
+    s.setblocking(False)
+    msg = bytearray(cp.encode_connect(cp.Address(4, *DST), seq=9))
+    msg[2:4] = cp.FLAG_PARKED.to_bytes(2, sys.byteorder)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+        c.connect(env.path)
+        socket.send_fds(c, [bytes(msg)], [s.fileno()])
+    time.sleep(0.2)
+    assert channel_request(env.path, cp.encode_status((os.getpid() << 32) | 9)).err == errno.ENOENT
+    assert s.connect_ex(("127.0.0.1", 9)) in (errno.ECONNREFUSED, errno.EINPROGRESS)  # still ours
     s.close()

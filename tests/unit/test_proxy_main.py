@@ -1,6 +1,7 @@
 """python -m tailproxy.proxy: ready line, serving, clean exit on SIGTERM."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,8 @@ def start(*args):
     p = subprocess.Popen([sys.executable, "-m", "tailproxy.proxy", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     line = p.stdout.readline()
-    assert line == "ready\n", (line, p.stderr.read() if p.poll() is not None else "")
+    assert re.fullmatch(r"ready park=\d+,\d+\n", line), \
+        (line, p.stderr.read() if p.poll() is not None else "")
     return p
 
 

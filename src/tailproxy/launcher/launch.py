@@ -223,7 +223,7 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
         env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
                         bypass=bypass, verbose=settings["verbose"],
                         proxy_addr=proxy.socks_address, proxy_auth=auth,
-                        export_listeners=exporter is not None,
+                        export_listeners=exporter is not None, park_ports=proxy.park_ports,
                         dns_server=responder.env_value() if responder else None)
         return await _run_child(program, command, env)
     finally:

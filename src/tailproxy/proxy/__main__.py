@@ -66,7 +66,8 @@ async def _run(args) -> int:
         if proxy.socks_address is not None:
             h, port = proxy.socks_address[:2]
             print(f"socks5 {'[' + h + ']' if ':' in h else h}:{port}", file=sys.stderr, flush=True)
-        print("ready", flush=True)
+        p4, p6 = proxy.park_ports
+        print(f"ready park={p4},{p6}", flush=True)
         await stop.wait()
     finally:
         await proxy.close()

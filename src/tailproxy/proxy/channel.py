@@ -24,6 +24,7 @@ import fcntl
 import os
 import socket
 import stat
+import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class _Pending:
     token: int
     t0: float
     timer: asyncio.TimerHandle | None = None
+
+
+_TCP_SYN_SENT = 2
 
 
 @dataclass(eq=False)
@@ -349,6 +353,9 @@ class ChannelServer:
             sock.close()
             self._send(conn, cp.encode_connect_reply(bad))
             return False
+        if req.flags & cp.FLAG_PARKED:
+            self._adopt_parked(conn, req, sock)
+            return True
         try:
             nonblocking = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
             bound = sock.getsockname()
@@ -399,6 +406,38 @@ class ChannelServer:
             return True
         finally:
             sock.close()
+
+    def _adopt_parked(self, conn: socket.socket, req: cp.ConnectReq, sock: socket.socket) -> None:
+        """The preload's fast path for a non-blocking connect: it parked the socket at our
+        parking listener and does not wait for a reply. Its token is its pid and the seq."""
+        try:
+            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      12))[0]
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except OSError:
+            pid, state = 0, -1
+        fs = self._endpoints.v4 if sock.family == socket.AF_INET else self._endpoints.v6
+        if not pid or state != _TCP_SYN_SENT or fs is None:
+            self.stats.protocol_errors += 1
+            self.log(f"channel: parked CONNECT for a socket that is not parked (state {state})")
+            sock.close()
+            return
+        token = (pid << 32) | req.seq
+        park = (cp.Address(cp.FAMILY_V4, "127.0.0.1", fs.park_port) if sock.family == socket.AF_INET
+                else cp.Address(cp.FAMILY_V6, "::1", fs.park_port))
+        timeout = min(req.timeout_ms / 1000.0 if req.timeout_ms else self.connect_timeout,
+                      self._park_limit)
+        host = req.host or req.dst.ip
+        label = f"{host}:{req.dst.port}" if ":" not in host else f"[{host}]:{req.dst.port}"
+        self.tokens.set(token, errno.EINPROGRESS)
+        job = _Job(sock, req.dst, host, timeout, token, label, time.monotonic(), None, park)
+        self._spawn(self._finish_parked(job))
+
+    @property
+    def park_ports(self) -> tuple[int, int]:
+        """(IPv4, IPv6) parking ports for the preload's TAILPROXY_PARK (0: none)."""
+        e = self._endpoints
+        return (e.v4.park_port if e else 0, e.v6.park_port if e and e.v6 else 0)
 
     @staticmethod
     def _check_socket(sock: socket.socket, dst: cp.Address) -> int:

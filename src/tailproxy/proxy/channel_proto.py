@@ -33,6 +33,7 @@ OPS = (OP_CONNECT, OP_STATUS, OP_PEER, OP_RESOLVE, OP_REVERSE, OP_QUERY, OP_LIST
 NAME_OPS = (OP_RESOLVE, OP_REVERSE, OP_QUERY)
 
 FLAG_BLOCKING = 0x0001
+FLAG_PARKED = 0x0002       # CONNECT: the preload parked the socket itself; no reply wanted
 FLAG_IDN = 0x0001          # RESOLVE: the name may be UTF-8, encode it with IDNA (AI_IDN)
 FLAG_SEARCH = 0x0001       # QUERY: apply the resolver's search list (res_search)
 

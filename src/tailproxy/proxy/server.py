@@ -114,6 +114,11 @@ class Proxy:
 
     # ------------------------------------------------------------------
     @property
+    def park_ports(self) -> tuple[int, int]:
+        """Parking ports (IPv4, IPv6; 0 = none) for the preload's fast non-blocking connect."""
+        return self.channel.park_ports if self.channel else (0, 0)
+
+    @property
     def channel_path(self) -> str | None:
         return self._channel_path
 
