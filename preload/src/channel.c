@@ -54,44 +54,43 @@ static int get_addr(const uint8_t *b, struct tp_addr *a)
  * until ppoll() so one arriving anywhere in the call is not lost; otherwise
  * EINTR is retried (quick requests). Returns the reply length (header
  * included) or -1 with errno set. */
-static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
-		   size_t replen, int wait_ms, int interruptible)
+/* A fresh connection to the proxy's channel; -1 with errno on failure. */
+static int open_channel(const struct tp_config *c)
 {
-	const struct tp_config *c = tp_config();
 	struct sockaddr_un sun;
+	int s, e;
+
+	if (c->path_len == 0 || c->path_len >= sizeof(sun.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -1;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, c->path, c->path_len);
+	while (real_connect(s, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		if (errno != EINTR) {
+			e = errno;
+			close(s);
+			errno = e;
+			return -1;
+		}
+	}
+	return s;
+}
+
+/* One message, with `sendfd` attached when >= 0 (SCM_RIGHTS). */
+static ssize_t send_msg(int s, const uint8_t *req, size_t reqlen, int sendfd)
+{
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
 	} cm;
 	struct iovec iov;
 	struct msghdr mh;
-	int64_t deadline = wait_ms >= 0 ? now_ns() + (int64_t)wait_ms * 1000000 : 0;
-	sigset_t all, old;
 	ssize_t n;
-	int s = -1, ret = -1, err = 0, why = 0;
-
-	if (interruptible) {
-		sigfillset(&all);
-		sigprocmask(SIG_BLOCK, &all, &old);
-	}
-	if (c->path_len == 0 || c->path_len >= sizeof(sun.sun_path)) {
-		why = ENAMETOOLONG;
-		goto down;
-	}
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0) {
-		why = errno;
-		goto down;
-	}
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	memcpy(sun.sun_path, c->path, c->path_len);
-	while (real_connect(s, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-		if (errno != EINTR) {
-			why = errno;
-			goto down;
-		}
-	}
 
 	memset(&mh, 0, sizeof(mh));
 	iov.iov_base = (void *)req;
@@ -111,6 +110,30 @@ static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 	}
 	while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
 		;
+	return n;
+}
+
+static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
+		   size_t replen, int wait_ms, int interruptible)
+{
+	const struct tp_config *c = tp_config();
+	struct iovec iov;
+	struct msghdr mh;
+	int64_t deadline = wait_ms >= 0 ? now_ns() + (int64_t)wait_ms * 1000000 : 0;
+	sigset_t all, old;
+	ssize_t n;
+	int s = -1, ret = -1, err = 0, why = 0;
+
+	if (interruptible) {
+		sigfillset(&all);
+		sigprocmask(SIG_BLOCK, &all, &old);
+	}
+	s = open_channel(c);
+	if (s < 0) {
+		why = errno;
+		goto down;
+	}
+	n = send_msg(s, req, reqlen, sendfd);
 	if (n < 0) {
 		why = errno;
 		goto down;
@@ -276,37 +299,19 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 			socklen_t parklen, uint64_t *token)
 {
 	const struct tp_config *c = tp_config();
-	struct sockaddr_un sun;
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} cm;
-	struct cmsghdr *ch;
-	struct iovec iov;
-	struct msghdr mh;
+	struct sockaddr unspec = {.sa_family = AF_UNSPEC};
 	uint8_t req[CONNECT_LEN];
 	uint32_t seq;
-	ssize_t n;
 	int s, why, r;
 
-	if (c->path_len == 0 || c->path_len >= sizeof(sun.sun_path)) {
-		errno = EAGAIN;                 /* let the full path report it */
-		return -1;
-	}
 	/* 1. the channel first: if the proxy is gone the socket stays untouched */
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	s = open_channel(c);
 	if (s < 0) {
-		errno = EAGAIN;
-		return -1;
-	}
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	memcpy(sun.sun_path, c->path, c->path_len);
-	while ((r = real_connect(s, (struct sockaddr *)&sun, sizeof(sun))) != 0 && errno == EINTR)
-		;
-	if (r != 0) {
 		why = errno;
-		close(s);
+		if (why == ENAMETOOLONG || why == EMFILE || why == ENFILE) {
+			errno = EAGAIN;         /* the full path reports it */
+			return -1;
+		}
 		tp_warn_channel_down(c->path, why);
 		errno = ENETDOWN;
 		return -1;
@@ -314,10 +319,8 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 	/* 2. park: SYN_SENT towards a listener whose queue is full */
 	r = real_connect(fd, park, parklen);
 	if (r == 0 || errno != EINPROGRESS) {
-		if (r == 0) {                   /* the parking listener accepted: undo */
-			struct sockaddr un = {.sa_family = AF_UNSPEC};
-			real_connect(fd, &un, sizeof(un));
-		}
+		if (r == 0)                     /* the parking listener accepted: undo */
+			real_connect(fd, &unspec, sizeof(unspec));
 		so_error_of(fd);
 		close(s);
 		errno = EAGAIN;
@@ -328,26 +331,11 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 	put_hdr(req, OP_CONNECT, FLAG_PARKED);
 	memcpy(&seq, req + 4, 4);
 	put_addr(req + HDR, dst);
-	memset(&mh, 0, sizeof(mh));
-	iov.iov_base = req;
-	iov.iov_len = sizeof(req);
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	memset(&cm, 0, sizeof(cm));
-	mh.msg_control = cm.buf;
-	mh.msg_controllen = sizeof(cm.buf);
-	ch = CMSG_FIRSTHDR(&mh);
-	ch->cmsg_level = SOL_SOCKET;
-	ch->cmsg_type = SCM_RIGHTS;
-	ch->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(ch), &fd, sizeof(int));
-	while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-		;
+	r = send_msg(s, req, sizeof(req), fd) < 0;
 	why = errno;
 	close(s);
-	if (n < 0) {
-		struct sockaddr un = {.sa_family = AF_UNSPEC};
-		real_connect(fd, &un, sizeof(un));      /* not parked after all */
+	if (r) {
+		real_connect(fd, &unspec, sizeof(unspec));      /* not parked after all */
 		so_error_of(fd);
 		tp_warn_channel_down(c->path, why);
 		errno = ENETDOWN;
