@@ -241,18 +241,57 @@ def test_banner_first_server_loses_nothing(tp_state, testnet, peer):
 @pytest.mark.xfail(strict=True, reason="tailscaled's LocalAPI dial closes both directions at the "
                    "first EOF; libtailscale (which half-closes) is not available from the module proxy")
 def test_half_close_through_tailnet(tp_state, peer):
-    code = f"""
+    # A server that answers only after the client's EOF: the answer must still arrive.
+    server = in_netns(peer["netns"], py("""
         import socket
-        s = socket.create_connection(({peer['ipv4']!r}, {peer['echo_port']}), timeout=20)
-        s.sendall(b"x" * 100000); s.shutdown(socket.SHUT_WR)
-        got = b""
+        l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        l.bind(("127.0.0.1", 2223)); l.listen()
+        print("ready", flush=True)
         while True:
-            c = s.recv(65536)
-            if not c: break
-            got += c
-        assert len(got) == 100000, len(got)
+            c, _ = l.accept(); n = 0
+            while True:
+                d = c.recv(65536)
+                if not d: break
+                n += len(d)
+            c.sendall(b"got %d\\n" % n); c.close()
+    """), stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        code = f"""
+            import socket
+            s = socket.create_connection(({peer['ipv4']!r}, 2223), timeout=20)
+            s.sendall(b"x" * 100000); s.shutdown(socket.SHUT_WR)
+            reply = s.recv(100)
+            assert reply == b"got 100000\\n", reply
+        """
+        tp(tp_state, *py(code), check=True)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_half_close_without_tailnet(testnet):
+    """The same exchange through the interception path alone (--no-tailnet) keeps half-close."""
+    lst = socket.create_server(("127.0.0.1", 0))
+    port = lst.getsockname()[1]
+    lst.close()
+    code = f"""
+        import socket, threading
+        l = socket.create_server(("0.0.0.0", {port}))
+        def serve():
+            c, _ = l.accept(); n = 0
+            while True:
+                d = c.recv(65536)
+                if not d: break
+                n += len(d)
+            c.sendall(b"got %d" % n); c.close()
+        threading.Thread(target=serve, daemon=True).start()
+        s = socket.create_connection(({testnet['client']['ipv4']!r}, {port}), timeout=20)
+        s.sendall(b"x" * 100000); s.shutdown(socket.SHUT_WR)
+        print(s.recv(100).decode())
     """
-    tp(tp_state, *py(code), check=True)
+    cp = run_tp("--no-tailnet", *py(code), check=True)
+    assert cp.stdout.strip() == "got 100000"
 
 
 def test_proxy_aware_program_uses_names_through_all_proxy(tp_state, peer):

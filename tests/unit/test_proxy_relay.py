@@ -186,3 +186,49 @@ def test_no_fd_leak():
             await t
         assert count_fds() == before
     run(main())
+
+
+def test_half_close_to_the_node_waits_until_it_has_read_everything():
+    """The node drops what it still holds at our EOF: the relay lets it drain first."""
+    import asyncio
+    import os
+    import time
+
+    from tailproxy.node.localapi import NodeConnection
+    from tailproxy.proxy.relay import relay
+
+    a, a_peer = socket.socketpair()
+    b0, b_peer = socket.socketpair()
+    b = NodeConnection(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(b0.fileno()))
+    b0.close()
+    payload = os.urandom(1 << 20)
+
+    async def scenario():
+        task = asyncio.create_task(relay(a, b))
+        loop = asyncio.get_running_loop()
+        a_peer.setblocking(False)
+        b_peer.setblocking(False)
+        t_eof = None
+
+        async def send():
+            nonlocal t_eof
+            await loop.sock_sendall(a_peer, payload)
+            a_peer.shutdown(socket.SHUT_WR)
+            t_eof = time.monotonic()
+        sender = asyncio.create_task(send())
+        got = bytearray()
+        while True:
+            chunk = await loop.sock_recv(b_peer, 1 << 16)
+            if not chunk:
+                break
+            got += chunk
+        await sender
+        waited = time.monotonic() - t_eof
+        b_peer.close()
+        await asyncio.wait_for(task, 5)
+        return bytes(got), waited
+
+    got, waited = asyncio.run(scenario())
+    a_peer.close()
+    assert got == payload
+    assert waited >= 0.05

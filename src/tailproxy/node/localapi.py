@@ -34,6 +34,13 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class NodeConnection(socket.socket):
+    """A connection dialled through the node. tailscaled ends both directions at the first EOF
+    and drops what its netstack still holds, so a relay waits for it to drain before passing a
+    half-close on."""
+    settle_before_half_close = True
+
+
 class LocalAPI:
     """The node's LocalAPI (status, prefs, dns-query, whois, serve config, dial)."""
 
@@ -116,7 +123,7 @@ class LocalAPI:
         Raises LocalAPIError with the node's message when the dial fails (status 502).
         """
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = NodeConnection(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, self.socket_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import socket
 import struct
 import threading
@@ -27,6 +28,17 @@ __all__ = ["relay", "RelayResult", "DEFAULT_BUFSIZE"]
 DEFAULT_BUFSIZE = 256 * 1024
 _READS_PER_WAKEUP = 8
 _LINGER_RST = struct.pack("ii", 1, 0)
+_SIOCOUTQ = 0x5411
+_PEER_QUEUE = 8 << 20      # what the node's netstack may still hold after reading everything
+_SETTLE_MAX = 2.0
+
+
+def _unread(fd: int) -> int:
+    """Bytes we sent on fd that its peer has not read yet (SIOCOUTQ); 0 if unknown."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 @dataclass(slots=True)
@@ -155,10 +167,29 @@ class _Pump:
     def _eof(self) -> None:
         self.stop()
         self.done = True
+        if getattr(self.dst, "settle_before_half_close", False):
+            # The peer drops what it still has queued when it sees our EOF (the tailnet node's
+            # dial): let it drain first.
+            self.r.settling = self.r.loop.create_task(self._settle_then_shutdown())
+            return
+        self._shutdown_dst()
+        self.r.check_done()
+
+    def _shutdown_dst(self) -> None:
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+    async def _settle_then_shutdown(self) -> None:
+        loop = self.r.loop
+        t0 = self.r.t_start
+        deadline = loop.time() + _SETTLE_MAX
+        while _unread(self.dfd) > 0 and loop.time() < deadline:   # the peer has not read it all
+            await asyncio.sleep(0.005)
+        rate = self.count / max(time.monotonic() - t0, 1e-3)
+        await asyncio.sleep(min(_SETTLE_MAX, max(0.05, _PEER_QUEUE / max(rate, 1 << 20))))
+        self._shutdown_dst()
         self.r.check_done()
 
 
@@ -174,6 +205,8 @@ class _Relay:
         self.timer: asyncio.TimerHandle | None = None
         self.error = 0
         self.reason = "eof"
+        self.settling: asyncio.Task | None = None
+        self.t_start = time.monotonic()
 
     def fail(self, exc: OSError, culprit: socket.socket) -> None:
         if self.fut.done():
@@ -205,6 +238,8 @@ class _Relay:
     def stop(self) -> None:
         self.up.stop()
         self.down.stop()
+        if self.settling is not None and not self.settling.done():
+            self.settling.cancel()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
