@@ -49,3 +49,21 @@ def test_usability_messages():
         check_usable(STATUS["Peer"]["k3"], {"Node": {"Hostinfo": {}}})
     with pytest.raises(ExitNodeError, match="has not approved it"):
         check_usable(STATUS["Peer"]["k3"], {"Node": {"Hostinfo": {"RoutableIPs": ["0.0.0.0/0", "::/0"]}}})
+
+
+def test_route_not_confirmed_times_out_with_its_message(tmp_path):
+    from tailproxy.node import Node, NodeConfig
+
+    class API:
+        def status(self, peers=True):
+            return {"Peer": {"k1": STATUS["Peer"]["k1"]}}   # ExitNodeStatus never shows up
+
+        def edit_prefs(self, masked):
+            self.prefs = masked
+
+    node = Node(NodeConfig(state_dir=str(tmp_path)))
+    node._api, node._running = API(), True
+    with pytest.raises(ExitNodeError, match=r"timed out after 0.3s waiting for the route through "
+                                            r"exit node 'exit.ts.test'"):
+        node.set_exit_node("exit", timeout=0.3)
+    assert node._api.prefs["ExitNodeID"] == "nA"
