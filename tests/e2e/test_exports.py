@@ -327,3 +327,23 @@ def test_proxy_protocol_header_carries_the_peer(testnet, state):
     assert reply.startswith(b"got:"), cp
     src, dst = decode(reply[4:])
     assert src[0] in (testnet["peers"]["peer"]["ipv4"], testnet["peers"]["peer"]["ipv6"])
+
+
+def test_verbose_logs_each_inbound_connection_with_the_peer_identity(testnet, state):
+    s = Server("exp-verbose", state, "--verbose", "--export-proxy-protocol")
+    try:
+        s.info()
+        s.do("listen a 8500")
+        assert s.wait_exports([8500]) == [8500]
+        s.p.stdin.write("serve a\n")
+        s.p.stdin.flush()
+        cp = peer_nc(testnet, "exp-verbose", 8500, b"hello")
+        assert s.p.stdout.readline().strip() == "ok"
+    finally:
+        err = s.stop()
+    peer = testnet["peers"]["peer"]
+    assert cp.stdout.startswith(b"got:"), cp
+    src, _ = decode(cp.stdout[4:])                     # PROXY v2 still carries the peer
+    assert src[0] in (peer["ipv4"], peer["ipv6"])
+    line = next(l for l in err.splitlines() if "inbound" in l)
+    assert src[0] in line and peer["fqdn"].rstrip(".") in line and "-> port 8500" in line, err

@@ -9,9 +9,12 @@ read from /proc/net/tcp{,6} on every UNLISTEN notice and every `poll_interval`.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Callable
 
+from .. import proxyproto
 from ..node import Node, NodeError
+from ..proxy.relay import relay
 from .listening import loopback_listeners
 from .ports import PortFilter
 
@@ -19,8 +22,12 @@ from .ports import PortFilter
 class Exporter:
     def __init__(self, node: Node, port_filter: PortFilter, proxy_protocol: bool,
                  say: Callable[[str], None], poll_interval: float = 0.25,
-                 listeners: Callable[[], set] = loopback_listeners):
+                 listeners: Callable[[], set] = loopback_listeners, verbose: bool = False):
         self.node, self.filter, self.proxy_protocol = node, port_filter, proxy_protocol
+        # --verbose: connections pass through us (one more hop) so each is logged with who made it
+        self.verbose = verbose
+        self._via_us: dict[int, tuple] = {}      # port -> (Listener, accept task)
+        self._who: dict[str, str] = {}
         self.say, self.poll_interval, self._listeners = say, poll_interval, listeners
         self.exports: dict[int, int] = {}        # port -> family used for the forward
         self._refused: set[int] = set()
@@ -65,7 +72,12 @@ class Exporter:
             if self.proxy_protocol:
                 handler["ProxyProtocol"] = 2
             try:
-                await asyncio.to_thread(self.node.serve_tcp, port, handler)
+                if self.verbose:
+                    lst = await self.node.listen(port)
+                    task = asyncio.create_task(self._accept_loop(lst, port, fam))
+                    self._via_us[port] = (lst, task)
+                else:
+                    await asyncio.to_thread(self.node.serve_tcp, port, handler)
             except NodeError as e:
                 self.say(f"could not export port {port}: {e}")
                 return
@@ -97,12 +109,59 @@ class Exporter:
     async def _unexport(self, port: int, quiet: bool = False) -> None:
         self.exports.pop(port, None)
         try:
-            await asyncio.to_thread(self.node.serve_tcp, port, None)
+            if port in self._via_us:
+                lst, task = self._via_us.pop(port)
+                task.cancel()
+                await lst.close()
+            else:
+                await asyncio.to_thread(self.node.serve_tcp, port, None)
         except NodeError as e:
             self.say(f"could not remove the export of port {port}: {e}")
             return
         if not quiet:
             self.say(f"port {port} is no longer exported (nothing listens on it)")
+
+    # -- --verbose: through us, logged with the peer's identity ------------------------------
+    async def _accept_loop(self, lst, port: int, fam: int) -> None:
+        tasks: set[asyncio.Task] = set()
+        try:
+            while True:
+                conn, src = await lst.accept()
+                t = asyncio.create_task(self._forward(conn, src, port, fam))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _whois(self, ip: str) -> str:
+        if ip not in self._who:
+            try:
+                w = await asyncio.to_thread(self.node.localapi.whois, ip) or {}
+            except NodeError:
+                w = {}
+            node = ((w.get("Node") or {}).get("Name") or "").rstrip(".") or "unknown node"
+            user = (w.get("UserProfile") or {}).get("LoginName") or "unknown user"
+            self._who[ip] = f"{node}, {user}"
+        return self._who[ip]
+
+    async def _forward(self, conn: socket.socket, src: tuple, port: int, fam: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.say(f"inbound {src[0]} port {src[1]} ({await self._whois(src[0])}) -> port {port}")
+        up = socket.socket(socket.AF_INET if fam == 4 else socket.AF_INET6)
+        up.setblocking(False)
+        try:
+            await loop.sock_connect(up, ("127.0.0.1" if fam == 4 else "::1", port))
+            if self.proxy_protocol:
+                ips = (self._names or ("", []))[1]
+                mine = next((ip for ip in ips if (":" in ip) == (":" in src[0])), src[0])
+                await loop.sock_sendall(up, proxyproto.encode(src, (mine, port)))
+        except OSError as e:
+            self.say(f"inbound to port {port}: the program does not answer ({e.strerror or e})")
+            up.close()
+            conn.close()
+            return
+        await relay(conn, up)
 
     def urls(self, port: int) -> str:
         name, ips = self._names or ("", [])

@@ -187,7 +187,7 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
     if settings["export_listeners"] and node:
         exporter = Exporter(node, PortFilter(settings["export_allow_ports"],
                                              settings["export_deny_ports"], settings["export_max"]),
-                            settings["export_proxy_protocol"], _say)
+                            settings["export_proxy_protocol"], _say, verbose=settings["verbose"])
         proxy.on_listen = _listen_notice(exporter)
     control = ControlServer(_control_handler(settings, node, exits, command, exporter, names))
     responder = None
