@@ -11,7 +11,7 @@ import time
 import pytest
 
 from test_proxy_harness import (FakeDialer, ProxyThread, channel_request, connect_via_channel,
-                                 count_fds, cp, wait_writable)
+                                 assert_no_fd_leak, count_fds, cp, wait_writable)
 
 DST = ("100.64.0.5", 80)        # "reachable tailnet peer" (fake dialer -> echo)
 DST6 = ("fd7a:115c:a1e0::5", 80)
@@ -294,7 +294,7 @@ def test_malformed_replies_error_and_closes(env, msg, err):
     data, closed = raw_request(env.path, msg)
     assert struct_err(data) == err
     assert closed
-    assert count_fds() == before
+    assert_no_fd_leak(before)
 
 
 def struct_err(data):
@@ -310,7 +310,7 @@ def test_connect_with_two_fds(env):
     assert struct_err(data) == errno.EBADF and closed
     a.close()
     b.close()
-    assert count_fds() == before
+    assert_no_fd_leak(before)
 
 
 def test_status_with_fd(env):
@@ -327,7 +327,7 @@ def test_connect_with_non_socket_fd(env):
     assert struct_err(data) == errno.EBADF and closed
     os.close(r)
     os.close(w)
-    assert count_fds() == before
+    assert_no_fd_leak(before)
 
 
 @pytest.mark.parametrize("kind", ["udp", "unix"])
@@ -337,7 +337,7 @@ def test_connect_with_wrong_socket_kind(env, kind):
     data, closed = raw_request(env.path, cp.encode_connect(cp.Address(4, *DST)), [s.fileno()])
     assert struct_err(data) == errno.EINVAL and closed
     s.close()
-    assert count_fds() == before
+    assert_no_fd_leak(before)
 
 
 def test_v4_socket_v6_destination(env):
@@ -400,7 +400,7 @@ def test_no_fd_leak_1000_connections(env):
     t_end = time.monotonic() + 10
     while count_fds() > before and time.monotonic() < t_end:
         time.sleep(0.05)
-    assert count_fds() == before
+    assert_no_fd_leak(before)
     ch = env.proxy.channel
     assert not ch._pending
 
@@ -424,7 +424,7 @@ def test_close_releases_everything(tmp_path):
     s1.close()
     s2.close()
     assert not os.path.exists(tmp_path / "c.sock")
-    assert count_fds() == before
+    assert_no_fd_leak(before)
 
 
 # ------------------------------------------------------------ hand-over details

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from test_proxy_harness import count_fds  # noqa: F401  (sets sys.path)
+from test_proxy_harness import assert_no_fd_leak, count_fds  # sets sys.path
 from tailproxy.proxy.dialer import DialError, Dialer, DirectDialer
 
 
@@ -55,7 +55,7 @@ def test_timeout():
     before = count_fds()
     e = dial_err("127.0.0.1", park.getsockname()[1], timeout=0.3)
     assert e.errno == errno.ETIMEDOUT
-    assert count_fds() == before
+    assert_no_fd_leak(before)
     filler.close()
     park.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import socket
 import sys
@@ -25,7 +26,26 @@ from tailproxy.proxy.server import Proxy  # noqa: E402
 
 
 def count_fds() -> int:
+    # Collect first: sockets dropped by earlier tests may sit in reference
+    # cycles and close at a random later moment, skewing a before/after count.
+    gc.collect()
     return len(os.listdir("/proc/self/fd"))
+
+
+def assert_no_fd_leak(before: int, wait: float = 2.0) -> None:
+    """Fail if this process holds more fds than ``before``.
+
+    Fewer is fine: unrelated garbage may close meanwhile. The proxy thread
+    closes its side asynchronously, so give it ``wait`` seconds.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        now = count_fds()
+        if now <= before:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"fd leak: {now} open, {before} before")
+        time.sleep(0.02)
 
 
 class FakeDialer:

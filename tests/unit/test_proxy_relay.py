@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from test_proxy_harness import count_fds  # noqa: F401  (sets sys.path)
+from test_proxy_harness import assert_no_fd_leak, count_fds  # sets sys.path
 from tailproxy.proxy.relay import relay
 
 
@@ -184,7 +184,7 @@ def test_no_fd_leak():
             p.close()
             f.close()
             await t
-        assert count_fds() == before
+        assert_no_fd_leak(before)
     run(main())
 
 
