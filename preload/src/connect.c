@@ -90,8 +90,8 @@ static void verbose(int fd, const struct tp_addr *dst, int err)
  * as Linux does for a connect in flight: non-blocking, EALREADY (or the
  * outcome once known); blocking, wait for the outcome, bounded by
  * SO_SNDTIMEO (then EALREADY) and ended by a signal (EINTR). */
-static int again(int fd, const struct sockaddr *sa, socklen_t len, const struct fd_info *fi,
-		 int blocking, int e0)
+static int wait_pending(int fd, const struct sockaddr *sa, socklen_t len,
+			const struct fd_info *fi, int blocking, int e0, int timeout_err)
 {
 	int ms = blocking ? send_timeout_ms(fd) : 0, err, ret = -1;
 	int64_t deadline = now_ns() + (int64_t)ms * 1000000;
@@ -140,7 +140,7 @@ static int again(int fd, const struct sockaddr *sa, socklen_t len, const struct 
 		if (ms > 0) {
 			int64_t left = deadline - now_ns();
 			if (left <= 0) {
-				errno = EALREADY;
+				errno = timeout_err;
 				goto out;
 			}
 			if (!tsp || left < ts.tv_nsec) {
@@ -161,6 +161,68 @@ out:
 		errno = e;
 	}
 	return ret;
+}
+
+static int again(int fd, const struct sockaddr *sa, socklen_t len, const struct fd_info *fi,
+		 int blocking, int e0)
+{
+	return wait_pending(fd, sa, len, fi, blocking, e0, EALREADY);
+}
+
+/* Fast path: park the socket here and register it with the proxy without
+ * waiting for a reply (chan_connect_parked). A blocking socket is parked with
+ * O_NONBLOCK set for that one call, then waits on its own socket (SO_SNDTIMEO
+ * expiry: EINPROGRESS; a signal: EINTR; the connect goes on either way).
+ * Returns 1 when it took the connect (result in *ret), 0 to use the full path. */
+static int connect_parked(int fd, const struct sockaddr *sa, socklen_t len, struct fd_info *fi,
+			  int domain, int fl, int blocking, int e0, int *ret)
+{
+	const struct tp_config *c = tp_config();
+	const struct sockaddr *park = NULL;
+	socklen_t plen = 0;
+	uint64_t token;
+	int r, e;
+
+	if (domain == AF_INET && c->park4.sin_port) {
+		park = (const struct sockaddr *)&c->park4;
+		plen = sizeof(c->park4);
+	} else if (domain == AF_INET6 && c->park6.sin6_port) {
+		park = (const struct sockaddr *)&c->park6;
+		plen = sizeof(c->park6);
+	}
+	if (!park)
+		return 0;
+	if (blocking && fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+		return 0;
+	r = chan_connect_parked(&fi->dst, fd, park, plen, &token);
+	e = errno;
+	if (blocking)
+		fcntl(fd, F_SETFL, fl);
+	if (r != 0) {
+		if (e != ENETDOWN)
+			return 0;       /* e.g. parking impossible: the full path */
+		if (c->verbose)
+			verbose(fd, &fi->dst, ENETDOWN);
+		errno = ENETDOWN;
+		*ret = -1;
+		return 1;
+	}
+	fi->token = token;
+	fdt_set(fd, fi);
+	if (!blocking) {
+		if (c->verbose)
+			verbose(fd, &fi->dst, EINPROGRESS);
+		errno = EINPROGRESS;
+		*ret = -1;
+		return 1;
+	}
+	*ret = wait_pending(fd, sa, len, fi, 1, e0, EINPROGRESS);
+	if (c->verbose) {
+		e = errno;
+		verbose(fd, &fi->dst, *ret == 0 ? 0 : e);
+		errno = e;
+	}
+	return 1;
 }
 
 EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
@@ -204,32 +266,11 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	fi.lport = 0;
 	fi.state = FD_PENDING;
 
-	if (!blocking) {
-		/* fast path: park here and register without waiting for the proxy */
-		const struct sockaddr *park = NULL;
-		socklen_t plen = 0;
+	{
+		int ret;
 
-		if (domain == AF_INET && c->park4.sin_port) {
-			park = (const struct sockaddr *)&c->park4;
-			plen = sizeof(c->park4);
-		} else if (domain == AF_INET6 && c->park6.sin6_port) {
-			park = (const struct sockaddr *)&c->park6;
-			plen = sizeof(c->park6);
-		}
-		if (park && chan_connect_parked(&dst, fd, park, plen, &token) == 0) {
-			fi.token = token;
-			fdt_set(fd, &fi);
-			if (c->verbose)
-				verbose(fd, &dst, EINPROGRESS);
-			errno = EINPROGRESS;
-			return -1;
-		}
-		if (park && errno == ENETDOWN) {
-			if (c->verbose)
-				verbose(fd, &dst, ENETDOWN);
-			errno = ENETDOWN;
-			return -1;
-		}
+		if (connect_parked(fd, sa, len, &fi, domain, fl, blocking, e0, &ret))
+			return ret;
 	}
 	if (chan_connect(&dst, fd, blocking, blocking ? send_timeout_ms(fd) : 0, &err,
 			 &token) != 0) {

@@ -1,7 +1,29 @@
-"""connect() on blocking sockets (preload/tests/test_connect.c)."""
+"""connect() on blocking sockets (preload/tests/test_connect.c), by each way the preload can
+register a connect with the proxy (docs/CHANNEL.md)."""
+import os
+
 import pytest
 
+from conftest import Runner
 from preload_env import UNREACH4, UNREACH6, V4, V6
+
+
+@pytest.fixture(scope="module", params=["datagram", "stream-parked", "full"])
+def run(request, build, netns, proxy, rundir):
+    """datagram: the fast path as deployed. stream-parked: no .dgram socket next to the
+    channel (a symlink to it elsewhere), so the parked CONNECT goes over the stream channel.
+    full: no parking ports, the proxy parks and replies."""
+    lib, testbin = build
+    if request.param == "datagram":
+        return Runner(netns, lib, testbin, proxy.channel, proxy.park)
+    if request.param == "full":
+        return Runner(netns, lib, testbin, proxy.channel, None)
+    alt = os.path.join(rundir, "alt")
+    os.makedirs(alt, mode=0o700, exist_ok=True)
+    link = os.path.join(alt, "channel")
+    if not os.path.lexists(link):
+        os.symlink(proxy.channel, link)
+    return Runner(netns, lib, testbin, link, proxy.park)
 
 
 @pytest.mark.parametrize("ip", [V4, V6])
