@@ -81,8 +81,38 @@ static int open_channel(const struct tp_config *c)
 	return s;
 }
 
+/* The proxy's datagram socket for parked CONNECTs (TAILPROXY_SOCKET + ".dgram"): no
+ * accept and no reply, the cheapest registration. -1 with errno when unusable. */
+static int open_dgram(const struct tp_config *c)
+{
+	static const char suffix[] = ".dgram";
+	struct sockaddr_un sun;
+	int s, e;
+
+	if (c->path_len == 0 || c->path_len + sizeof(suffix) > sizeof(sun.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -1;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, c->path, c->path_len);
+	memcpy(sun.sun_path + c->path_len, suffix, sizeof(suffix));
+	while (real_connect(s, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		if (errno != EINTR) {
+			e = errno;
+			close(s);
+			errno = e;
+			return -1;
+		}
+	}
+	return s;
+}
+
 /* One message, with `sendfd` attached when >= 0 (SCM_RIGHTS). */
-static ssize_t send_msg(int s, const uint8_t *req, size_t reqlen, int sendfd)
+static ssize_t send_msg_flags(int s, const uint8_t *req, size_t reqlen, int sendfd, int flags)
 {
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
@@ -108,9 +138,14 @@ static ssize_t send_msg(int s, const uint8_t *req, size_t reqlen, int sendfd)
 		ch->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(ch), &sendfd, sizeof(int));
 	}
-	while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+	while ((n = sendmsg(s, &mh, MSG_NOSIGNAL | flags)) < 0 && errno == EINTR)
 		;
 	return n;
+}
+
+static ssize_t send_msg(int s, const uint8_t *req, size_t reqlen, int sendfd)
+{
+	return send_msg_flags(s, req, reqlen, sendfd, 0);
 }
 
 static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
@@ -302,10 +337,15 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 	struct sockaddr unspec = {.sa_family = AF_UNSPEC};
 	uint8_t req[CONNECT_LEN];
 	uint32_t seq;
-	int s, why, r;
+	int s, why, r, dgram;
 
-	/* 1. the channel first: if the proxy is gone the socket stays untouched */
-	s = open_channel(c);
+	/* 1. the channel first: if the proxy is gone the socket stays untouched.
+	 * The datagram socket if we can (a full queue sends us to the full path),
+	 * else a stream connection. */
+	s = open_dgram(c);
+	dgram = s >= 0;
+	if (!dgram)
+		s = open_channel(c);
 	if (s < 0) {
 		why = errno;
 		if (why == ENAMETOOLONG || why == EMFILE || why == ENFILE) {
@@ -331,12 +371,16 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 	put_hdr(req, OP_CONNECT, FLAG_PARKED);
 	memcpy(&seq, req + 4, 4);
 	put_addr(req + HDR, dst);
-	r = send_msg(s, req, sizeof(req), fd) < 0;
+	r = send_msg_flags(s, req, sizeof(req), fd, dgram ? MSG_DONTWAIT : 0) < 0;
 	why = errno;
 	close(s);
 	if (r) {
 		real_connect(fd, &unspec, sizeof(unspec));      /* not parked after all */
 		so_error_of(fd);
+		if (dgram && (why == EAGAIN || why == EWOULDBLOCK)) {
+			errno = EAGAIN;         /* the proxy's queue is full: the full path */
+			return -1;
+		}
 		tp_warn_channel_down(c->path, why);
 		errno = ENETDOWN;
 		return -1;

@@ -60,8 +60,9 @@ def echo_roundtrip(s, data=b"hello tailnet"):
 
 
 def test_socket_permissions(env):
-    st = os.stat(env.path)
-    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    for path in (env.path, env.path + ".dgram"):
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(env.path)).st_mode) == 0o700
 
 
@@ -532,24 +533,42 @@ def test_blocking_interrupted_stays_in_progress(env):
     s.close()
 
 
-def _park_and_register(env, s, dst, seq):
-    """What the preload's fast path does: park at the proxy's parking port, then CONNECT with
-    FLAG_PARKED and no reply. Returns the token (pid << 32 | seq)."""
-    port4, _ = env.proxy.park_ports
-    assert s.connect_ex(("127.0.0.1", port4)) == errno.EINPROGRESS
+def _parked_msg(dst, seq) -> bytes:
     msg = bytearray(cp.encode_connect(cp.Address(4, *dst), seq=seq))
     msg[2:4] = cp.FLAG_PARKED.to_bytes(2, sys.byteorder)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
-        c.connect(env.path)
-        socket.send_fds(c, [bytes(msg)], [s.fileno()])
+    return bytes(msg)
+
+
+def _send_dgram(env, msg, fds=()):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+        c.connect(env.path + ".dgram")
+        if fds:
+            socket.send_fds(c, [msg], list(fds))
+        else:
+            c.send(msg)
+
+
+def _park_and_register(env, s, dst, seq, via="stream"):
+    """What the preload's fast path does: park at the proxy's parking port, then CONNECT with
+    FLAG_PARKED and no reply, over the stream channel or as a datagram. Returns the token
+    (pid << 32 | seq)."""
+    port4, _ = env.proxy.park_ports
+    assert s.connect_ex(("127.0.0.1", port4)) == errno.EINPROGRESS
+    if via == "dgram":
+        _send_dgram(env, _parked_msg(dst, seq), [s.fileno()])
+    else:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+            c.connect(env.path)
+            socket.send_fds(c, [_parked_msg(dst, seq)], [s.fileno()])
     return (os.getpid() << 32) | seq
 
 
-def test_parked_by_the_preload_completes_without_a_reply(env):
+@pytest.mark.parametrize("via", ["stream", "dgram"])
+def test_parked_by_the_preload_completes_without_a_reply(env, via):
     gate = env.dialer.gate(*DST)
     s = socket.socket()
     s.setblocking(False)
-    token = _park_and_register(env, s, DST, seq=4242)
+    token = _park_and_register(env, s, DST, seq=4242, via=via)
     assert wait_writable(s, 0.3) == 0                 # in flight, like a slow connect
     assert wait_status(env.path, token, timeout=0.2) == errno.EINPROGRESS
     gate.set()
@@ -560,10 +579,11 @@ def test_parked_by_the_preload_completes_without_a_reply(env):
     s.close()
 
 
-def test_parked_by_the_preload_failure_keeps_real_errno(env):
+@pytest.mark.parametrize("via", ["stream", "dgram"])
+def test_parked_by_the_preload_failure_keeps_real_errno(env, via):
     s = socket.socket()
     s.setblocking(False)
-    token = _park_and_register(env, s, UNREACH, seq=4243)
+    token = _park_and_register(env, s, UNREACH, seq=4243, via=via)
     assert wait_status(env.path, token) == errno.EHOSTUNREACH
     assert wait_writable(s, 2) & select.POLLERR
     assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
@@ -582,3 +602,58 @@ def test_parked_flag_for_an_unparked_socket_is_refused(env):
     assert channel_request(env.path, cp.encode_status((os.getpid() << 32) | 9)).err == errno.ENOENT
     assert s.connect_ex(("127.0.0.1", 9)) in (errno.ECONNREFUSED, errno.EINPROGRESS)  # still ours
     s.close()
+
+
+def test_dgram_parked_for_an_unparked_socket_is_refused(env):
+    s = socket.socket()
+    s.setblocking(False)
+    _send_dgram(env, _parked_msg(DST, 11), [s.fileno()])
+    time.sleep(0.2)
+    assert channel_request(env.path, cp.encode_status((os.getpid() << 32) | 11)).err == errno.ENOENT
+    assert env.proxy.channel.stats.protocol_errors == 1
+    s.close()
+
+
+@pytest.mark.parametrize("what", ["status", "connect-not-parked", "garbage", "no-fd", "two-fds",
+                                  "udp-socket"])
+def test_dgram_takes_only_parked_connects(env, what):
+    """Anything else on the datagram socket is dropped with its fds (nobody to reply to),
+    logged, and the socket keeps working."""
+    before = count_fds()
+    a, b = socket.socketpair()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    msgs = {
+        "status": (cp.encode_status(1), []),
+        "connect-not-parked": (cp.encode_connect(cp.Address(4, *DST)), [a.fileno()]),
+        "garbage": (b"\xff" * 40, [a.fileno()]),
+        "no-fd": (_parked_msg(DST, 12), []),
+        "two-fds": (_parked_msg(DST, 13), [a.fileno(), b.fileno()]),
+        "udp-socket": (_parked_msg(DST, 14), [u.fileno()]),
+    }
+    msg, fds = msgs[what]
+    _send_dgram(env, msg, fds)
+    a.close()
+    b.close()
+    u.close()
+    t_end = time.monotonic() + 2
+    while env.proxy.channel.stats.protocol_errors < 1 and time.monotonic() < t_end:
+        time.sleep(0.01)
+    assert env.proxy.channel.stats.protocol_errors == 1
+    assert any("datagram" in line or "parked CONNECT" in line for line in env.logs), env.logs
+    assert_no_fd_leak(before)
+    # still serving
+    s = socket.socket()
+    s.setblocking(False)
+    token = _park_and_register(env, s, DST, seq=15, via="dgram")
+    assert wait_status(env.path, token) == 0
+    assert wait_writable(s, 2) == select.POLLOUT
+    echo_roundtrip(s)
+    s.close()
+
+
+def test_dgram_socket_removed_on_close(tmp_path):
+    path = str(tmp_path / "run" / "channel.sock")
+    pt = ProxyThread(FakeDialer(), channel_path=path)
+    assert os.path.exists(path + ".dgram")
+    pt.stop()
+    assert not os.path.exists(path + ".dgram") and not os.path.exists(path)

@@ -232,3 +232,47 @@ def test_half_close_to_the_node_waits_until_it_has_read_everything():
     a_peer.close()
     assert got == payload
     assert waited >= 0.05
+
+
+def test_start_relay_calls_back_once_with_the_result():
+    from tailproxy.proxy.relay import start_relay
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        p, a, b, f = pairs()
+        results = []
+        done = asyncio.Event()
+        r = start_relay(a, b, lambda res: (results.append(res), done.set()))
+        await loop.sock_sendall(p, b"ping")
+        assert await recv_all(loop, f, 4) == b"ping"
+        p.shutdown(socket.SHUT_WR)
+        f.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(done.wait(), 5)
+        await asyncio.sleep(0.05)
+        assert len(results) == 1 and r.finished
+        assert (results[0].up, results[0].down, results[0].reason) == (4, 0, "eof")
+        assert a.fileno() == -1 and b.fileno() == -1
+        r.abort()                                   # after the end: nothing happens
+        assert len(results) == 1
+        p.close()
+        f.close()
+    run(main())
+
+
+def test_start_relay_abort_closes_both_and_reports_cancelled():
+    from tailproxy.proxy.relay import start_relay
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        p, a, b, f = pairs()
+        results = []
+        r = start_relay(a, b, results.append, idle_timeout=30)
+        await loop.sock_sendall(p, b"x")
+        assert await recv_all(loop, f, 1) == b"x"
+        r.abort()
+        assert [x.reason for x in results] == ["cancelled"]
+        assert a.fileno() == -1 and b.fileno() == -1
+        assert await recv_all(loop, p) == b""       # the program side sees the end
+        p.close()
+        f.close()
+    run(main())

@@ -34,7 +34,7 @@ from . import channel_proto as cp
 from .accept import accepted
 from .dialer import DialError, Dialer, errno_name
 from .loopback import LoopbackEndpoints, clear_error
-from .relay import DEFAULT_BUFSIZE, relay
+from .relay import DEFAULT_BUFSIZE, Relay, RelayResult, start_relay
 
 __all__ = ["ChannelServer", "TokenStore", "ConnLog"]
 
@@ -44,6 +44,10 @@ ConnLog = Callable[[str, str, str, int, int, float], None]
 _MAX_FDS = 8
 _RECV_BUF = 1024
 _ANC_BUF = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+_UCRED = struct.Struct("3i")        # pid, uid, gid (SCM_CREDENTIALS)
+_DGRAM_ANC_BUF = _ANC_BUF + socket.CMSG_SPACE(_UCRED.size)
+_DGRAM_SUFFIX = ".dgram"            # the parked-CONNECT datagram socket: channel path + this
+_DGRAM_BATCH = 64                   # datagrams handled per wake-up
 _PENDING_TTL = 30.0        # a relay connection must arrive within this
 
 
@@ -151,7 +155,9 @@ class ChannelServer:
         self._own_endpoints = endpoints is None
         self._endpoints = endpoints
         self._listener: socket.socket | None = None
+        self._dgram: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._relays: set[Relay] = set()
         self._pending: dict[cp.Address, _Pending] = {}
         self._peers: dict[cp.Address, cp.Address] = {}
         self.tokens = TokenStore()
@@ -190,6 +196,7 @@ class ChannelServer:
             lst.close()
             raise
         self._listener = lst
+        self._dgram = self._bind_dgram(loop)
         self._spawn(self._accept_channel(loop, lst))
         for rl in self._endpoints.relay_listeners:
             self._spawn(self._accept_relay(loop, rl))
@@ -197,6 +204,14 @@ class ChannelServer:
 
     async def close(self) -> None:
         self._closing = True
+        if self._dgram is not None:
+            asyncio.get_running_loop().remove_reader(self._dgram.fileno())
+            self._dgram.close()
+            self._dgram = None
+            try:
+                os.unlink(self.path + _DGRAM_SUFFIX)
+            except OSError:
+                pass
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -204,6 +219,8 @@ class ChannelServer:
                 os.unlink(self.path)
             except OSError:
                 pass
+        for r in list(self._relays):
+            r.abort()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
@@ -236,6 +253,74 @@ class ChannelServer:
     async def _accept_channel(self, loop, lst: socket.socket) -> None:
         async for conn, _ in accepted(loop, lst, "channel", self.log):
             self._spawn(self._serve_conn(loop, conn))
+
+    def _bind_dgram(self, loop) -> socket.socket | None:
+        """The datagram socket for parked CONNECTs (docs/CHANNEL.md), next to the channel
+        and as private; None if it cannot be had (the preload then uses the channel)."""
+        path = self.path + _DGRAM_SUFFIX
+        d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            old = os.umask(0o177)
+            try:
+                d.bind(path)
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o600)
+            d.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            d.setblocking(False)
+            loop.add_reader(d.fileno(), self._on_dgram, d)
+        except OSError as exc:
+            d.close()
+            self.log(f"channel: no datagram socket ({exc}); parked connects use the channel")
+            return None
+        return d
+
+    def _on_dgram(self, d: socket.socket) -> None:
+        for _ in range(_DGRAM_BATCH):
+            try:
+                data, anc, flags, _ = d.recvmsg(_RECV_BUF, _DGRAM_ANC_BUF, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log(f"channel: datagram socket: {exc}")
+                return
+            fds = self._take_fds(anc)
+            pid = 0
+            for level, typ, cdata in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS and \
+                        len(cdata) >= _UCRED.size:
+                    pid = _UCRED.unpack_from(cdata)[0]
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    raise cp.ProtoError(errno.EPROTO, "message or fds truncated")
+                req = cp.decode_request(data, len(fds))
+                if not isinstance(req, cp.ConnectReq) or not req.flags & cp.FLAG_PARKED:
+                    raise cp.ProtoError(errno.EPROTO, "only parked CONNECTs come as datagrams")
+            except cp.ProtoError as exc:
+                # nobody to reply to: the preload does not wait, its socket stays parked
+                # until the kernel gives up on it
+                self.stats.protocol_errors += 1
+                self.log(f"channel: bad datagram: {exc} ({errno_name(exc.errno)})")
+                for fd in fds:
+                    _close_fd(fd)
+                continue
+            try:
+                sock = socket.socket(fileno=fds[0])
+            except OSError:
+                _close_fd(fds[0])
+                continue
+            if self._check_socket(sock, req.dst):
+                self.stats.protocol_errors += 1
+                self.log("channel: parked CONNECT for a socket that is not TCP of the right family")
+                sock.close()
+                continue
+            self.stats.connects += 1
+            self._adopt_parked(pid, req, sock)
 
     async def _recvmsg(self, loop, conn: socket.socket):
         fd = conn.fileno()
@@ -354,7 +439,12 @@ class ChannelServer:
             self._send(conn, cp.encode_connect_reply(bad))
             return False
         if req.flags & cp.FLAG_PARKED:
-            self._adopt_parked(conn, req, sock)
+            try:
+                pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          12))[0]
+            except OSError:
+                pid = 0
+            self._adopt_parked(pid, req, sock)
             return True
         try:
             nonblocking = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
@@ -378,7 +468,7 @@ class ChannelServer:
         job = _Job(sock, req.dst, host, timeout, token, label, t0, bound, park)
 
         if nonblocking and not req.blocking:
-            self._spawn(self._finish_parked(job))
+            self._begin_dial(job)
             self._send(conn, cp.encode_connect_reply(0, token))
             return True
 
@@ -407,15 +497,13 @@ class ChannelServer:
         finally:
             sock.close()
 
-    def _adopt_parked(self, conn: socket.socket, req: cp.ConnectReq, sock: socket.socket) -> None:
-        """The preload's fast path for a non-blocking connect: it parked the socket at our
-        parking listener and does not wait for a reply. Its token is its pid and the seq."""
+    def _adopt_parked(self, pid: int, req: cp.ConnectReq, sock: socket.socket) -> None:
+        """The preload's fast path: it parked the socket at our parking listener and does
+        not wait for a reply. Its token is its pid (from the kernel) and the seq."""
         try:
-            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                      12))[0]
             state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
         except OSError:
-            pid, state = 0, -1
+            state = -1
         fs = self._endpoints.v4 if sock.family == socket.AF_INET else self._endpoints.v6
         if not pid or state != _TCP_SYN_SENT or fs is None:
             self.stats.protocol_errors += 1
@@ -431,7 +519,7 @@ class ChannelServer:
         label = f"{host}:{req.dst.port}" if ":" not in host else f"[{host}]:{req.dst.port}"
         self.tokens.set(token, errno.EINPROGRESS)
         job = _Job(sock, req.dst, host, timeout, token, label, time.monotonic(), None, park)
-        self._spawn(self._finish_parked(job))
+        self._begin_dial(job)
 
     @property
     def park_ports(self) -> tuple[int, int]:
@@ -441,37 +529,68 @@ class ChannelServer:
 
     @staticmethod
     def _check_socket(sock: socket.socket, dst: cp.Address) -> int:
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+        # family, type and proto were read from the kernel by socket(fileno=...)
+        if sock.type != socket.SOCK_STREAM:
             return errno.EINVAL
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return errno.EINVAL
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) not in (0, socket.IPPROTO_TCP):
+        if sock.proto not in (0, socket.IPPROTO_TCP):
             return errno.EINVAL
         if sock.family == socket.AF_INET and dst.family != cp.FAMILY_V4:
             return errno.EINVAL
         return 0
 
-    async def _dial(self, host: str, port: int, timeout: float) -> socket.socket:
+    async def _dial(self, host: str, port: int, timeout: float, started=None) -> socket.socket:
         try:
-            return await self.dialer.dial(host, port, timeout)
-        except DialError:
-            raise
+            return await (started if started is not None else self.dialer.dial(host, port, timeout))
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
-        except TimeoutError:
-            raise DialError(errno.ETIMEDOUT, f"{host}:{port}: connection timed out") from None
-        except OSError as exc:
-            raise DialError(exc.errno or errno.ECONNRESET, f"{host}:{port}: {exc}") from None
-        except Exception as exc:   # a broken dialer must not take the proxy down
-            self.log(f"dialer error for {host}:{port}: {exc!r}")
-            raise DialError(errno.ECONNRESET, f"{host}:{port}: internal error: {exc}") from None
+        except Exception as exc:
+            raise self._dial_error(exc, host, port) from None
 
-    async def _finish_parked(self, job: "_Job") -> None:
-        """Background dial of a parked non-blocking socket."""
+    def _dial_error(self, exc: Exception, host: str, port: int) -> DialError:
+        if isinstance(exc, DialError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return DialError(errno.ETIMEDOUT, f"{host}:{port}: connection timed out")
+        if isinstance(exc, OSError):
+            return DialError(exc.errno or errno.ECONNRESET, f"{host}:{port}: {exc}")
+        self.log(f"dialer error for {host}:{port}: {exc!r}")   # a broken dialer must not take the proxy down
+        return DialError(errno.ECONNRESET, f"{host}:{port}: internal error: {exc}")
+
+    def _begin_dial(self, job: "_Job") -> None:
+        """Dial for a parked socket. A dialer with ``start_dial`` (the direct one) often has
+        the connection at once: then no task, no loop round trip (the hot path)."""
+        start = getattr(self.dialer, "start_dial", None)
+        if start is None:
+            self._spawn(self._finish_parked(job))
+            return
+        try:
+            res = start(job.host, job.dst.port, job.timeout)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            err = self._dial_error(exc, job.host, job.dst.port)
+            self.tokens.set(job.token, err.errno)
+            self._fail_parked(job.sock, job.dst, job.bound)
+            self._report(job.label, err.name, 0, 0, job.t0)
+            job.sock.close()
+            return
+        if isinstance(res, socket.socket):
+            try:
+                self._complete(job, res)
+            finally:
+                job.sock.close()
+            return
+        self._spawn(self._finish_parked(job, res))
+
+    async def _finish_parked(self, job: "_Job", started=None) -> None:
+        """Background dial of a parked non-blocking socket (``started``: an awaitable
+        from the dialer's start_dial)."""
         sock = job.sock
         try:
             try:
-                remote = await self._dial(job.host, job.dst.port, job.timeout)
+                remote = await self._dial(job.host, job.dst.port, job.timeout, started)
             except DialError as exc:
                 # record the outcome *before* the kernel shows it
                 self.tokens.set(job.token, exc.errno)
@@ -521,7 +640,7 @@ class ChannelServer:
             self._peers[local] = dst
             self.stats.relays += 1
             self.stats.extra["via_connector"] = self.stats.extra.get("via_connector", 0) + 1
-            self._spawn(self._run_relay(connector, remote, dst, job.label, job.t0, local))
+            self._start_relay(connector, remote, dst, job.label, job.t0, local)
             return 0
         try:
             err = self._endpoints.unpark_to(sock, dst, "relay", job.bound)
@@ -578,27 +697,39 @@ class ChannelServer:
                 p.timer.cancel()
             self.stats.relays += 1
             self.stats.extra["via_relay_listener"] = self.stats.extra.get("via_relay_listener", 0) + 1
-            self._spawn(self._run_relay(conn, p.remote, p.dst, p.label, p.t0, key))
+            self._start_relay(conn, p.remote, p.dst, p.label, p.t0, key)
 
-    async def _run_relay(self, conn: socket.socket, remote: socket.socket, dst, label, t0,
-                         key) -> None:
-        outcome = "ok"
-        res = None
-        try:
-            res = await relay(conn, remote, idle_timeout=self.idle_timeout, bufsize=self.bufsize)
+    def _start_relay(self, conn: socket.socket, remote: socket.socket, dst, label, t0,
+                     key) -> None:
+        """Relay with no task of its own (a callback ends it): the hot path."""
+        relays = self._relays
+        r: Relay | None = None
+
+        def done(res: RelayResult) -> None:
+            if r is not None:
+                relays.discard(r)
             if res.reason == "idle":
                 outcome = "ok idle-timeout"
+            elif res.reason == "cancelled":
+                outcome = "ok cancelled"
             elif res.error:
                 outcome = f"ok then {errno_name(res.error)}"
-        except asyncio.CancelledError:
-            outcome = "ok cancelled"
-            raise
-        finally:
-            up, down = (res.up, res.down) if res else (0, 0)
-            self._report(label, outcome, up, down, t0)
+            else:
+                outcome = "ok"
+            self._report(label, outcome, res.up, res.down, t0)
             # Forget at once: the local port may be reused by an unrelated socket, and a PEER
             # answer for it would then lie (the preload's fd table covers the live socket).
             self._forget_peer(key, dst)
+
+        try:
+            r = start_relay(conn, remote, done, idle_timeout=self.idle_timeout,
+                            bufsize=self.bufsize)
+        except OSError as exc:
+            self._report(label, f"ok then {errno_name(exc.errno or errno.EIO)}", 0, 0, t0)
+            self._forget_peer(key, dst)
+            return
+        if not r.finished:
+            relays.add(r)
 
     def _forget_peer(self, key, dst) -> None:
         if self._peers.get(key) is dst:

@@ -128,6 +128,8 @@ class Address:
     def from_sockaddr(cls, sa: tuple) -> "Address":
         """From a Python AF_INET/AF_INET6 sockaddr tuple; IPv4-mapped IPv6
         addresses are normalised to IPv4 (one key for both views)."""
+        if len(sa) == 2:        # AF_INET: already canonical, as the kernel printed it
+            return cls(FAMILY_V4, sa[0], int(sa[1]))
         ip = ipaddress.ip_address(sa[0].split("%", 1)[0])
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
@@ -237,7 +239,7 @@ def decode_address(data: bytes, op: int = 0) -> Address:
     if zero != 0:
         raise ProtoError(errno.EINVAL, "address: nonzero pad byte", op)
     if family == FAMILY_V4:
-        return Address(FAMILY_V4, str(ipaddress.IPv4Address(raw[:4])), port)
+        return Address(FAMILY_V4, socket.inet_ntop(socket.AF_INET, raw[:4]), port)
     if family == FAMILY_V6:
         return Address(FAMILY_V6, str(ipaddress.IPv6Address(raw)), port)
     raise ProtoError(errno.EINVAL, f"address: bad family {family}", op)

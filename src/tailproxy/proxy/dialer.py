@@ -96,6 +96,14 @@ async def _wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -
 def _numeric(host: str, port: int, family: int) -> list | None:
     """getaddrinfo's answer for a numeric address, without the executor round trip."""
     try:
+        socket.inet_pton(socket.AF_INET, host)      # the common case, without ipaddress
+    except OSError:
+        pass
+    else:
+        if family in (0, socket.AF_INET):
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+        return None
+    try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
@@ -143,6 +151,46 @@ class DirectDialer:
                 raise first_err
         except TimeoutError:
             raise DialError(_errno.ETIMEDOUT, f"{host}:{port}: connection timed out") from None
+
+    def start_dial(self, host: str, port: int, timeout: float):
+        """The hot path: for a numeric address, the connect is started here and a local
+        destination is usually connected at once. Returns a connected socket, or an
+        awaitable giving one; raises DialError."""
+        infos = _numeric(host, port, self.family)
+        if not infos:
+            return self.dial(host, port, timeout)
+        fam, typ, proto, _canon, addr = infos[0]
+        sock = socket.socket(fam, typ | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(addr)
+            if err in (_errno.EINPROGRESS, _errno.EAGAIN):
+                if not _writable_now(sock):
+                    return self._finish_connect(sock, host, port, timeout)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise _map_oserror(OSError(err, os.strerror(err)), host, port)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    @staticmethod
+    async def _finish_connect(sock: socket.socket, host: str, port: int,
+                              timeout: float) -> socket.socket:
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    await _wait_writable(asyncio.get_running_loop(), sock)
+            except TimeoutError:
+                raise DialError(_errno.ETIMEDOUT, f"{host}:{port}: connection timed out") from None
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise _map_oserror(OSError(err, os.strerror(err)), host, port)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
 
     @staticmethod
     async def _connect_one(loop, fam, typ, proto, addr) -> socket.socket:

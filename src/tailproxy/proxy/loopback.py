@@ -284,12 +284,11 @@ class LoopbackEndpoints:
         local = Address.from_sockaddr(sock.getsockname())
         if park.family != local.family:     # cannot happen for loopback parking
             raise OSError(errno.EAFNOSUPPORT, "parking and local address families differ")
-        c = socket.socket(park.af, socket.SOCK_STREAM)
+        c = socket.socket(park.af, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if park.af == socket.AF_INET6:
                 c.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            c.setblocking(False)
             c.bind(park.sockaddr())
             err = c.connect_ex(local.sockaddr())
             if err not in (0, errno.EINPROGRESS):

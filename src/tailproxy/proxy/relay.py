@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["relay", "RelayResult", "DEFAULT_BUFSIZE"]
+__all__ = ["relay", "start_relay", "Relay", "RelayResult", "DEFAULT_BUFSIZE"]
 
 DEFAULT_BUFSIZE = 256 * 1024
 _READS_PER_WAKEUP = 8
@@ -69,7 +69,7 @@ class _Pump:
     __slots__ = ("r", "src", "dst", "sfd", "dfd", "view", "pending", "count", "done",
                  "reading", "writing")
 
-    def __init__(self, r: "_Relay", src: socket.socket, dst: socket.socket, bufsize: int):
+    def __init__(self, r: "Relay", src: socket.socket, dst: socket.socket, bufsize: int):
         self.r = r
         self.src, self.dst = src, dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
@@ -193,11 +193,18 @@ class _Pump:
         self.r.check_done()
 
 
-class _Relay:
-    def __init__(self, loop, a, b, bufsize, idle_timeout):
+class Relay:
+    """A running relay (from :func:`start_relay`). ``on_done(result)`` is called once, after
+    both sockets are closed; :meth:`abort` ends it early (reason "cancelled")."""
+
+    __slots__ = ("loop", "a", "b", "up", "down", "idle_timeout", "active", "timer", "error",
+                 "reason", "settling", "t_start", "finished", "on_done")
+
+    def __init__(self, loop, a, b, bufsize, idle_timeout, on_done):
         self.loop = loop
         self.a, self.b = a, b
-        self.fut: asyncio.Future = loop.create_future()
+        self.on_done = on_done
+        self.finished = False
         self.up = _Pump(self, a, b, bufsize)
         self.down = _Pump(self, b, a, bufsize)
         self.idle_timeout = idle_timeout
@@ -209,21 +216,39 @@ class _Relay:
         self.t_start = time.monotonic()
 
     def fail(self, exc: OSError, culprit: socket.socket) -> None:
-        if self.fut.done():
+        if self.finished:
             return
         self.error = exc.errno or errno.EIO
         self.reason = "error"
         # Propagate a reset to the other side, like a direct connection would.
         other = self.b if culprit is self.a else self.a
         _set_rst(other)
-        self.fut.set_result(None)
+        self._finish()
 
     def check_done(self) -> None:
-        if self.up.done and self.down.done and not self.fut.done():
-            self.fut.set_result(None)
+        if self.up.done and self.down.done:
+            self._finish()
+
+    def abort(self) -> None:
+        """End now (proxy shutting down); on_done still runs, synchronously."""
+        if not self.finished:
+            self.reason = "cancelled"
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.stop()
+        self.a.close()
+        self.b.close()
+        res = RelayResult(self.up.count, self.down.count, self.error, self.reason,
+                          time.monotonic() - self.t_start)
+        if self.on_done is not None:
+            self.on_done(res)
 
     def _tick(self) -> None:
-        if self.fut.done():
+        if self.finished:
             return
         if self.active:
             self.active = False
@@ -233,7 +258,7 @@ class _Relay:
         self.error = errno.ETIMEDOUT
         _set_rst(self.a)
         _set_rst(self.b)
-        self.fut.set_result(None)
+        self._finish()
 
     def stop(self) -> None:
         self.up.stop()
@@ -252,23 +277,19 @@ def _set_rst(sock: socket.socket) -> None:
         pass
 
 
-async def relay(a: socket.socket, b: socket.socket, *, idle_timeout: float | None = None,
-                bufsize: int = DEFAULT_BUFSIZE, initial_up: bytes = b"",
-                initial_down: bytes = b"") -> RelayResult:
-    """Relay between ``a`` and ``b`` until done; always closes both.
-
-    ``initial_up``/``initial_down`` are bytes already read from ``a``/``b``
-    (e.g. after a proxy handshake) to be sent to the other side first.
-    The idle timeout fires after between ``idle_timeout`` and twice that of
-    no traffic in either direction. Cancellation-safe.
-    """
+def start_relay(a: socket.socket, b: socket.socket, on_done=None, *,
+                idle_timeout: float | None = None, bufsize: int = DEFAULT_BUFSIZE,
+                initial_up: bytes = b"", initial_down: bytes = b"") -> Relay:
+    """Start relaying between ``a`` and ``b`` on the running loop, without a task (the
+    channel's hot path). ``on_done(RelayResult)`` runs once both are closed. On an error
+    while starting, both are closed and it raises."""
     loop = asyncio.get_running_loop()
-    t0 = time.monotonic()
-    r = None
     try:
-        a.setblocking(False)
-        b.setblocking(False)
-        r = _Relay(loop, a, b, bufsize, idle_timeout)
+        if a.gettimeout() != 0.0:       # skip the syscall for sockets made non-blocking
+            a.setblocking(False)
+        if b.gettimeout() != 0.0:
+            b.setblocking(False)
+        r = Relay(loop, a, b, bufsize, idle_timeout, on_done)
         if initial_up:
             r.up.preload(initial_up)
             r.up.count += len(initial_up)
@@ -279,14 +300,33 @@ async def relay(a: socket.socket, b: socket.socket, *, idle_timeout: float | Non
         r.down.begin()
         if idle_timeout:
             r.timer = loop.call_later(idle_timeout, r._tick)
-        try:
-            await r.fut
-        except asyncio.CancelledError:
-            r.reason = "cancelled"
-            raise
-        return RelayResult(r.up.count, r.down.count, r.error, r.reason, time.monotonic() - t0)
-    finally:
-        if r is not None:
-            r.stop()
+    except BaseException:
         a.close()
         b.close()
+        raise
+    return r
+
+
+async def relay(a: socket.socket, b: socket.socket, *, idle_timeout: float | None = None,
+                bufsize: int = DEFAULT_BUFSIZE, initial_up: bytes = b"",
+                initial_down: bytes = b"") -> RelayResult:
+    """Relay between ``a`` and ``b`` until done; always closes both.
+
+    ``initial_up``/``initial_down`` are bytes already read from ``a``/``b``
+    (e.g. after a proxy handshake) to be sent to the other side first.
+    The idle timeout fires after between ``idle_timeout`` and twice that of
+    no traffic in either direction. Cancellation-safe.
+    """
+    fut = asyncio.get_running_loop().create_future()
+
+    def done(res: RelayResult) -> None:
+        if not fut.done():
+            fut.set_result(res)
+
+    r = start_relay(a, b, done, idle_timeout=idle_timeout, bufsize=bufsize,
+                    initial_up=initial_up, initial_down=initial_down)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        r.abort()
+        raise
