@@ -23,6 +23,7 @@ from .exitnodes import ExitNodes
 from .lan import local_networks
 from .program import ProgramError, coverage_warning, locate
 from .tailnetdialer import TailnetDialer
+from .. import eventloop
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -105,7 +106,7 @@ def run(settings: dict, command: list[str]) -> int:
                 placeholders=PlaceholderMap(settings["dns_placeholder_v4"],
                                             settings["dns_placeholder_v6"]))
             dialer = PlaceholderDialer(dialer, names.placeholders, log)
-        return asyncio.run(_serve(settings, dialer, rundir, preload, program, command, node, exits,
+        return eventloop.run(_serve(settings, dialer, rundir, preload, program, command, node, exits,
                                   names))
     except KeyboardInterrupt:
         return 130

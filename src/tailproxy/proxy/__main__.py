@@ -16,6 +16,7 @@ import sys
 from .dialer import DirectDialer
 from .channel_proto import OP_LISTEN
 from .server import Proxy
+from .. import eventloop
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     if not args.channel and not args.socks5:
         print("python -m tailproxy.proxy: nothing to do (give --channel and/or --socks5)", file=sys.stderr)
         return 2
-    return asyncio.run(_run(args))
+    return eventloop.run(_run(args))
 
 
 if __name__ == "__main__":
