@@ -374,13 +374,18 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 	r = send_msg_flags(s, req, sizeof(req), fd, dgram ? MSG_DONTWAIT : 0) < 0;
 	why = errno;
 	close(s);
+	if (r && dgram && (why == EAGAIN || why == EWOULDBLOCK)) {
+		/* the datagram queue is full (a burst of connects): the stream channel,
+		 * which queues as many as the listener's backlog */
+		s = open_channel(c);
+		r = s < 0 || send_msg(s, req, sizeof(req), fd) < 0;
+		why = errno;
+		if (s >= 0)
+			close(s);
+	}
 	if (r) {
 		real_connect(fd, &unspec, sizeof(unspec));      /* not parked after all */
 		so_error_of(fd);
-		if (dgram && (why == EAGAIN || why == EWOULDBLOCK)) {
-			errno = EAGAIN;         /* the proxy's queue is full: the full path */
-			return -1;
-		}
 		tp_warn_channel_down(c->path, why);
 		errno = ENETDOWN;
 		return -1;

@@ -123,10 +123,13 @@ class LocalAPI:
         Raises LocalAPIError with the node's message when the dial fails (status 502).
         """
         loop = asyncio.get_running_loop()
-        sock = NodeConnection(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.setblocking(False)
+        sock = NodeConnection(socket.AF_UNIX,
+                              socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         try:
-            await loop.sock_connect(sock, self.socket_path)
+            try:
+                sock.connect(self.socket_path)      # a local socket: at once, or EAGAIN
+            except BlockingIOError:
+                await loop.sock_connect(sock, self.socket_path)
             req = (f"POST /localapi/v0/dial HTTP/1.1\r\nHost: {_HOST}\r\n"
                    f"Sec-Tailscale: localapi\r\nConnection: upgrade\r\nUpgrade: ts-dial\r\n"
                    f"Dial-Host: {host}\r\nDial-Port: {int(port)}\r\nDial-Network: tcp\r\n"

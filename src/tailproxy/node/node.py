@@ -346,8 +346,9 @@ class Node:
         if not host or not 0 < int(port) < 65536:
             raise ValueError(f"invalid destination {host!r}:{port!r}")
         try:
-            return await asyncio.wait_for(self.localapi.dial(host, int(port)), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):    # no task of its own, unlike wait_for
+                return await self.localapi.dial(host, int(port))
+        except TimeoutError:
             raise DialFailed(f"dial {host}:{port}: timed out after {timeout:g}s",
                              errno_for_dial_message("timed out")) from None
         except LocalAPIError as e:
