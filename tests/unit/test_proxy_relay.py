@@ -276,3 +276,46 @@ def test_start_relay_abort_closes_both_and_reports_cancelled():
         p.close()
         f.close()
     run(main())
+
+
+class _SettlingSocket(socket.socket):
+    """Like the node's dial connection: the relay lets it drain before a half-close."""
+    settle_before_half_close = True
+
+
+def _half_close_delay(nbytes):
+    """Seconds from the program's EOF to the settling side seeing it, after nbytes went up."""
+    import time
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        p, a = socket.socketpair()
+        x, f = socket.socketpair()
+        b = _SettlingSocket(fileno=x.detach())
+        for s in (p, f):
+            s.setblocking(False)
+        task = loop.create_task(relay(a, b))
+        payload = b"x" * nbytes
+        reader = loop.create_task(recv_all(loop, f))
+        await loop.sock_sendall(p, payload)
+        t0 = time.monotonic()
+        p.shutdown(socket.SHUT_WR)
+        got = await asyncio.wait_for(reader, 10)
+        delay = time.monotonic() - t0
+        assert got == payload
+        f.close()
+        await asyncio.wait_for(task, 10)
+        p.close()
+        return delay
+    return run(main())
+
+
+def test_settle_before_half_close_is_short_for_a_small_connection():
+    # one byte cannot leave seconds of data queued in the node: the floor only (was 2 s)
+    d = _half_close_delay(1)
+    assert 0.04 <= d < 1.0, d
+
+
+def test_settle_before_half_close_waits_at_least_the_floor():
+    d = _half_close_delay(4 << 20)
+    assert d >= 0.04, d

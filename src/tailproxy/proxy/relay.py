@@ -30,6 +30,7 @@ _READS_PER_WAKEUP = 8
 _LINGER_RST = struct.pack("ii", 1, 0)
 _SIOCOUTQ = 0x5411
 _PEER_QUEUE = 8 << 20      # what the node's netstack may still hold after reading everything
+_SETTLE_MIN = 0.05
 _SETTLE_MAX = 2.0
 
 
@@ -187,8 +188,11 @@ class _Pump:
         deadline = loop.time() + _SETTLE_MAX
         while _unread(self.dfd) > 0 and loop.time() < deadline:   # the peer has not read it all
             await asyncio.sleep(0.005)
+        # What the node may still hold is at most what we sent (a small connection's EOF need
+        # not wait the seconds a full netstack queue would at a low average rate).
         rate = self.count / max(time.monotonic() - t0, 1e-3)
-        await asyncio.sleep(min(_SETTLE_MAX, max(0.05, _PEER_QUEUE / max(rate, 1 << 20))))
+        held = min(self.count, _PEER_QUEUE)
+        await asyncio.sleep(min(_SETTLE_MAX, max(_SETTLE_MIN, held / max(rate, 1 << 20))))
         self._shutdown_dst()
         self.r.check_done()
 
