@@ -360,3 +360,34 @@ def test_short_connections_do_not_pile_up(tp_state, peer):
     """
     cp = tp(tp_state, *py(code), check=True, timeout=240)
     assert cp.stdout.strip().endswith("ok"), cp.stdout
+
+
+@pytest.mark.parametrize("how", ["nc", "python"])
+@pytest.mark.parametrize("size", [1 << 20, 16 << 20])
+def test_upload_then_exit_arrives_whole(tp_state, peer, size, how):
+    """A program that sends, closes and exits at once (nc -N < file): tailproxy waits for its
+    connections to drain into the tailnet before it stops the node, so nothing is lost."""
+    server = in_netns(peer["netns"], py("""
+        import socket
+        l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        l.bind(("0.0.0.0", 2323)); l.listen()
+        print("ready", flush=True)
+        c, _ = l.accept(); n = 0
+        while (d := c.recv(1 << 16)):
+            n += len(d)
+        print(n, flush=True)
+    """), stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        if how == "nc":      # nc -N: half-close, then wait for the server to close
+            argv = ["sh", "-c", f"head -c {size} /dev/zero | nc -N {peer['ipv4']} 2323"]
+        else:                 # send, close and exit at once
+            argv = py(f"""
+                import socket
+                s = socket.create_connection(({peer['ipv4']!r}, 2323), timeout=20)
+                s.sendall(bytes({size})); s.close()""")
+        tp(tp_state, *argv, check=True, timeout=120)
+        assert server.stdout.readline().strip() == str(size)
+    finally:
+        server.kill()
+        server.wait()

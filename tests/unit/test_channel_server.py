@@ -657,3 +657,77 @@ def test_dgram_socket_removed_on_close(tmp_path):
     assert os.path.exists(path + ".dgram")
     pt.stop()
     assert not os.path.exists(path + ".dgram") and not os.path.exists(path)
+
+
+def _slow_reader_server():
+    """A local TCP server that reads nothing until told, then everything; returns
+    (port, start_reading event, received byte counts)."""
+    import threading
+    lst = socket.create_server(("127.0.0.1", 0))
+    go = threading.Event()
+    got = []
+
+    def serve():
+        c, _ = lst.accept()
+        go.wait(10)
+        n = 0
+        while (d := c.recv(1 << 16)):
+            n += len(d)
+        got.append(n)
+        c.close()
+        lst.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return lst.getsockname()[1], go, got
+
+
+def test_drain_waits_for_a_closed_programs_data(env):
+    """The program sent 8 MiB and closed; the destination reads slowly: drain() waits until
+    all of it was delivered (the launcher calls it after the program exits)."""
+    port, go, got = _slow_reader_server()
+    env.dialer.script[("100.64.0.9", 80)] = ("tcp", "127.0.0.1", port)
+    s = socket.socket()
+    assert connect_via_channel(env.path, s, "100.64.0.9", 80, blocking=True).err == 0
+    s.setblocking(True)
+    size = 8 << 20
+    t = __import__("threading").Thread(target=lambda: (s.sendall(bytes(size)), s.close()))
+    t.start()
+    time.sleep(0.3)                              # buffers full, the relay holds data
+    assert env.call(env.proxy.drain(0.2)) == 1   # still busy: that one connection
+    go.set()
+    assert env.call(env.proxy.drain(10)) == 0
+    t.join(5)
+    for _ in range(100):
+        if got:
+            break
+        time.sleep(0.02)
+    assert got == [size]
+
+
+def test_drain_does_not_wait_for_connections_the_program_holds(env):
+    s = socket.socket()
+    assert connect_via_channel(env.path, s, *DST, blocking=True).err == 0
+    t0 = time.monotonic()
+    assert env.call(env.proxy.drain(5)) == 0
+    assert time.monotonic() - t0 < 2
+    s.close()
+
+
+def test_drain_counts_data_not_yet_passed_on(env):
+    """Bytes the program sent that sit in our buffers (its FIN not even arrived) count as
+    delivering; once passed on, the open connection is idle and not waited for."""
+    port, go, got = _slow_reader_server()
+    env.dialer.script[("100.64.0.10", 80)] = ("tcp", "127.0.0.1", port)
+    s = socket.socket()
+    assert connect_via_channel(env.path, s, "100.64.0.10", 80, blocking=True).err == 0
+    s.setblocking(False)
+    sent = 0
+    try:
+        while True:
+            sent += s.send(bytes(1 << 16))
+    except BlockingIOError:
+        pass                                     # every buffer on the way is full
+    assert sent > 0
+    assert env.call(env.proxy.drain(0.2)) == 1
+    go.set()
+    assert env.call(env.proxy.drain(10)) == 0    # delivered; the program still holds it open
+    s.close()

@@ -25,6 +25,7 @@ from .program import ProgramError, coverage_warning, locate
 from .tailnetdialer import TailnetDialer
 from .. import eventloop
 
+_DRAIN_S = 5.0      # after the program exits, for its last bytes to reach the tailnet
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -226,7 +227,13 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
                         proxy_addr=proxy.socks_address, proxy_auth=auth,
                         export_listeners=exporter is not None, park_ports=proxy.park_ports,
                         dns_server=responder.env_value() if responder else None)
-        return await _run_child(program, command, env)
+        status = await _run_child(program, command, env)
+        # Data the program sent just before exiting may still be on its way to the node:
+        # stopping now would cut it off.
+        left = await proxy.drain(_DRAIN_S)
+        if left:
+            _say(f"{left} connection(s) still sending after {_DRAIN_S:g}s; closing them")
+        return status
     finally:
         if exits:
             await exits.stop()

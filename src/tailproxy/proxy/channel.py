@@ -234,6 +234,21 @@ class ChannelServer:
             self._endpoints.close()
             self._endpoints = None
 
+    async def drain(self, timeout: float, settle: float = 0.02) -> int:
+        """Wait (at most ``timeout`` s) until no relay is still delivering what the program
+        sent (Relay.delivering), e.g. after the program exited right after sending. Idle
+        connections the program holds open are not waited for. Returns how many were busy."""
+        if not self._relays:
+            return 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await asyncio.sleep(settle)     # let the EOFs of an exited program's sockets arrive
+        while True:
+            busy = sum(1 for r in self._relays if r.delivering())
+            if not busy or loop.time() >= deadline:
+                return busy
+            await asyncio.sleep(0.01)
+
     @property
     def relay_addresses(self) -> list[tuple]:
         return [s.getsockname() for s in self._endpoints.relay_listeners] if self._endpoints else []

@@ -29,7 +29,9 @@ DEFAULT_BUFSIZE = 256 * 1024
 _READS_PER_WAKEUP = 8
 _LINGER_RST = struct.pack("ii", 1, 0)
 _SIOCOUTQ = 0x5411
+_SIOCINQ = 0x541B
 _PEER_QUEUE = 8 << 20      # what the node's netstack may still hold after reading everything
+_TCP_CLOSE_WAIT = 8
 _SETTLE_MIN = 0.05
 _SETTLE_MAX = 2.0
 
@@ -232,6 +234,23 @@ class Relay:
     def check_done(self) -> None:
         if self.up.done and self.down.done:
             self._finish()
+
+    def delivering(self) -> bool:
+        """Is data from ``a``'s peer (the program) still on its way, or its end still to be
+        passed on? True once we read its EOF (until done), while we hold bytes it sent, while
+        its socket has unread bytes, or while its FIN waits (CLOSE_WAIT). An idle connection the
+        program keeps open is not."""
+        if self.finished:
+            return False
+        if self.up.done or self.up.pending is not None:
+            return True
+        fd = self.up.sfd
+        try:
+            if struct.unpack("i", fcntl.ioctl(fd, _SIOCINQ, b"\0\0\0\0"))[0] > 0:
+                return True
+            return self.a.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE_WAIT
+        except OSError:
+            return False
 
     def abort(self) -> None:
         """End now (proxy shutting down); on_done still runs, synchronously."""

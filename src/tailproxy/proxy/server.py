@@ -90,6 +90,11 @@ class Proxy:
             await self.close()
             raise
 
+    async def drain(self, timeout: float) -> int:
+        """Let connections the program has finished with deliver what they hold (see
+        ChannelServer.drain); returns how many did not finish in time."""
+        return await self.channel.drain(timeout) if self.channel is not None else 0
+
     async def close(self) -> None:
         if self.socks is not None:
             await self.socks.close()
