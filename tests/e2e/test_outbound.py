@@ -362,7 +362,7 @@ def test_short_connections_do_not_pile_up(tp_state, peer):
     assert cp.stdout.strip().endswith("ok"), cp.stdout
 
 
-@pytest.mark.parametrize("how", ["nc", "python"])
+@pytest.mark.parametrize("how", ["nc", "python", "python-socks5"])
 @pytest.mark.parametrize("size", [1 << 20, 16 << 20])
 def test_upload_then_exit_arrives_whole(tp_state, peer, size, how):
     """A program that sends, closes and exits at once (nc -N < file): tailproxy waits for its
@@ -381,12 +381,28 @@ def test_upload_then_exit_arrives_whole(tp_state, peer, size, how):
         assert server.stdout.readline().strip() == "ready"
         if how == "nc":      # nc -N: half-close, then wait for the server to close
             argv = ["sh", "-c", f"head -c {size} /dev/zero | nc -N {peer['ipv4']} 2323"]
-        else:                 # send, close and exit at once
+        elif how == "python":  # send, close and exit at once
             argv = py(f"""
                 import socket
                 s = socket.create_connection(({peer['ipv4']!r}, 2323), timeout=20)
                 s.sendall(bytes({size})); s.close()""")
+        else:                 # the same through ALL_PROXY (a proxy-aware program)
+            argv = py(f"""
+                import ipaddress, os, socket, struct, urllib.parse
+                u = urllib.parse.urlsplit(os.environ["ALL_PROXY"])
+                s = socket.create_connection((u.hostname, u.port), timeout=20)
+                user, pw = urllib.parse.unquote(u.username).encode(), urllib.parse.unquote(u.password).encode()
+                s.sendall(b"\\x05\\x01\\x02"); assert s.recv(2) == b"\\x05\\x02"
+                s.sendall(bytes([1, len(user)]) + user + bytes([len(pw)]) + pw); assert s.recv(2) == b"\\x01\\x00"
+                s.sendall(b"\\x05\\x01\\x00\\x01" + ipaddress.ip_address({peer['ipv4']!r}).packed + struct.pack(">H", 2323))
+                rep = b""
+                while len(rep) < 10: rep += s.recv(10 - len(rep))
+                assert rep[1] == 0, rep
+                s.sendall(bytes({size})); s.close()""")
         tp(tp_state, *argv, check=True, timeout=120)
+        import select
+        ready, _, _ = select.select([server.stdout], [], [], 30)
+        assert ready, "the server never saw the connection end (the node went away mid-stream)"
         assert server.stdout.readline().strip() == str(size)
     finally:
         server.kill()

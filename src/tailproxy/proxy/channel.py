@@ -35,6 +35,7 @@ from .accept import accepted
 from .dialer import DialError, Dialer, errno_name
 from .loopback import LoopbackEndpoints, clear_error
 from .relay import DEFAULT_BUFSIZE, Relay, RelayResult, start_relay
+from .relay import drain as drain_relays
 
 __all__ = ["ChannelServer", "TokenStore", "ConnLog"]
 
@@ -234,20 +235,9 @@ class ChannelServer:
             self._endpoints.close()
             self._endpoints = None
 
-    async def drain(self, timeout: float, settle: float = 0.02) -> int:
-        """Wait (at most ``timeout`` s) until no relay is still delivering what the program
-        sent (Relay.delivering), e.g. after the program exited right after sending. Idle
-        connections the program holds open are not waited for. Returns how many were busy."""
-        if not self._relays:
-            return 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        await asyncio.sleep(settle)     # let the EOFs of an exited program's sockets arrive
-        while True:
-            busy = sum(1 for r in self._relays if r.delivering())
-            if not busy or loop.time() >= deadline:
-                return busy
-            await asyncio.sleep(0.01)
+    async def drain(self, timeout: float) -> int:
+        """See relay.drain."""
+        return await drain_relays(self._relays, timeout)
 
     @property
     def relay_addresses(self) -> list[tuple]:

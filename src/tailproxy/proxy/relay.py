@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["relay", "start_relay", "Relay", "RelayResult", "DEFAULT_BUFSIZE"]
+__all__ = ["relay", "start_relay", "drain", "Relay", "RelayResult", "DEFAULT_BUFSIZE"]
 
 DEFAULT_BUFSIZE = 256 * 1024
 _READS_PER_WAKEUP = 8
@@ -330,14 +330,30 @@ def start_relay(a: socket.socket, b: socket.socket, on_done=None, *,
     return r
 
 
+async def drain(relays, timeout: float, settle: float = 0.02) -> int:
+    """Wait (at most ``timeout`` s) until none of ``relays`` is still delivering what the
+    program sent (Relay.delivering), e.g. after the program exited right after sending. Idle
+    connections the program holds open are not waited for. Returns how many were busy."""
+    if not relays:
+        return 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await asyncio.sleep(settle)     # let the EOFs of an exited program's sockets arrive
+    while True:
+        busy = sum(1 for r in list(relays) if r.delivering())
+        if not busy or loop.time() >= deadline:
+            return busy
+        await asyncio.sleep(0.01)
+
+
 async def relay(a: socket.socket, b: socket.socket, *, idle_timeout: float | None = None,
                 bufsize: int = DEFAULT_BUFSIZE, initial_up: bytes = b"",
-                initial_down: bytes = b"") -> RelayResult:
+                initial_down: bytes = b"", track: set | None = None) -> RelayResult:
     """Relay between ``a`` and ``b`` until done; always closes both.
 
     ``initial_up``/``initial_down`` are bytes already read from ``a``/``b``
-    (e.g. after a proxy handshake) to be sent to the other side first.
-    The idle timeout fires after between ``idle_timeout`` and twice that of
+    (e.g. after a proxy handshake) to be sent to the other side first. ``track``: a set
+    that holds the running Relay (for :func:`drain`). The idle timeout fires after between ``idle_timeout`` and twice that of
     no traffic in either direction. Cancellation-safe.
     """
     fut = asyncio.get_running_loop().create_future()
@@ -348,8 +364,13 @@ async def relay(a: socket.socket, b: socket.socket, *, idle_timeout: float | Non
 
     r = start_relay(a, b, done, idle_timeout=idle_timeout, bufsize=bufsize,
                     initial_up=initial_up, initial_down=initial_down)
+    if track is not None:
+        track.add(r)
     try:
         return await fut
     except asyncio.CancelledError:
         r.abort()
         raise
+    finally:
+        if track is not None:
+            track.discard(r)

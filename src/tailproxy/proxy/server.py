@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import sys
 from typing import Callable
 
@@ -93,7 +95,12 @@ class Proxy:
     async def drain(self, timeout: float) -> int:
         """Let connections the program has finished with deliver what they hold (see
         ChannelServer.drain); returns how many did not finish in time."""
-        return await self.channel.drain(timeout) if self.channel is not None else 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        left = await self.channel.drain(timeout) if self.channel is not None else 0
+        if self.socks is not None:      # proxy-aware programs (ALL_PROXY) too
+            left += await self.socks.drain(max(0.0, end - loop.time()))
+        return left
 
     async def close(self) -> None:
         if self.socks is not None:

@@ -39,6 +39,7 @@ from typing import Callable
 from .accept import accepted
 from .dialer import DialError, Dialer, errno_name
 from .relay import DEFAULT_BUFSIZE, relay
+from .relay import drain as drain_relays
 from .sockreader import HandshakeEOF, SockReader
 
 __all__ = ["SocksServer", "SocksError", "Request", "parse_greeting", "parse_userpass",
@@ -257,6 +258,7 @@ class SocksServer:
         self._lsock: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
         self._conns: set[socket.socket] = set()
+        self._relays: set = set()
 
     @property
     def address(self) -> tuple | None:
@@ -281,6 +283,10 @@ class SocksServer:
             raise
         self._lsock = s
         self._spawn(self._accept_loop(loop, s))
+
+    async def drain(self, timeout: float) -> int:
+        """See relay.drain."""
+        return await drain_relays(self._relays, timeout)
 
     async def close(self) -> None:
         if self._lsock is not None:
@@ -363,7 +369,7 @@ class SocksServer:
             self._conns.discard(conn)
             r, remote = remote, None
             res = await relay(conn, r, idle_timeout=self.idle_timeout, bufsize=self.bufsize,
-                              initial_up=pre)
+                              initial_up=pre, track=self._relays)
             outcome = "ok"
             if res.reason == "idle":
                 outcome = "ok idle-timeout"
