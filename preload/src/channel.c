@@ -54,22 +54,25 @@ static int get_addr(const uint8_t *b, struct tp_addr *a)
  * until ppoll() so one arriving anywhere in the call is not lost; otherwise
  * EINTR is retried (quick requests). Returns the reply length (header
  * included) or -1 with errno set. */
-/* A fresh connection to the proxy's channel; -1 with errno on failure. */
-static int open_channel(const struct tp_config *c)
+/* A fresh socket connected to the proxy's at TAILPROXY_SOCKET + suffix; -1 with
+ * errno on failure. */
+static int open_unix(const struct tp_config *c, int type, const char *suffix)
 {
 	struct sockaddr_un sun;
+	size_t n = strlen(suffix);
 	int s, e;
 
-	if (c->path_len == 0 || c->path_len >= sizeof(sun.sun_path)) {
+	if (c->path_len == 0 || c->path_len + n >= sizeof(sun.sun_path)) {
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	s = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
 	if (s < 0)
 		return -1;
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
 	memcpy(sun.sun_path, c->path, c->path_len);
+	memcpy(sun.sun_path + c->path_len, suffix, n);
 	while (real_connect(s, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
 		if (errno != EINTR) {
 			e = errno;
@@ -81,34 +84,17 @@ static int open_channel(const struct tp_config *c)
 	return s;
 }
 
-/* The proxy's datagram socket for parked CONNECTs (TAILPROXY_SOCKET + ".dgram"): no
- * accept and no reply, the cheapest registration. -1 with errno when unusable. */
+/* A fresh connection to the proxy's channel. */
+static int open_channel(const struct tp_config *c)
+{
+	return open_unix(c, SOCK_SEQPACKET, "");
+}
+
+/* The proxy's datagram socket for parked CONNECTs: no accept and no reply, the
+ * cheapest registration. */
 static int open_dgram(const struct tp_config *c)
 {
-	static const char suffix[] = ".dgram";
-	struct sockaddr_un sun;
-	int s, e;
-
-	if (c->path_len == 0 || c->path_len + sizeof(suffix) > sizeof(sun.sun_path)) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return -1;
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	memcpy(sun.sun_path, c->path, c->path_len);
-	memcpy(sun.sun_path + c->path_len, suffix, sizeof(suffix));
-	while (real_connect(s, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-		if (errno != EINTR) {
-			e = errno;
-			close(s);
-			errno = e;
-			return -1;
-		}
-	}
-	return s;
+	return open_unix(c, SOCK_DGRAM, ".dgram");
 }
 
 /* One message, with `sendfd` attached when >= 0 (SCM_RIGHTS). */

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import ipaddress
-import select
 import os
 import socket
 from typing import Protocol, runtime_checkable
@@ -75,12 +74,6 @@ def _map_oserror(exc: OSError, host: str, port: int) -> DialError:
     if code == _errno.EHOSTDOWN:
         code = _errno.EHOSTUNREACH
     return DialError(code, f"{host}:{port}: {os.strerror(code)}")
-
-
-def _writable_now(sock: socket.socket) -> bool:
-    p = select.poll()
-    p.register(sock.fileno(), select.POLLOUT)
-    return bool(p.poll(0))
 
 
 async def _wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -160,24 +153,11 @@ class DirectDialer:
         if not infos:
             return self.dial(host, port, timeout)
         fam, typ, proto, _canon, addr = infos[0]
-        sock = socket.socket(fam, typ | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(addr)
-            if err in (_errno.EINPROGRESS, _errno.EAGAIN):
-                # A local handshake is over by now: connecting again says so in one call
-                # (0 once connected, the error once failed, EALREADY while in flight).
-                err = sock.connect_ex(addr)
-                if err in (_errno.EALREADY, _errno.EINPROGRESS):
-                    return self._finish_connect(sock, host, port, timeout)
-                if err == _errno.EISCONN:
-                    err = 0
-            if err:
-                raise _map_oserror(OSError(err, os.strerror(err)), host, port)
-            return sock
-        except BaseException:
-            sock.close()
-            raise
+            sock, done = _start_connect(fam, typ, proto, addr)
+        except OSError as exc:
+            raise _map_oserror(exc, host, port) from None
+        return sock if done else self._finish_connect(sock, host, port, timeout)
 
     @staticmethod
     async def _finish_connect(sock: socket.socket, host: str, port: int,
@@ -198,20 +178,40 @@ class DirectDialer:
 
     @staticmethod
     async def _connect_one(loop, fam, typ, proto, addr) -> socket.socket:
-        sock = socket.socket(fam, typ, proto)
+        sock, done = _start_connect(fam, typ, proto, addr)
+        if done:
+            return sock
         try:
-            sock.setblocking(False)
-            if fam in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(addr)
-            if err in (_errno.EINPROGRESS, _errno.EAGAIN):
-                # On local routes the handshake is usually over by now: skip the loop round trip.
-                if not _writable_now(sock):
-                    await _wait_writable(loop, sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            await _wait_writable(loop, sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
             return sock
         except BaseException:
             sock.close()
             raise
+
+
+def _start_connect(fam, typ, proto, addr) -> tuple[socket.socket, bool]:
+    """A non-blocking socket with its connect started: (sock, True) when already connected
+    (a local handshake is usually over when connect() returns), (sock, False) while in
+    flight. Raises OSError (the socket closed) when it failed."""
+    sock = socket.socket(fam, typ | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
+    try:
+        if fam in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(addr)
+        if err in (_errno.EINPROGRESS, _errno.EAGAIN):
+            # connecting again says how it went in one call: 0 (or EISCONN) once connected,
+            # the error once failed, EALREADY while in flight
+            err = sock.connect_ex(addr)
+            if err in (_errno.EALREADY, _errno.EINPROGRESS):
+                return sock, False
+            if err == _errno.EISCONN:
+                err = 0
+        if err:
+            raise OSError(err, os.strerror(err))
+        return sock, True
+    except BaseException:
+        sock.close()
+        raise
