@@ -238,15 +238,14 @@ class Relay:
     def delivering(self) -> bool:
         """Is data from ``a``'s peer (the program) still on its way, or its end still to be
         passed on? True once we read its EOF (until done), while we hold bytes it sent, while
-        its socket has unread bytes, or while its FIN waits (CLOSE_WAIT). An idle connection the
-        program keeps open is not."""
+        ``b``'s reader (the node) has not read all we sent, while ``a`` has unread bytes, or
+        while its FIN waits (CLOSE_WAIT). An idle connection the program keeps open is not."""
         if self.finished:
             return False
-        if self.up.done or self.up.pending is not None:
-            return True
-        fd = self.up.sfd
+        if self.up.done or self.up.pending is not None or _unread(self.up.dfd) > 0:
+            return True         # (or sent, but the other side has not read it yet)
         try:
-            if struct.unpack("i", fcntl.ioctl(fd, _SIOCINQ, b"\0\0\0\0"))[0] > 0:
+            if struct.unpack("i", fcntl.ioctl(self.up.sfd, _SIOCINQ, b"\0\0\0\0"))[0] > 0:
                 return True
             return self.a.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE_WAIT
         except OSError:
