@@ -182,7 +182,7 @@ def test_socket_state_is_the_programs_own(tp_state, peer):
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
         assert s.getpeername() == ({peer['ipv4']!r}, {peer['echo_port']}), s.getpeername()
-        s.sendall(b"ok"); assert s.recv(2) == b"ok"
+        s.sendall(b"ok\\n"); assert s.makefile("rb").readline() == b"ok\\n"
     """
     tp(tp_state, *py(code), check=True)
 
@@ -200,7 +200,7 @@ def test_fork_exec_threads_and_closed_fds(tp_state, peer):
         if pid == 0:
             os._exit(0 if echo(b"child") == b"child" else 1)
         assert os.waitpid(pid, 0)[1] == 0, "forked child"
-        out = subprocess.run([sys.executable, "-c", "import socket;s=socket.create_connection(%r, timeout=30);s.sendall(b'gc\\\\n');print(s.recv(10))" % (ADDR,)], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", "import socket;s=socket.create_connection(%r, timeout=30);s.sendall(b'gc\\\\n');print(s.makefile('rb').readline())" % (ADDR,)], capture_output=True, text=True)
         assert "gc" in out.stdout, out
         results = []
         ts = [threading.Thread(target=lambda i=i: results.append(echo(b"t%d" % i))) for i in range(200)]
@@ -229,7 +229,7 @@ def test_banner_first_server_loses_nothing(tp_state, testnet, peer):
             import socket, time
             s = socket.create_connection(({peer['ipv4']!r}, 2222), timeout=20)
             time.sleep(0.5)     # the banner arrives before the client says anything
-            print(s.recv(100).decode().strip())
+            print(s.makefile("rb").readline().decode().strip())
         """
         cp = tp(tp_state, *py(code), check=True)
         assert cp.stdout.strip() == "SSH-2.0-tailproxy-test"

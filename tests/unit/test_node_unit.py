@@ -143,3 +143,77 @@ def test_localapi_dial_failure_message(tmp_path):
 def test_localapi_unreachable_socket(tmp_path):
     with pytest.raises(LocalAPIError, match="cannot talk to the node"):
         LocalAPI(str(tmp_path / "none.sock")).status()
+
+
+FAKE_STUCK_DAEMON = r'''
+import json, os, socket, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+starts = os.path.join(args["--statedir"], "fake-starts")
+n = int(open(starts).read()) if os.path.exists(starts) else 0
+open(starts, "w").write(str(n + 1))
+print("fake tailscaled start", n + 1, flush=True)
+running = n >= 1                    # the first start stays Starting, the second runs
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(args["--socket"])
+srv.listen()
+while True:
+    c, _ = srv.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    want = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            want = int(line.split(b":")[1])
+    while len(body) < want:
+        body += c.recv(4096)
+    if b"/status" in head.split(b"\r\n")[0]:
+        out = {"BackendState": "Running" if running else "Starting", "HaveNodeKey": True,
+               "TailscaleIPs": ["100.64.0.9"] if running else [], "Health": [],
+               "Self": {"HostName": "tailproxy"}}
+    else:
+        out = {}
+    out = json.dumps(out).encode()
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+              b"Connection: close\r\n\r\n%s" % (len(out), out))
+    c.close()
+'''
+
+
+def _stuck_daemon(tmp_path):
+    import sys
+    fake = tmp_path / "tailscaled"
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_STUCK_DAEMON)
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_a_node_stuck_starting_is_restarted_once(tmp_path, monkeypatch):
+    import tailproxy.node.node as nodemod
+    monkeypatch.setattr(nodemod, "STUCK_STARTING_S", 0.5)
+    said = []
+    s = tmp_path / "s"
+    n = Node(NodeConfig(state_dir=str(s), tailscaled=_stuck_daemon(tmp_path), authkey="k"),
+             log=said.append)
+    try:
+        n.up(timeout=10)
+        assert n.ips() == ["100.64.0.9"]
+    finally:
+        n.close()
+    assert (s / "fake-starts").read_text() == "2"
+    assert any("restarting it once" in m for m in said), said
+    # the stuck run's log is kept next to the new one
+    assert "start 1" in (s / "tailscaled.log.1").read_text()
+    assert "start 2" in (s / "tailscaled.log").read_text()
+
+
+def test_no_restart_when_the_timeout_leaves_no_room(tmp_path, monkeypatch):
+    import tailproxy.node.node as nodemod
+    from tailproxy.node.errors import UpTimeout
+    monkeypatch.setattr(nodemod, "STUCK_STARTING_S", 5)
+    s = tmp_path / "s"
+    n = Node(NodeConfig(state_dir=str(s), tailscaled=_stuck_daemon(tmp_path), authkey="k"))
+    with pytest.raises(UpTimeout, match="state Starting"):
+        n.up(timeout=1)
+    assert (s / "fake-starts").read_text() == "1"

@@ -32,6 +32,13 @@ _META = "tailproxy-node.json"
 _SECRET_ENV = ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY")
 
 
+STUCK_STARTING_S = 15.0     # see Node.up
+
+
+class _StuckStarting(Exception):
+    pass
+
+
 @dataclasses.dataclass
 class NodeConfig:
     state_dir: str
@@ -89,7 +96,20 @@ class Node:
         self._start_daemon()
         try:
             self._wait_api(deadline)
-            self._login(deadline)
+            try:
+                # Rarely a node stays Starting (logged in, but no DERP connection and no live
+                # peer) well past the usual second; a fresh start clears it. Once, and only
+                # if the timeout leaves room for it.
+                restart_at = time.monotonic() + STUCK_STARTING_S \
+                    if timeout >= 2 * STUCK_STARTING_S else None
+                self._login(deadline, restart_at)
+            except _StuckStarting:
+                self._log(f"the node stayed Starting for {STUCK_STARTING_S:g}s (no DERP "
+                          f"connection, no live peer); restarting it once")
+                self._stop_daemon()
+                self._start_daemon()
+                self._wait_api(deadline)
+                self._login(deadline)
         except BaseException:
             self.close()
             raise
@@ -98,6 +118,12 @@ class Node:
     def close(self) -> None:
         self._closed = True
         self._running = False
+        self._stop_daemon()
+        if self._sock_dir:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
+            self._sock_dir = None
+
+    def _stop_daemon(self) -> None:
         proc, self._proc = self._proc, None
         if proc and proc.poll() is None:
             proc.terminate()
@@ -106,9 +132,6 @@ class Node:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self._sock_dir:
-            shutil.rmtree(self._sock_dir, ignore_errors=True)
-            self._sock_dir = None
 
     def __enter__(self):
         return self
@@ -172,6 +195,11 @@ class Node:
             argv = [setpriv, "--pdeathsig", "KILL", "--"] + argv
         log_path = self.config.log_path or os.path.join(self.config.state_dir, "tailscaled.log")
         self._log_path = log_path
+        try:        # keep the previous run's log for a diagnosis
+            if os.path.getsize(log_path) > 0:
+                os.replace(log_path, log_path + ".1")
+        except OSError:
+            pass
         logf = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
@@ -213,7 +241,7 @@ class Node:
                 "Hostname": self.config.hostname, "CorpDNS": True, "RouteAll": False,
                 "LoggedOut": False}
 
-    def _login(self, deadline: float) -> None:
+    def _login(self, deadline: float, restart_at: float | None = None) -> None:
         api = self.localapi
         key = self.config.authkey
         st = api.status(peers=False)
@@ -248,6 +276,8 @@ class Node:
                 elif not key and not asked_interactive:
                     api.login_interactive()
                     asked_interactive = True
+            if restart_at is not None and state == "Starting" and time.monotonic() > restart_at:
+                raise _StuckStarting()
             if time.monotonic() > deadline:
                 health = "; ".join(st.get("Health") or []) or "none"
                 where = _norm_url(self.config.control_url)
