@@ -176,21 +176,8 @@ class ChannelServer:
         if self.make_parent:
             os.makedirs(parent, mode=0o700, exist_ok=True)
             os.chmod(parent, 0o700)
+        lst = _bind_private(socket.SOCK_SEQPACKET, self.path)
         try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            pass
-        else:
-            if stat.S_ISSOCK(st.st_mode):
-                os.unlink(self.path)
-        lst = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            old = os.umask(0o177)
-            try:
-                lst.bind(self.path)
-            finally:
-                os.umask(old)
-            os.chmod(self.path, 0o600)
             lst.listen(128)
             lst.setblocking(False)
         except BaseException:
@@ -262,25 +249,15 @@ class ChannelServer:
     def _bind_dgram(self, loop) -> socket.socket | None:
         """The datagram socket for parked CONNECTs (docs/CHANNEL.md), next to the channel
         and as private; None if it cannot be had (the preload then uses the channel)."""
-        path = self.path + _DGRAM_SUFFIX
-        d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        d = None
         try:
-            try:
-                if stat.S_ISSOCK(os.lstat(path).st_mode):
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-            old = os.umask(0o177)
-            try:
-                d.bind(path)
-            finally:
-                os.umask(old)
-            os.chmod(path, 0o600)
+            d = _bind_private(socket.SOCK_DGRAM, self.path + _DGRAM_SUFFIX)
             d.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             d.setblocking(False)
             loop.add_reader(d.fileno(), self._on_dgram, d)
         except OSError as exc:
-            d.close()
+            if d is not None:
+                d.close()
             self.log(f"channel: no datagram socket ({exc}); parked connects use the channel")
             return None
         return d
@@ -459,10 +436,7 @@ class ChannelServer:
             err, park = exc.errno or errno.EINVAL, None
         token = self._next_token
         self._next_token += 1
-        timeout = req.timeout_ms / 1000.0 if req.timeout_ms else self.connect_timeout
-        timeout = min(timeout, self._park_limit)
-        host = req.host or req.dst.ip
-        label = f"{host}:{req.dst.port}" if ":" not in host else f"[{host}]:{req.dst.port}"
+        host, timeout, label = self._dial_params(req)
         t0 = time.monotonic()
         if err:
             sock.close()
@@ -502,6 +476,14 @@ class ChannelServer:
         finally:
             sock.close()
 
+    def _dial_params(self, req: cp.ConnectReq) -> tuple[str, float, str]:
+        """(what to dial, timeout bounded by the parked socket's life, label for logs)."""
+        timeout = min(req.timeout_ms / 1000.0 if req.timeout_ms else self.connect_timeout,
+                      self._park_limit)
+        host = req.host or req.dst.ip
+        label = f"{host}:{req.dst.port}" if ":" not in host else f"[{host}]:{req.dst.port}"
+        return host, timeout, label
+
     def _adopt_parked(self, pid: int, req: cp.ConnectReq, sock: socket.socket) -> None:
         """The preload's fast path: it parked the socket at our parking listener and does
         not wait for a reply. Its token is its pid (from the kernel) and the seq."""
@@ -518,10 +500,7 @@ class ChannelServer:
         token = (pid << 32) | req.seq
         park = (cp.Address(cp.FAMILY_V4, "127.0.0.1", fs.park_port) if sock.family == socket.AF_INET
                 else cp.Address(cp.FAMILY_V6, "::1", fs.park_port))
-        timeout = min(req.timeout_ms / 1000.0 if req.timeout_ms else self.connect_timeout,
-                      self._park_limit)
-        host = req.host or req.dst.ip
-        label = f"{host}:{req.dst.port}" if ":" not in host else f"[{host}]:{req.dst.port}"
+        host, timeout, label = self._dial_params(req)
         self.tokens.set(token, errno.EINPROGRESS)
         job = _Job(sock, req.dst, host, timeout, token, label, time.monotonic(), None, park)
         self._begin_dial(job)
@@ -746,6 +725,28 @@ class ChannelServer:
                 self.on_conn("channel", label, outcome, up, down, time.monotonic() - t0)
             except Exception:
                 pass
+
+
+def _bind_private(kind: int, path: str) -> socket.socket:
+    """A Unix socket of ``kind`` bound at ``path``, mode 0600 from the start (a stale socket
+    file there is replaced). Raises OSError."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _close_fd(fd: int) -> None:

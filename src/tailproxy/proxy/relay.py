@@ -36,10 +36,11 @@ _SETTLE_MIN = 0.05
 _SETTLE_MAX = 2.0
 
 
-def _unread(fd: int) -> int:
-    """Bytes we sent on fd that its peer has not read yet (SIOCOUTQ); 0 if unknown."""
+def _unread(fd: int, which: int = _SIOCOUTQ) -> int:
+    """Bytes we sent on fd that its peer has not read yet (SIOCOUTQ), or with SIOCINQ bytes
+    waiting for us to read; 0 if unknown."""
     try:
-        return struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQ, b"\0\0\0\0"))[0]
+        return struct.unpack("i", fcntl.ioctl(fd, which, b"\0\0\0\0"))[0]
     except OSError:
         return 0
 
@@ -242,11 +243,10 @@ class Relay:
         while its FIN waits (CLOSE_WAIT). An idle connection the program keeps open is not."""
         if self.finished:
             return False
-        if self.up.done or self.up.pending is not None or _unread(self.up.dfd) > 0:
-            return True         # (or sent, but the other side has not read it yet)
+        up = self.up
+        if up.done or up.pending is not None or _unread(up.dfd) or _unread(up.sfd, _SIOCINQ):
+            return True
         try:
-            if struct.unpack("i", fcntl.ioctl(self.up.sfd, _SIOCINQ, b"\0\0\0\0"))[0] > 0:
-                return True
             return self.a.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE_WAIT
         except OSError:
             return False

@@ -2,6 +2,8 @@
 
 Only what the two test servers need: parse a query's header and question, and build
 responses with A/AAAA/SOA records. Pure functions, no I/O, so they are unit tested.
+Kept apart from tailproxy.resolver.dnsmsg on purpose: the test servers judge what the name
+service sends, so they must not share its codec (a shared bug would cancel out).
 """
 from __future__ import annotations
 
