@@ -1,8 +1,8 @@
 """Build tailproxy's native parts into one folder.
 
 - libtailproxy.so: the LD_PRELOAD library (C, preload/).
-- tailscaled, tailscale: the upstream node, pinned by tools/node-bin/go.mod, built from the Go
-  module proxy.
+- libtailproxy-node.so: the tailnet node (Go over tailscale.com/tsnet, node/), built c-shared;
+  its modules come from the Go module proxy, pinned by node/go.mod and node/go.sum.
 
 Used by setup.py (pip install .) and by the Makefile (make native). Run directly:
     python tools/build_native.py OUT_DIR
@@ -16,7 +16,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NODE_MODULE = os.path.join(ROOT, "tools", "node-bin")
+NODE_MODULE = os.path.join(ROOT, "node")
+NODE_LIBRARY = "libtailproxy-node.so"
 
 
 class BuildError(Exception):
@@ -32,17 +33,17 @@ def required_go() -> str:
         for line in f:
             if line.startswith("go "):
                 return line.split()[1]
-    raise BuildError("tools/node-bin/go.mod has no go directive")
+    raise BuildError("node/go.mod has no go directive")
 
 
 def check_go() -> str:
     go = shutil.which("go")
     need = required_go()
     if not go:
-        raise BuildError(f"Go {need} or newer is needed to build tailscaled; `go` is not on PATH")
+        raise BuildError(f"Go {need} or newer is needed to build the node library; `go` is not on PATH")
     out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout.strip()
     if not out.startswith("go") or _version_tuple(out) < _version_tuple(need):
-        raise BuildError(f"Go {need} or newer is needed to build tailscaled; found {out or 'unknown'}")
+        raise BuildError(f"Go {need} or newer is needed to build the node library; found {out or 'unknown'}")
     return go
 
 
@@ -54,10 +55,15 @@ def build_preload(out_dir: str) -> None:
 
 def build_node(out_dir: str) -> None:
     go = check_go()
-    env = dict(os.environ, CGO_ENABLED="0")
-    cmd = [go, "build", "-trimpath", "-o", out_dir + os.sep,
-           "tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale"]
-    subprocess.run(cmd, cwd=NODE_MODULE, env=env, check=True)
+    if not shutil.which(os.environ.get("CC", "gcc")):
+        raise BuildError("a C compiler (gcc) is needed to build the node library (cgo)")
+    # -s -w: no symbol tables (36 MB -> 26 MB); Go's panics still name their functions.
+    cmd = [go, "build", "-buildmode=c-shared", "-trimpath", "-ldflags=-s -w",
+           "-o", os.path.join(out_dir, NODE_LIBRARY), "."]
+    subprocess.run(cmd, cwd=NODE_MODULE, env=dict(os.environ, CGO_ENABLED="1"), check=True)
+    header = os.path.join(out_dir, NODE_LIBRARY[:-3] + ".h")
+    if os.path.exists(header):      # cgo's header is for C callers; ctypes needs none
+        os.remove(header)
 
 
 def build(out_dir: str) -> None:

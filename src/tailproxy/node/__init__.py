@@ -2,7 +2,8 @@
 from .errors import (DialFailed, LocalAPIError, LoginRequired, NodeError, NodeStateError,
                      UpTimeout)
 from .localapi import LocalAPI
-from .node import Listener, Node, NodeConfig
+from .node import Export, Listener, Node, NodeConfig, RelayEnd, TailnetConn
 
-__all__ = ["Node", "NodeConfig", "Listener", "LocalAPI", "NodeError", "NodeStateError",
-           "UpTimeout", "LoginRequired", "LocalAPIError", "DialFailed"]
+__all__ = ["Node", "NodeConfig", "TailnetConn", "RelayEnd", "Listener", "Export", "LocalAPI",
+           "NodeError", "NodeStateError", "UpTimeout", "LoginRequired", "LocalAPIError",
+           "DialFailed"]

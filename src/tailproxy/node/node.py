@@ -1,42 +1,36 @@
-"""A tailnet node for this process: the Python face of tsnet.Server.
+"""A tailnet node in this process: the Python face of our node library (tsnet, node/).
 
-The node is the upstream tailscaled, pinned (tools/node-bin), run as a private child in
-userspace-networking mode: no root, no TUN, its LocalAPI on a Unix socket inside the 0700 state
-dir. (Upstream libtailscale is not served by the Go module proxy here; see docs/ARCHITECTURE.md.)
+Usable on its own as a library:
 
-Blocking calls (up, status, ...) are plain methods; dial/listen are async.
+    node = Node(NodeConfig(state_dir="/tmp/st", hostname="bot", authkey=KEY))
+    node.up()
+    sock = await node.dial("db-host", 5432)        # a real socket, joined to the tailnet in Go
+
+Blocking calls (up, status, exit node) are plain methods; dial, connect and listen are async.
+The tailnet data path stays in Go: `connect()` gives a TailnetConn that `relay()` joins to a
+local socket, so no byte of a relayed connection is copied by Python.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import os
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Callable
 
-from .. import proxyproto
-from ..native import native_path
-from .errors import (DialFailed, LocalAPIError, LoginRequired, NodeError, NodeStateError,
-                     UpTimeout, errno_for_dial_message)
+from . import library
+from .errors import DialFailed, LoginRequired, NodeError, NodeStateError, UpTimeout
+from .events import EventRouter
 from .exitnode import ExitNodeError, check_usable, find_peer, peer_label, pick_auto
 from .localapi import LocalAPI
 
 DEFAULT_CONTROL_URL = "https://controlplane.tailscale.com"
 _META = "tailproxy-node.json"
-_SECRET_ENV = ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY")
-
-
-STUCK_STARTING_S = 15.0     # see Node.up
-
-
-class _StuckStarting(Exception):
-    pass
+_CLOSE_TIMEOUT_MS = 5000
 
 
 @dataclasses.dataclass
@@ -46,8 +40,7 @@ class NodeConfig:
     authkey: str | None = dataclasses.field(default=None, repr=False)
     control_url: str | None = None
     ephemeral: bool = False
-    log_path: str | None = None          # tailscaled's log; default <state_dir>/tailscaled.log
-    tailscaled: str | None = None        # binary; default the packaged one
+    log_path: str | None = None          # the node's log; default <state_dir>/node.log
 
     def __post_init__(self):
         if not self.state_dir:
@@ -62,6 +55,16 @@ def _norm_url(url: str | None) -> str:
     return (url or DEFAULT_CONTROL_URL).rstrip("/")
 
 
+@dataclasses.dataclass(frozen=True)
+class RelayEnd:
+    """How a relay ended: bytes program→tailnet (up) and back (down); reason is empty for a
+    clean end, else why it was cut (and errno what the cut side was told: a reset)."""
+    up: int
+    down: int
+    reason: str = ""
+    errno: int = 0
+
+
 class Node:
     def __init__(self, config: NodeConfig, on_login_url: Callable[[str], None] | None = None,
                  log: Callable[[str], None] | None = None):
@@ -70,18 +73,28 @@ class Node:
             f"tailproxy: to join the tailnet, open this URL in a browser:\n\n    {url}\n",
             file=sys.stderr, flush=True))
         self._log = log or (lambda msg: None)
-        self._proc: subprocess.Popen | None = None
-        self._sock_dir: str | None = None
+        self._handle: int | None = None
         self._api: LocalAPI | None = None
+        self._events: EventRouter | None = None
+        self._ids = itertools.count(1)
         self._running = False
         self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
+    def running(self) -> bool:
+        """True between a successful up() and close()."""
+        return self._running
+
+    @property
     def localapi(self) -> LocalAPI:
         if self._api is None:
             raise NodeStateError("the node is not started; call up() first")
         return self._api
+
+    @property
+    def log_path(self) -> str:
+        return self.config.log_path or os.path.join(self.config.state_dir, "node.log")
 
     def up(self, timeout: float = 60.0) -> None:
         """Start the node and wait until it is Running on the tailnet (or raise)."""
@@ -92,46 +105,31 @@ class Node:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         deadline = time.monotonic() + timeout
-        self._prepare_state_dir()
-        self._start_daemon()
         try:
-            self._wait_api(deadline)
-            try:
-                # Rarely a node stays Starting (logged in, but no DERP connection and no live
-                # peer) well past the usual second; a fresh start clears it. Once, and only
-                # if the timeout leaves room for it.
-                restart_at = time.monotonic() + STUCK_STARTING_S \
-                    if timeout >= 2 * STUCK_STARTING_S else None
-                self._login(deadline, restart_at)
-            except _StuckStarting:
-                self._log(f"the node stayed Starting for {STUCK_STARTING_S:g}s (no DERP "
-                          f"connection, no live peer); restarting it once")
-                self._stop_daemon()
-                self._start_daemon()
-                self._wait_api(deadline)
-                self._login(deadline)
+            self._prepare_state_dir()
+            self._start()
+            self._login(deadline)
+            # tsnet accepts subnet routes by default; Linux's tailscale does not, and a route
+            # accepted silently would send this host's LAN traffic into the tailnet.
+            self.localapi.edit_prefs({"RouteAll": False, "RouteAllSet": True})
         except BaseException:
             self.close()
             raise
         self._running = True
 
     def close(self) -> None:
+        """Stop the node. Connections it still relays are cut (reset), not ended cleanly."""
         self._closed = True
         self._running = False
-        self._stop_daemon()
-        if self._sock_dir:
-            shutil.rmtree(self._sock_dir, ignore_errors=True)
-            self._sock_dir = None
-
-    def _stop_daemon(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc and proc.poll() is None:
-            proc.terminate()
+        handle, self._handle = self._handle, None
+        if handle is not None:
             try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                library.call("node_close", handle, _CLOSE_TIMEOUT_MS)
+            except NodeError as e:
+                self._log(f"stopping the node: {e}")
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def __enter__(self):
         return self
@@ -139,7 +137,7 @@ class Node:
     def __exit__(self, *exc):
         self.close()
 
-    # -- state dir and daemon ---------------------------------------------------------------
+    # -- start and login --------------------------------------------------------------------
     def _prepare_state_dir(self) -> None:
         d = self.config.state_dir
         os.makedirs(d, mode=0o700, exist_ok=True)
@@ -164,120 +162,62 @@ class Node:
             json.dump({"control_url": want}, f)
         os.replace(tmp, meta_path)
 
-    def _socket_path(self) -> str:
-        path = os.path.join(self.config.state_dir, "tailscaled.sock")
-        if len(path.encode()) < 100:
-            return path
-        self._sock_dir = tempfile.mkdtemp(prefix="tailproxy-node-")  # 0700
-        return os.path.join(self._sock_dir, "tailscaled.sock")
+    def _start(self) -> None:
+        self._keep_previous_log()
+        events = EventRouter()
+        cfg = json.dumps({"dir": self.config.state_dir, "hostname": self.config.hostname,
+                          "authkey": self.config.authkey or "",
+                          "control_url": _norm_url(self.config.control_url),
+                          "ephemeral": self.config.ephemeral, "log_path": self.log_path})
+        handle = library.c_int64()
+        try:
+            library.call("node_start", cfg.encode(), events.write_fd, library.byref(handle))
+        except BaseException:
+            os.close(events.write_fd)
+            events.close()
+            raise
+        self._handle, self._events = handle.value, events
+        self._api = LocalAPI(handle.value)
 
-    def _start_daemon(self) -> None:
+    def _keep_previous_log(self) -> None:
         try:
-            binary = self.config.tailscaled or native_path("tailscaled")
-        except FileNotFoundError as e:
-            raise NodeError(f"cannot start the node: {e}") from None
-        if not os.access(binary, os.X_OK):
-            raise NodeError(f"cannot start the node: {binary} is missing or not executable")
-        sock = self._socket_path()
-        try:
-            os.unlink(sock)
-        except FileNotFoundError:
-            pass
-        argv = [binary, "--tun=userspace-networking", f"--socket={sock}",
-                f"--statedir={self.config.state_dir}", "--port=0"]
-        if self.config.ephemeral:
-            argv.append("--state=mem:")
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
-        if env.get("TS_NO_LOGS_NO_SUPPORT", "").lower() in ("1", "true"):
-            argv.append("--no-logs-no-support")
-        setpriv = shutil.which("setpriv")
-        if setpriv:  # take the node down with us even if we are SIGKILLed
-            argv = [setpriv, "--pdeathsig", "KILL", "--"] + argv
-        log_path = self.config.log_path or os.path.join(self.config.state_dir, "tailscaled.log")
-        self._log_path = log_path
-        try:        # keep the previous run's log for a diagnosis
-            if os.path.getsize(log_path) > 0:
-                os.replace(log_path, log_path + ".1")
+            if os.path.getsize(self.log_path) > 0:
+                os.replace(self.log_path, self.log_path + ".1")
         except OSError:
             pass
-        logf = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-        try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                          env=env, close_fds=True, start_new_session=True)
-        except OSError as e:
-            raise NodeError(f"cannot start the node ({binary}): {e.strerror or e}") from e
-        finally:
-            logf.close()
-        self._api = LocalAPI(sock)
 
     def _log_tail(self, lines: int = 8) -> str:
         try:
-            with open(self._log_path, errors="replace") as f:
+            with open(self.log_path, errors="replace") as f:
                 tail = f.readlines()[-lines:]
         except OSError:
             return ""
         return "".join("    " + line for line in tail)
 
-    def _check_alive(self) -> None:
-        if self._proc and self._proc.poll() is not None:
-            raise NodeError(f"the node (tailscaled) exited with status {self._proc.returncode}; "
-                            f"last lines of {self._log_path}:\n{self._log_tail()}")
-
-    def _wait_api(self, deadline: float) -> None:
-        while True:
-            self._check_alive()
-            try:
-                self.localapi.status(peers=False)
-                return
-            except LocalAPIError:
-                pass
-            if time.monotonic() > deadline:
-                raise UpTimeout("the node did not start its LocalAPI in time; last lines of "
-                                f"{self._log_path}:\n{self._log_tail()}")
-            time.sleep(0.02)
-
-    def _prefs(self) -> dict:
-        return {"ControlURL": _norm_url(self.config.control_url), "WantRunning": True,
-                "Hostname": self.config.hostname, "CorpDNS": True, "RouteAll": False,
-                "LoggedOut": False}
-
-    def _login(self, deadline: float, restart_at: float | None = None) -> None:
+    def _login(self, deadline: float) -> None:
+        """Wait for Running. The library started the backend with the auth key (or asked for
+        an interactive login); here we show a login URL, or log in again with the key when the
+        control server no longer accepts the saved state."""
         api = self.localapi
         key = self.config.authkey
-        st = api.status(peers=False)
-        asked_interactive = False
-        if st.get("BackendState") != "Running":
-            # As `tailscale up` does: Start, then a login when there is no node key yet (with an
-            # auth key that login needs no browser).
-            api.start({"AuthKey": key or "", "UpdatePrefs": self._prefs()})
-            if not api.status(peers=False).get("HaveNodeKey"):
-                api.login_interactive()
-                asked_interactive = True
-        elif (st.get("Self") or {}).get("HostName") != self.config.hostname:
-            api.edit_prefs({"Hostname": self.config.hostname, "HostnameSet": True})
         shown_url = None
-        rekeyed = asked_interactive or not key
+        rekeyed = False
         while True:
-            self._check_alive()
             st = api.status(peers=False)
             state = st.get("BackendState")
             if state == "Running" and st.get("TailscaleIPs"):
                 return
             if state == "NeedsLogin":
                 url = st.get("AuthURL")
-                if key and not rekeyed:
-                    # saved state the control server no longer accepts: log in again with the key
-                    api.start({"AuthKey": key, "UpdatePrefs": self._prefs()})
+                if key and not rekeyed and st.get("HaveNodeKey"):
+                    api.start({"AuthKey": key, "UpdatePrefs": {
+                        "ControlURL": _norm_url(self.config.control_url), "WantRunning": True,
+                        "Hostname": self.config.hostname}})
                     api.login_interactive()
                     rekeyed = True
                 elif not key and url and url != shown_url:
                     self._on_login_url(url)
                     shown_url = url
-                elif not key and not asked_interactive:
-                    api.login_interactive()
-                    asked_interactive = True
-            if restart_at is not None and state == "Starting" and time.monotonic() > restart_at:
-                raise _StuckStarting()
             if time.monotonic() > deadline:
                 health = "; ".join(st.get("Health") or []) or "none"
                 where = _norm_url(self.config.control_url)
@@ -285,7 +225,8 @@ class Node:
                     raise LoginRequired(f"not logged in to {where} (no auth key given and the "
                                         f"login URL was not completed in time)")
                 raise UpTimeout(f"the node did not come up within the timeout: state {state}, "
-                                f"control server {where}; health: {health}")
+                                f"control server {where}; health: {health}; last lines of "
+                                f"{self.log_path}:\n{self._log_tail()}")
             time.sleep(0.05)
 
     # -- addresses and peers ----------------------------------------------------------------
@@ -345,119 +286,220 @@ class Node:
                 return p
         return None
 
-    # -- serve config ------------------------------------------------------------------------
-    def serve_tcp(self, port: int, handler: dict | None) -> None:
-        """Set (or with None remove) the serve-config TCP handler of `port`, e.g.
-        {"TCPForward": "127.0.0.1:8000", "ProxyProtocol": 2}."""
-        self._require_running()
-        api = self.localapi
-        for _ in range(10):  # optimistic concurrency on the serve config (ETag)
-            cfg, etag = api.serve_config()
-            tcp = dict(cfg.get("TCP") or {})
-            if handler is None:
-                if str(port) not in tcp:
-                    return
-                tcp.pop(str(port))
-            else:
-                tcp[str(port)] = handler
-            cfg["TCP"] = tcp or None
-            try:
-                api.set_serve_config(cfg, etag)
-                return
-            except LocalAPIError as e:
-                if e.status != 412:
-                    raise
-        raise NodeError(f"could not update the serve config for port {port}")
-
-    # -- dial and listen --------------------------------------------------------------------
-    async def dial(self, host: str, port: int, timeout: float = 30.0) -> socket.socket:
-        """A TCP connection to host:port through the tailnet (a connected, non-blocking socket)."""
+    # -- dial -------------------------------------------------------------------------------
+    async def connect(self, host: str, port: int, timeout: float = 30.0) -> "TailnetConn":
+        """A TCP connection to host:port through the tailnet, held in the node until
+        TailnetConn.relay() joins it to a local socket. Names are resolved by the node
+        (MagicDNS; with an exit node, on the exit node's side). Raises DialFailed."""
         self._require_running()
         if not host or not 0 < int(port) < 65536:
             raise ValueError(f"invalid destination {host!r}:{port!r}")
+        events = self._attach_events()
+        ident = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        events.register(ident, lambda ev: fut.done() or fut.set_result(ev))
+        addr = f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
         try:
-            async with asyncio.timeout(timeout):    # no task of its own, unlike wait_for
-                return await self.localapi.dial(host, int(port))
-        except TimeoutError:
-            raise DialFailed(f"dial {host}:{port}: timed out after {timeout:g}s",
-                             errno_for_dial_message("timed out")) from None
-        except LocalAPIError as e:
-            msg = str(e).removeprefix("dial failure: ")
-            raise DialFailed(f"dial {host}:{port}: {msg}", errno_for_dial_message(msg)) from None
+            library.call("dial", self._handle, ident, b"tcp", addr.encode(), int(timeout * 1000))
+            ev = await fut
+        except BaseException:
+            events.unregister(ident)
+            self._drop(ident)
+            raise
+        events.unregister(ident)
+        if ev["ev"] != "dialed" or ev.get("errno"):
+            raise DialFailed(f"dial {host}:{port}: {ev.get('err') or 'failed'}", ev.get("errno"))
+        return TailnetConn(self, ident)
 
-    async def listen(self, port: int) -> "Listener":
+    async def dial(self, host: str, port: int, timeout: float = 30.0) -> socket.socket:
+        """A connected, non-blocking socket to host:port through the tailnet (one end of a
+        socket pair whose other end the node relays)."""
+        conn = await self.connect(host, port, timeout)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            conn.relay(theirs)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return ours
+
+    def _attach_events(self) -> EventRouter:
+        if self._events is None:
+            raise NodeStateError("the node is closed")
+        self._events.attach(asyncio.get_running_loop())
+        return self._events
+
+    def _drop(self, ident: int) -> None:
+        if self._handle is not None:
+            try:
+                library.call("drop", self._handle, ident)
+            except NodeError:
+                pass
+
+    # -- listen and export ------------------------------------------------------------------
+    async def listen(self, port: int, backlog: int = 128) -> "Listener":
         """Accept TCP connections made to this node's tailnet addresses on `port`."""
         self._require_running()
+        listener = Listener(self, self._port(port), backlog)
+        listener._start(self._attach_events())
+        return listener
+
+    async def export(self, port: int, target: tuple[str, int], proxy_protocol: bool = False,
+                     on_inbound: Callable[[dict], None] | None = None) -> "Export":
+        """Serve tailnet connections to `port` by connecting each, in the node, to `target`
+        (the program's loopback listener). `on_inbound` gets one event per connection with the
+        peer's node and user, bytes and outcome."""
+        self._require_running()
+        export = Export(self, self._port(port), target, proxy_protocol, on_inbound)
+        export._start(self._attach_events())
+        return export
+
+    @staticmethod
+    def _port(port: int) -> int:
         if not 0 < int(port) < 65536:
             raise ValueError(f"invalid port {port!r}")
-        listener = Listener(self, int(port))
-        await listener._start()
-        return listener
+        return int(port)
+
+    def _listen(self, ident: int, spec: dict) -> None:
+        library.call("listen", self._handle, ident, json.dumps(spec).encode())
+
+    def _unlisten(self, ident: int) -> None:
+        if self._handle is not None:
+            library.call("unlisten", self._handle, ident)
+
+
+class TailnetConn:
+    """A connection dialled through the node and not yet relayed."""
+
+    def __init__(self, node: Node, ident: int):
+        self._node, self._ident = node, ident
+        self._used = False
+
+    def relay(self, sock: socket.socket, done: Callable[[RelayEnd], None] | None = None) -> None:
+        """Join the connection to `sock`: the node copies both ways, passes half-closes on, and
+        turns an abnormal end on one side into a reset on the other. The node works on its own
+        duplicate of the fd, so the caller may close `sock` at once. `done` is called on the
+        event loop when both directions have ended."""
+        if self._used:
+            raise NodeStateError("this connection was already relayed or closed")
+        self._used = True
+        events = self._node._events
+        if done is not None and events is not None:
+            events.register(self._ident, lambda ev: _relay_done(events, ev, done))
+        try:
+            library.call("relay", self._node._handle, self._ident, sock.fileno())
+        except BaseException:
+            if events is not None:
+                events.unregister(self._ident)
+            raise
+
+    def close(self) -> None:
+        """Abandon the connection (it was never relayed)."""
+        if not self._used:
+            self._used = True
+            self._node._drop(self._ident)
+
+
+def _relay_done(events: EventRouter, ev: dict, done: Callable[[RelayEnd], None]) -> None:
+    events.unregister(ev["id"])
+    if ev["ev"] == "stopped":
+        done(RelayEnd(0, 0, ev.get("err", "the node stopped"), ev.get("errno", 0)))
+    else:
+        done(RelayEnd(ev.get("up", 0), ev.get("down", 0), ev.get("reason", ""), ev.get("errno", 0)))
 
 
 class Listener:
-    """Connections to <node>:port on the tailnet, delivered to an asyncio accept().
+    """Connections to <node>:port on the tailnet, each delivered as a local socket."""
 
-    The node forwards each connection to a private loopback socket with a PROXY v2 header in
-    front, which tells us the tailnet address of the peer.
-    """
-
-    def __init__(self, node: Node, port: int):
+    def __init__(self, node: Node, port: int, backlog: int):
         self.node, self.port = node, port
-        self._sock: socket.socket | None = None
+        self._ident = next(node._ids)
+        self._queue: asyncio.Queue = asyncio.Queue(backlog)
+        self._events: EventRouter | None = None
 
-    async def _start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
+    def _start(self, events: EventRouter) -> None:
+        self._events = events
+        events.register(self._ident, self._on_event)
+        try:
+            self.node._listen(self._ident, {"Port": self.port})
+        except BaseException:
+            events.unregister(self._ident)
+            raise
+
+    def _on_event(self, ev: dict) -> None:
+        if ev["ev"] == "stopped":
+            self._queue.put_nowait(None) if not self._queue.full() else None
+            return
+        sock = socket.socket(fileno=ev["fd"])
         sock.setblocking(False)
-        self._sock = sock
-        local = "127.0.0.1:%d" % sock.getsockname()[1]
-        await asyncio.to_thread(self._update_serve, {"TCPForward": local, "ProxyProtocol": 2})
-
-    def _update_serve(self, handler: dict | None) -> None:
-        self.node.serve_tcp(self.port, handler)
+        try:
+            self._queue.put_nowait((sock, _split_hostport(ev["src"])))
+        except asyncio.QueueFull:
+            sock.close()        # backlog full: the peer sees its connection end
 
     async def accept(self) -> tuple[socket.socket, tuple[str, int]]:
         """Next connection and the peer's tailnet (ip, port)."""
-        if self._sock is None:
+        if self._events is None:
             raise NodeStateError("the listener is closed")
-        loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(self._sock)
-            conn.setblocking(False)
-            try:
-                src = await asyncio.wait_for(_read_proxy_header(loop, conn), 10)
-            except (proxyproto.ProxyProtocolError, asyncio.TimeoutError, OSError):
-                conn.close()  # not from the node: a local process knocking on our port
-                continue
-            if src is None:
-                conn.close()
-                continue
-            return conn, src
+        item = await self._queue.get()
+        if item is None:
+            raise NodeStateError("the node stopped")
+        return item
 
     async def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
+        events, self._events = self._events, None
+        if events is None:
             return
-        sock.close()
+        events.unregister(self._ident)
+        self.node._unlisten(self._ident)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item:
+                item[0].close()
+
+
+class Export:
+    """A tailnet port served, in the node, by a loopback listener of the program."""
+
+    def __init__(self, node: Node, port: int, target: tuple[str, int], proxy_protocol: bool,
+                 on_inbound: Callable[[dict], None] | None):
+        self.node, self.port, self.target = node, port, target
+        self._proxy_protocol, self._on_inbound = proxy_protocol, on_inbound
+        self._ident = next(node._ids)
+        self._events: EventRouter | None = None
+
+    def _start(self, events: EventRouter) -> None:
+        host, port = self.target
+        spec = {"Port": self.port, "Target": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "ProxyProtocol": self._proxy_protocol, "Report": self._on_inbound is not None}
+        if self._on_inbound is not None:
+            events.register(self._ident, self._on_event)
+        self._events = events
         try:
-            await asyncio.to_thread(self._update_serve, None)
+            self.node._listen(self._ident, spec)
+        except BaseException:
+            events.unregister(self._ident)
+            raise
+
+    def _on_event(self, ev: dict) -> None:
+        if ev["ev"] == "inbound" and self._on_inbound is not None:
+            self._on_inbound(ev)
+
+    def close(self) -> None:
+        """Stop accepting; connections already served run to their end."""
+        events, self._events = self._events, None
+        if events is None:
+            return
+        events.unregister(self._ident)
+        try:
+            self.node._unlisten(self._ident)
         except NodeError:
             pass
 
 
-async def _read_proxy_header(loop, conn: socket.socket) -> tuple[str, int] | None:
-    buf = bytearray()
-    need = 16
-    while len(buf) < need:
-        chunk = await loop.sock_recv(conn, need - len(buf))
-        if not chunk:
-            raise proxyproto.ProxyProtocolError("closed before the PROXY header")
-        buf += chunk
-        if need == 16:
-            n = proxyproto.header_length(bytes(buf))
-            if n is not None:
-                need = n
-    addrs = proxyproto.decode(bytes(buf))
-    return None if addrs is None else addrs[0]
+def _split_hostport(hp: str) -> tuple[str, int]:
+    host, _, port = hp.rpartition(":")
+    return host.strip("[]"), int(port)

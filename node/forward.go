@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"time"
+)
+
+// listenSpec says what a tailnet listener does with each connection:
+// forward it to Target (an export: the program's loopback listener), or, with
+// Target empty, hand Python one end of a socket pair (the library's listen).
+type listenSpec struct {
+	Port          int
+	Target        string // "127.0.0.1:8000" or "[::1]:8000"
+	ProxyProtocol bool   // a PROXY v2 header naming the tailnet client first
+	Report        bool   // an "inbound" event per connection, with the peer's identity
+}
+
+// listen accepts on the node's tailnet addresses only: tsnet forwards nothing
+// it was not asked to listen on, which is what keeps the user's machine
+// closed to the tailnet except for exports.
+func (n *node) listen(id int64, spec listenSpec) error {
+	if spec.Port <= 0 || spec.Port > 65535 {
+		return fmt.Errorf("invalid port %d", spec.Port)
+	}
+	ln, err := n.srv.Listen("tcp", fmt.Sprintf(":%d", spec.Port))
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	if old, ok := n.listeners[id]; ok {
+		old.Close()
+	}
+	n.listeners[id] = ln
+	n.mu.Unlock()
+	go n.acceptLoop(id, ln, spec)
+	return nil
+}
+
+func (n *node) unlisten(id int64) {
+	n.mu.Lock()
+	ln, ok := n.listeners[id]
+	delete(n.listeners, id)
+	n.mu.Unlock()
+	if ok {
+		ln.Close()
+	}
+}
+
+func (n *node) acceptLoop(id int64, ln net.Listener, spec listenSpec) {
+	defer recoverToLog(n, "accept")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return // closed by unlisten or close
+		}
+		if spec.Target == "" {
+			go n.deliver(id, c)
+		} else {
+			go n.forward(id, c, spec)
+		}
+	}
+}
+
+// deliver joins an accepted tailnet connection to one end of a socket pair
+// and gives Python the other end as an fd in an "accept" event.
+func (n *node) deliver(id int64, c net.Conn) {
+	defer recoverToLog(n, "deliver")
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		c.Close()
+		return
+	}
+	ours, err := fileConn(fds[0])
+	syscall.Close(fds[0])
+	if err != nil {
+		syscall.Close(fds[1])
+		c.Close()
+		return
+	}
+	n.events.send(event{ID: id, Kind: "accept", FD: fds[1], Src: c.RemoteAddr().String(),
+		Dst: c.LocalAddr().String()})
+	relay(ours, c.(halfCloser))
+}
+
+// forward serves one exported connection: dial the program's loopback
+// listener, optionally say who the client is, and relay.
+func (n *node) forward(id int64, c net.Conn, spec listenSpec) {
+	defer recoverToLog(n, "forward")
+	tc, ok := c.(halfCloser)
+	if !ok {
+		c.Close()
+		return
+	}
+	var who event
+	if spec.Report {
+		who = n.whois(c.RemoteAddr().String())
+	}
+	d := net.Dialer{Timeout: forwardDialTimeout}
+	target, err := d.Dial("tcp", spec.Target)
+	if err != nil {
+		c.Close()
+		if spec.Report {
+			n.events.send(event{ID: id, Kind: "inbound", Src: c.RemoteAddr().String(), Node: who.Node,
+				User: who.User, Reason: "connect " + spec.Target + ": " + err.Error(),
+				Errno: int(errnoFor(err))})
+		}
+		return
+	}
+	program := target.(*net.TCPConn)
+	_ = program.SetNoDelay(true)
+	if spec.ProxyProtocol {
+		if _, err := program.Write(proxyV2Header(c.RemoteAddr(), c.LocalAddr())); err != nil {
+			program.Close()
+			c.Close()
+			return
+		}
+	}
+	start := time.Now()
+	res := relay(program, tc)
+	if spec.Report {
+		n.events.send(event{ID: id, Kind: "inbound", Src: c.RemoteAddr().String(), Node: who.Node,
+			User: who.User, Up: res.Down, Down: res.Up, Reason: res.Reason, Errno: int(res.Errno),
+			Millis: time.Since(start).Milliseconds()})
+	}
+}
+
+const forwardDialTimeout = 5 * time.Second
+
+func (n *node) whois(addr string) event {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	w, err := n.lc.WhoIs(ctx, addr)
+	if err != nil || w == nil {
+		return event{}
+	}
+	var ev event
+	if w.Node != nil {
+		ev.Node = w.Node.ComputedName
+	}
+	if w.UserProfile != nil {
+		ev.User = w.UserProfile.LoginName
+	}
+	return ev
+}
+
+// proxyV2Header is a PROXY protocol v2 PROXY header for a TCP connection from
+// src to dst (both of one family), as HAProxy's spec defines it.
+func proxyV2Header(src, dst net.Addr) []byte {
+	s, _ := netip.ParseAddrPort(src.String())
+	d, _ := netip.ParseAddrPort(dst.String())
+	sa, da := s.Addr().Unmap(), d.Addr().Unmap()
+	hdr := []byte("\r\n\r\n\x00\r\nQUIT\n")
+	hdr = append(hdr, 0x21) // version 2, PROXY
+	if sa.Is4() && da.Is4() {
+		hdr = append(hdr, 0x11, 0, 12)
+		a4, b4 := sa.As4(), da.As4()
+		hdr = append(hdr, a4[:]...)
+		hdr = append(hdr, b4[:]...)
+	} else {
+		hdr = append(hdr, 0x21, 0, 36)
+		a16, b16 := sa.As16(), da.As16()
+		hdr = append(hdr, a16[:]...)
+		hdr = append(hdr, b16[:]...)
+	}
+	hdr = binary.BigEndian.AppendUint16(hdr, s.Port())
+	hdr = binary.BigEndian.AppendUint16(hdr, d.Port())
+	return hdr
+}

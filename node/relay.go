@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// halfCloser is what both ends of a relay offer: TCP sockets, Unix socket
+// pairs and gVisor's TCP connections all can end one direction alone.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// relayResult is how a relay ended. Reason is "" for a clean end (EOF each way).
+type relayResult struct {
+	Up, Down int64
+	Reason   string
+	Errno    syscall.Errno
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// relay copies local→remote ("up") and remote→local ("down") until both
+// directions end. An EOF on one side is passed on as a half-close
+// (CloseWrite), so shutdown(SHUT_WR) crosses the relay. Any other end of a
+// direction aborts both sides: the local socket is closed with SO_LINGER 0, so
+// the program sees ECONNRESET and never mistakes a cut transfer for a clean
+// EOF. The local socket is set to linger 0 from the start, so that the same
+// holds if this process dies.
+func relay(local, remote halfCloser) relayResult {
+	tcp, _ := local.(*net.TCPConn)
+	if tcp != nil {
+		_ = tcp.SetLinger(0)
+	}
+	var res relayResult
+	var once sync.Once
+	abort := func(err error, where string) {
+		once.Do(func() {
+			res.Reason = fmt.Sprintf("%s: %v", where, err)
+			res.Errno = errnoFor(err)
+			_ = local.Close()
+			_ = remote.Close()
+		})
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		res.Up = copyHalf(remote, local, "from the program", "to the tailnet", abort)
+	}()
+	res.Down = copyHalf(local, remote, "from the tailnet", "to the program", abort)
+	wg.Wait()
+	if res.Reason == "" {
+		if tcp != nil {
+			_ = tcp.SetLinger(-1)
+		}
+		_ = local.Close()
+		_ = remote.Close()
+	}
+	return res
+}
+
+// copyHalf copies src into dst, then half-closes dst. A read or write error
+// other than src's EOF calls abort.
+func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) int64 {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				abort(werr, "write "+to)
+				return n
+			}
+		}
+		if rerr == io.EOF {
+			if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+				abort(err, "half-close "+to)
+			}
+			return n
+		}
+		if rerr != nil {
+			abort(rerr, "read "+from)
+			return n
+		}
+	}
+}
+
+// fileConn turns an fd lent by Python into a Go connection. Go works on its own
+// duplicate; Python keeps (and closes) the fd it passed.
+func fileConn(fd int) (halfCloser, error) {
+	dup, err := syscall.Dup(fd)
+	if err != nil {
+		return nil, fmt.Errorf("dup fd %d: %w", fd, err)
+	}
+	f := os.NewFile(uintptr(dup), "relay")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("fd %d is not a socket: %w", fd, err)
+	}
+	hc, ok := c.(halfCloser)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("fd %d is not a stream socket", fd)
+	}
+	return hc, nil
+}
+
+// dialRetrying dials through the node. A node that came up moments ago may
+// not have a peer in its netmap yet, or its first WireGuard handshake still
+// pending: such failures are retried until ctx ends, but only in the first
+// seconds after start, so a real refusal later is reported at once.
+func (n *node) dialRetrying(ctx context.Context, network, addr string) (net.Conn, error) {
+	for {
+		c, err := n.srv.Dial(ctx, network, addr)
+		if err == nil {
+			return c, nil
+		}
+		if time.Since(n.started) > startupRetryWindow || errnoFor(err) == syscall.ECONNREFUSED {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+const startupRetryWindow = 10 * time.Second
