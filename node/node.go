@@ -225,7 +225,7 @@ func (n *node) relayTo(id int64, fd int) error {
 	go func() {
 		defer n.relays.Done()
 		defer recoverToLog(n, "relay")
-		res := relay(local, rc)
+		res := relay(local, rc, func() { n.events.send(event{ID: id, Kind: "sent"}) })
 		n.events.send(event{ID: id, Kind: "done", Up: res.Up, Down: res.Down,
 			Reason: res.Reason, Errno: int(res.Errno)})
 	}()

@@ -34,8 +34,9 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return 
 // direction aborts both sides: the local socket is closed with SO_LINGER 0, so
 // the program sees ECONNRESET and never mistakes a cut transfer for a clean
 // EOF. The local socket is set to linger 0 from the start, so that the same
-// holds if this process dies.
-func relay(local, remote halfCloser) relayResult {
+// holds if this process dies. sent, if not nil, is called once everything the
+// program sent has been handed to the tailnet side, half-close included.
+func relay(local, remote halfCloser, sent func()) relayResult {
 	tcp, _ := local.(*net.TCPConn)
 	if tcp != nil {
 		_ = tcp.SetLinger(0)
@@ -54,9 +55,13 @@ func relay(local, remote halfCloser) relayResult {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		res.Up = copyHalf(remote, local, "from the program", "to the tailnet", abort)
+		var clean bool
+		res.Up, clean = copyHalf(remote, local, "from the program", "to the tailnet", abort)
+		if clean && sent != nil {
+			sent()
+		}
 	}()
-	res.Down = copyHalf(local, remote, "from the tailnet", "to the program", abort)
+	res.Down, _ = copyHalf(local, remote, "from the tailnet", "to the program", abort)
 	wg.Wait()
 	if res.Reason == "" {
 		if tcp != nil {
@@ -68,9 +73,9 @@ func relay(local, remote halfCloser) relayResult {
 	return res
 }
 
-// copyHalf copies src into dst, then half-closes dst. A read or write error
-// other than src's EOF calls abort.
-func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) int64 {
+// copyHalf copies src into dst, then half-closes dst, and says whether it got
+// that far. A read or write error other than src's EOF calls abort.
+func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) (int64, bool) {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
@@ -82,18 +87,21 @@ func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) i
 			n += int64(nw)
 			if werr != nil {
 				abort(werr, "write "+to)
-				return n
+				return n, false
 			}
 		}
 		if rerr == io.EOF {
-			if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
-				abort(err, "half-close "+to)
+			if err := dst.CloseWrite(); err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					abort(err, "half-close "+to)
+				}
+				return n, false
 			}
-			return n
+			return n, true
 		}
 		if rerr != nil {
 			abort(rerr, "read "+from)
-			return n
+			return n, false
 		}
 	}
 }

@@ -378,17 +378,19 @@ class TailnetConn:
         self._node, self._ident = node, ident
         self._used = False
 
-    def relay(self, sock: socket.socket, done: Callable[[RelayEnd], None] | None = None) -> None:
+    def relay(self, sock: socket.socket, done: Callable[[RelayEnd], None] | None = None,
+              sent: Callable[[], None] | None = None) -> None:
         """Join the connection to `sock`: the node copies both ways, passes half-closes on, and
         turns an abnormal end on one side into a reset on the other. The node works on its own
-        duplicate of the fd, so the caller may close `sock` at once. `done` is called on the
-        event loop when both directions have ended."""
+        duplicate of the fd, so the caller may close `sock` at once. On the event loop, `sent`
+        is called once all that `sock`'s side sent, and its half-close, reached the tailnet
+        side; `done` when both directions have ended."""
         if self._used:
             raise NodeStateError("this connection was already relayed or closed")
         self._used = True
         events = self._node._events
-        if done is not None and events is not None:
-            events.register(self._ident, lambda ev: _relay_done(events, ev, done))
+        if (done or sent) is not None and events is not None:
+            events.register(self._ident, lambda ev: _relay_event(events, ev, done, sent))
         try:
             library.call("relay", self._node._handle, self._ident, sock.fileno())
         except BaseException:
@@ -403,8 +405,15 @@ class TailnetConn:
             self._node._drop(self._ident)
 
 
-def _relay_done(events: EventRouter, ev: dict, done: Callable[[RelayEnd], None]) -> None:
+def _relay_event(events: EventRouter, ev: dict, done: Callable[[RelayEnd], None] | None,
+                 sent: Callable[[], None] | None) -> None:
+    if ev["ev"] == "sent":
+        if sent is not None:
+            sent()
+        return
     events.unregister(ev["id"])
+    if done is None:
+        return
     if ev["ev"] == "stopped":
         done(RelayEnd(0, 0, ev.get("err", "the node stopped"), ev.get("errno", 0)))
     else:
