@@ -1,9 +1,10 @@
 import asyncio
+import socket
 
 import pytest
 
-from tailproxy.exporter.exporter import Exporter
-from tailproxy.exporter.listening import loopback_listeners
+from tailproxy.exporter.exporter import Exporter, inbound_line
+from tailproxy.exporter.listening import loopback_listeners, target_host
 from tailproxy.exporter.ports import PortFilter, PortSpecError, parse_ports
 
 
@@ -36,13 +37,53 @@ def test_proc_net_tcp_parsing(tmp_path):
         "  sl  local_address rem_address   st ...\n"
         "   0: 0100007F:1F40 00000000:0000 0A 0\n"      # 127.0.0.1:8000 LISTEN
         "   1: 0400120A:0050 00000000:0000 0A 0\n"      # 10.18.0.4:80 LISTEN (not loopback)
-        "   2: 0100007F:1F41 0100007F:9999 01 0\n")     # established
+        "   2: 0100007F:1F41 0100007F:9999 01 0\n"      # established
+        "   3: 0500007F:1F42 00000000:0000 0A 0\n")     # 127.0.0.5:8002 LISTEN
     v6 = tmp_path / "tcp6"
     v6.write_text(
         "  sl  local_address ...\n"
         "   0: 00000000000000000000000001000000:0BB8 00000000000000000000000000000000:0000 0A 0\n"
-        "   1: 0000000000000000FFFF00000100007F:0BB9 00000000000000000000000000000000:0000 0A 0\n")
-    assert loopback_listeners((str(v4), str(v6))) == {(4, 8000), (6, 3000), (6, 3001)}
+        "   1: 0000000000000000FFFF00000100007F:0BB9 00000000000000000000000000000000:0000 0A 0\n"
+        "   2: 00000000000000000000000000000000:0BBA 00000000000000000000000000000000:0000 0A 0\n")
+    # ::1 stays IPv6; a v4-mapped loopback listener is reached at 127.0.0.1; :: is not loopback
+    assert loopback_listeners((str(v4), str(v6))) == {
+        ("127.0.0.1", 8000), ("127.0.0.5", 8002), ("::1", 3000), ("127.0.0.1", 3001)}
+
+
+def test_proc_net_tcp_sees_a_real_ipv6_only_listener():
+    s = socket.socket(socket.AF_INET6)
+    try:
+        s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    s.listen()
+    port = s.getsockname()[1]
+    try:
+        live = loopback_listeners()
+        assert ("::1", port) in live and ("127.0.0.1", port) not in live
+    finally:
+        s.close()
+    assert ("::1", port) not in loopback_listeners()
+
+
+def test_target_host_prefers_127_0_0_1_then_ipv6_loopback():
+    assert target_host({"127.0.0.1", "::1"}) == "127.0.0.1"
+    assert target_host({"::1"}) == "::1"
+    assert target_host({"::1", "127.0.0.9"}) == "::1"
+    assert target_host({"127.0.0.9", "127.0.0.5"}) == "127.0.0.5"
+    assert target_host(set()) is None
+
+
+class FakeExport:
+    def __init__(self, node, port, target, proxy_protocol, on_inbound):
+        self.node, self.port, self.target = node, port, target
+        self.proxy_protocol, self.on_inbound = proxy_protocol, on_inbound
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+        if self.node.exports.get(self.port) is self:
+            del self.node.exports[self.port]
 
 
 class FakeNode:
@@ -52,36 +93,134 @@ class FakeNode:
 
     def __init__(self):
         self.localapi = self.API()
-        self.serve = {}
+        self.exports = {}           # port -> the open FakeExport (what the node listens on)
+        self.fail = False
 
-    def serve_tcp(self, port, handler):
-        if handler is None:
-            self.serve.pop(port, None)
-        else:
-            self.serve[port] = handler
+    async def export(self, port, target, proxy_protocol=False, on_inbound=None):
+        from tailproxy.node import NodeError
+        if self.fail:
+            raise NodeError("listen tcp :%d: address already in use" % port)
+        assert port not in self.exports, "exported twice without closing"
+        e = self.exports[port] = FakeExport(self, port, target, proxy_protocol, on_inbound)
+        return e
 
 
 def test_exporter_lifecycle_with_kernel_truth():
-    node, said, live = FakeNode(), [], {(4, 8000)}
+    node, said, live = FakeNode(), [], {("127.0.0.1", 8000)}
 
     async def scenario():
         ex = Exporter(node, PortFilter(None, parse_ports("22"), 2), proxy_protocol=True,
                       say=said.append, poll_interval=0.01, listeners=lambda: set(live))
         await ex.start()
         await ex.on_listen(4, 8000)
-        assert node.serve[8000] == {"TCPForward": "127.0.0.1:8000", "ProxyProtocol": 2}
-        assert "http://tp.ts.test:8000/" in said[-1]
+        e = node.exports[8000]
+        assert e.target == ("127.0.0.1", 8000) and e.proxy_protocol and e.on_inbound is None
+        assert "http://tp.ts.test:8000/" in said[-1] and "[fd7a::9]:8000" in said[-1]
+        assert "forwarded to 127.0.0.1:8000" in said[-1]
         await ex.on_listen(4, 22)
-        assert 22 not in node.serve and "deny" in said[-1]
-        live.add((6, 9000))
+        assert 22 not in node.exports and "deny" in said[-1]
+        await ex.on_listen(4, 8000)                 # a second listener on the same port
+        assert node.exports[8000] is e
+        live.add(("127.0.0.1", 9100))
+        live.add(("::1", 9000))
         await ex.on_listen(6, 9000)
-        assert node.serve[9000]["TCPForward"] == "[::1]:9000"
-        live.add((4, 9100))
         await ex.on_listen(4, 9100)
-        assert 9100 not in node.serve and "--export-max" in said[-1]
-        live.discard((4, 8000))             # last listener gone: the poller notices
+        assert 9100 not in node.exports and "--export-max" in said[-1]
+        assert sorted(ex.exports) == [8000, 9000]
+        live.discard(("127.0.0.1", 8000))           # last listener gone: the poller notices
         await asyncio.sleep(0.1)
-        assert 8000 not in node.serve
+        assert 8000 not in node.exports and e.closed and sorted(ex.exports) == [9000]
+        assert "port 8000 is no longer exported" in " ".join(said)
         await ex.close()
-        assert node.serve == {}
+        assert node.exports == {} and ex.exports == {}
     asyncio.run(scenario())
+
+
+def test_ipv6_only_listener_is_forwarded_to_ipv6_loopback():
+    node, said = FakeNode(), []
+    # the notice says AF_INET6 for both; the kernel says which address listens
+    live = {("::1", 3000), ("127.0.0.1", 3001), ("::1", 3002), ("127.0.0.1", 3002)}
+
+    async def scenario():
+        ex = Exporter(node, PortFilter(None, None, None), False, said.append,
+                      poll_interval=3600, listeners=lambda: set(live))
+        await ex.start()
+        for port in (3000, 3001, 3002):
+            await ex.on_listen(6, port)
+        assert node.exports[3000].target == ("::1", 3000)
+        assert "forwarded to [::1]:3000" in said[0]
+        assert node.exports[3001].target == ("127.0.0.1", 3001)     # v4-mapped listener
+        assert node.exports[3002].target == ("127.0.0.1", 3002)     # both: IPv4 first
+        await ex.close()
+    asyncio.run(scenario())
+
+
+def test_export_follows_the_address_still_listening():
+    node, said = FakeNode(), []
+    live = {("127.0.0.1", 4000), ("::1", 4000)}
+
+    async def scenario():
+        ex = Exporter(node, PortFilter(None, None, None), True, said.append,
+                      poll_interval=3600, listeners=lambda: set(live), verbose=True)
+        await ex.start()
+        await ex.on_listen(4, 4000)
+        first = node.exports[4000]
+        assert first.target == ("127.0.0.1", 4000)
+        live.discard(("127.0.0.1", 4000))           # the IPv4 listener closes, ::1 stays
+        await ex.on_unlisten(4, 4000)
+        assert first.closed and node.exports[4000].target == ("::1", 4000)
+        assert node.exports[4000].proxy_protocol and node.exports[4000].on_inbound is not None
+        assert "port 4000 is now forwarded to [::1]:4000" in said[-1]
+        assert ex.exports == {4000: node.exports[4000]}
+        live.clear()
+        await ex.on_unlisten(6, 4000)
+        assert node.exports == {} and ex.exports == {}
+        await ex.close()
+    asyncio.run(scenario())
+
+
+def test_node_refusing_an_export_is_reported_and_retried_on_the_next_listen():
+    node, said, live = FakeNode(), [], {("127.0.0.1", 5000)}
+
+    async def scenario():
+        ex = Exporter(node, PortFilter(None, None, None), False, said.append,
+                      poll_interval=3600, listeners=lambda: set(live))
+        await ex.start()
+        node.fail = True
+        await ex.on_listen(4, 5000)
+        assert "could not export port 5000: listen tcp :5000" in said[-1] and ex.exports == {}
+        node.fail = False
+        await ex.on_listen(4, 5000)
+        assert node.exports[5000].target == ("127.0.0.1", 5000)
+        await ex.close()
+    asyncio.run(scenario())
+
+
+def test_verbose_line_per_inbound_connection_from_the_node_event():
+    node, said, live = FakeNode(), [], {("::1", 6000)}
+
+    async def scenario():
+        ex = Exporter(node, PortFilter(None, None, None), False, said.append,
+                      poll_interval=3600, listeners=lambda: set(live), verbose=True)
+        await ex.start()
+        await ex.on_listen(6, 6000)
+        cb = node.exports[6000].on_inbound
+        cb({"id": 3, "ev": "inbound", "src": "100.64.0.2:41234", "node": "peer",
+            "user": "alice@example.com", "up": 5, "down": 3 * 1024 * 1024, "reason": "",
+            "errno": 0, "ms": 1250})
+        assert said[-1] == ("inbound 100.64.0.2:41234 (peer, alice@example.com) -> port 6000 "
+                            "[::1]:6000 ok up=5B down=3.0MiB 1.250s")
+        cb({"id": 3, "ev": "inbound", "src": "[fd7a::2]:41235", "node": "", "user": "",
+            "reason": "connect [::1]:6000: connection refused", "errno": 111})
+        assert said[-1] == ("inbound [fd7a::2]:41235 (unknown node, unknown user) -> port 6000 "
+                            "[::1]:6000 failed: the program does not answer "
+                            "(connect [::1]:6000: connection refused)")
+        cb({"id": 3, "ev": "inbound", "src": "100.64.0.2:41236", "node": "peer", "user": "a",
+            "up": 10, "down": 0, "reason": "peer: connection reset", "errno": 104, "ms": 5})
+        assert "cut (peer: connection reset) up=10B down=0B 0.005s" in said[-1]
+        n = len(said)
+        cb({"id": 3, "ev": "inbound", "up": "garbage"})  # never raises into the event pipe
+        assert len(said) == n
+        await ex.close()
+    asyncio.run(scenario())
+    assert "up=0B" in inbound_line(1, "127.0.0.1:1", {"src": "x"})

@@ -1,21 +1,23 @@
 """The exporter: a loopback port the program listens on becomes <node>:port on the tailnet.
 
 The preload tells us when a socket starts listening (LISTEN over the private channel); the node
-then forwards tailnet connections to that port (serve config TCPForward, optionally with a PROXY v2
-header). Whether a port is still served is the kernel's word: the export ends when no socket
-listens on it any more (last close, dup'd copies, forked children, exec, crash all included), as
-read from /proc/net/tcp{,6} on every UNLISTEN notice and every `poll_interval`.
+then listens on its tailnet addresses at that port and forwards each connection, in Go, to the
+address the program listens on (127.0.0.1, or [::1] for an IPv6-only listener), optionally with a
+PROXY v2 header first. No byte of an exported connection passes through Python; with --verbose the
+node reports each connection when it ends, with the peer's node and user.
+
+Whether a port is still served is the kernel's word: the export ends when no socket listens on it
+any more (last close, dup'd copies, forked children, exec, crash all included), as read from
+/proc/net/tcp{,6} on every UNLISTEN notice and every `poll_interval`. If the address that was
+served goes away while another loopback address still listens on the port, the export follows it.
 """
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Callable
 
-from .. import proxyproto
 from ..node import Node, NodeError
-from ..proxy.relay import relay
-from .listening import loopback_listeners
+from .listening import loopback_listeners, target_host
 from .ports import PortFilter
 
 
@@ -24,12 +26,9 @@ class Exporter:
                  say: Callable[[str], None], poll_interval: float = 0.25,
                  listeners: Callable[[], set] = loopback_listeners, verbose: bool = False):
         self.node, self.filter, self.proxy_protocol = node, port_filter, proxy_protocol
-        # --verbose: connections pass through us (one more hop) so each is logged with who made it
-        self.verbose = verbose
-        self._via_us: dict[int, tuple] = {}      # port -> (Listener, accept task)
-        self._who: dict[str, str] = {}
+        self.verbose = verbose                   # one line per inbound connection, from the node
         self.say, self.poll_interval, self._listeners = say, poll_interval, listeners
-        self.exports: dict[int, int] = {}        # port -> family used for the forward
+        self.exports: dict = {}                  # port -> the node's Export (.target)
         self._refused: set[int] = set()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -50,7 +49,7 @@ class Exporter:
                 pass
         async with self._lock:
             for port in list(self.exports):
-                await self._unexport(port, quiet=True)
+                self._unexport(port, quiet=True)
 
     # -- notices from the preload -----------------------------------------------------------
     async def on_listen(self, family: int, port: int) -> None:
@@ -63,31 +62,45 @@ class Exporter:
                     self.say(f"not exporting port {port}: {why}")
                     self._refused.add(port)
                 return
-            # The kernel may not show the socket as listening yet if we are very quick; the
-            # preload sends LISTEN after listen() returned, so it is there.
-            live = await asyncio.to_thread(self._listeners)
-            fam = 4 if (4, port) in live else 6 if (6, port) in live else family
-            target = f"127.0.0.1:{port}" if fam == 4 else f"[::1]:{port}"
-            handler = {"TCPForward": target}
-            if self.proxy_protocol:
-                handler["ProxyProtocol"] = 2
-            try:
-                if self.verbose:
-                    lst = await self.node.listen(port)
-                    task = asyncio.create_task(self._accept_loop(lst, port, fam))
-                    self._via_us[port] = (lst, task)
-                else:
-                    await asyncio.to_thread(self.node.serve_tcp, port, handler)
-            except NodeError as e:
-                self.say(f"could not export port {port}: {e}")
+            # The preload sends LISTEN after listen() returned, so the kernel shows the socket;
+            # the notice's family is only a fallback.
+            host = target_host(await self._live_on(port)) or ("::1" if family == 6 else "127.0.0.1")
+            if await self._export(port, host) is None:
                 return
-            self.exports[port] = fam
             self._refused.discard(port)
-            self.say(f"exported port {port}: {self.urls(port)}")
+            self.say(f"exported port {port}: {self.urls(port)} (forwarded to {_hostport(host, port)})")
 
     async def on_unlisten(self, family: int, port: int) -> None:
         if port in self.exports:
             await self._sweep()
+
+    # -- the node's forwards ----------------------------------------------------------------
+    async def _export(self, port: int, host: str):
+        on_inbound = None
+        if self.verbose:
+            target = _hostport(host, port)
+            on_inbound = lambda ev: self._log_inbound(port, target, ev)  # noqa: E731
+        try:
+            export = await self.node.export(port, (host, port), proxy_protocol=self.proxy_protocol,
+                                            on_inbound=on_inbound)
+        except (NodeError, OSError, ValueError) as e:
+            self.say(f"could not export port {port}: {e}")
+            return None
+        self.exports[port] = export
+        return export
+
+    def _unexport(self, port: int, quiet: bool = False) -> None:
+        export = self.exports.pop(port, None)
+        if export is not None:
+            export.close()      # connections already served run to their end
+        if not quiet:
+            self.say(f"port {port} is no longer exported (nothing listens on it)")
+
+    def _log_inbound(self, port: int, target: str, ev: dict) -> None:
+        try:
+            self.say(inbound_line(port, target, ev))
+        except Exception:       # a log line must never break the node's event delivery
+            pass
 
     # -- liveness -----------------------------------------------------------------------------
     async def _poll(self) -> None:
@@ -98,74 +111,59 @@ class Exporter:
             except Exception as e:  # keep going; the node may be restarting
                 self.say(f"exporter: {e}")
 
+    async def _live_on(self, port: int | None = None) -> dict[int, set[str]] | set[str]:
+        """The loopback addresses listening now: all as {port: {address}}, or one port's set."""
+        by_port: dict[int, set[str]] = {}
+        for addr, p in await asyncio.to_thread(self._listeners):
+            by_port.setdefault(p, set()).add(addr)
+        return by_port if port is None else by_port.get(port, set())
+
     async def _sweep(self) -> None:
         if not self.exports:
             return
-        live = {port for _, port in await asyncio.to_thread(self._listeners)}
+        # Read the kernel under the lock: a snapshot taken before an on_listen that is still
+        # exporting would not show its listener yet, and would end the new export at once.
         async with self._lock:
-            for port in [p for p in self.exports if p not in live]:
-                await self._unexport(port)
-
-    async def _unexport(self, port: int, quiet: bool = False) -> None:
-        self.exports.pop(port, None)
-        try:
-            if port in self._via_us:
-                lst, task = self._via_us.pop(port)
-                task.cancel()
-                await lst.close()
-            else:
-                await asyncio.to_thread(self.node.serve_tcp, port, None)
-        except NodeError as e:
-            self.say(f"could not remove the export of port {port}: {e}")
-            return
-        if not quiet:
-            self.say(f"port {port} is no longer exported (nothing listens on it)")
-
-    # -- --verbose: through us, logged with the peer's identity ------------------------------
-    async def _accept_loop(self, lst, port: int, fam: int) -> None:
-        tasks: set[asyncio.Task] = set()
-        try:
-            while True:
-                conn, src = await lst.accept()
-                t = asyncio.create_task(self._forward(conn, src, port, fam))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    async def _whois(self, ip: str) -> str:
-        if ip not in self._who:
-            try:
-                w = await asyncio.to_thread(self.node.localapi.whois, ip) or {}
-            except NodeError:
-                w = {}
-            node = ((w.get("Node") or {}).get("Name") or "").rstrip(".") or "unknown node"
-            user = (w.get("UserProfile") or {}).get("LoginName") or "unknown user"
-            self._who[ip] = f"{node}, {user}"
-        return self._who[ip]
-
-    async def _forward(self, conn: socket.socket, src: tuple, port: int, fam: int) -> None:
-        loop = asyncio.get_running_loop()
-        self.say(f"inbound {src[0]} port {src[1]} ({await self._whois(src[0])}) -> port {port}")
-        up = socket.socket(socket.AF_INET if fam == 4 else socket.AF_INET6)
-        up.setblocking(False)
-        try:
-            await loop.sock_connect(up, ("127.0.0.1" if fam == 4 else "::1", port))
-            if self.proxy_protocol:
-                ips = (self._names or ("", []))[1]
-                mine = next((ip for ip in ips if (":" in ip) == (":" in src[0])), src[0])
-                await loop.sock_sendall(up, proxyproto.encode(src, (mine, port)))
-        except OSError as e:
-            self.say(f"inbound to port {port}: the program does not answer ({e.strerror or e})")
-            up.close()
-            conn.close()
-            return
-        await relay(conn, up)
+            live = await self._live_on()
+            for port in list(self.exports):
+                addrs = live.get(port)
+                if not addrs:
+                    self._unexport(port)
+                    continue
+                host = self.exports[port].target[0]
+                if host not in addrs:                    # e.g. the IPv4 half closed, ::1 stays
+                    new = target_host(addrs)
+                    self.exports.pop(port).close()
+                    if await self._export(port, new) is not None:
+                        self.say(f"port {port} is now forwarded to {_hostport(new, port)}")
 
     def urls(self, port: int) -> str:
         name, ips = self._names or ("", [])
         scheme = "https" if port in (443, 8443) else "http"
         out = [f"{scheme}://{name}:{port}/"] if name else []
-        out += [f"{ip}:{port}" if ":" not in ip else f"[{ip}]:{port}" for ip in ips]
+        out += [_hostport(ip, port) for ip in ips]
         return " ".join(out)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}GiB"
+
+
+def inbound_line(port: int, target: str, ev: dict) -> str:
+    """The --verbose line for one exported connection, from the node's "inbound" event."""
+    who = f"{ev.get('node') or 'unknown node'}, {ev.get('user') or 'unknown user'}"
+    head = f"inbound {ev.get('src', '?')} ({who}) -> port {port} {target}"
+    reason = ev.get("reason") or ""
+    if reason.startswith("connect "):
+        return f"{head} failed: the program does not answer ({reason})"
+    outcome = f"cut ({reason})" if reason else "ok"
+    return (f"{head} {outcome} up={_fmt_bytes(ev.get('up', 0))} "
+            f"down={_fmt_bytes(ev.get('down', 0))} {ev.get('ms', 0) / 1000:.3f}s")

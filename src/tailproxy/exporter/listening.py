@@ -1,14 +1,18 @@
-"""Which loopback TCP ports have a listening socket right now (the kernel's own count)."""
+"""Which loopback TCP addresses have a listening socket right now (the kernel's own count)."""
 from __future__ import annotations
+
+import ipaddress
+import sys
 
 _LISTEN = "0A"
 
 
-def loopback_listeners(paths=("/proc/net/tcp", "/proc/net/tcp6")) -> set[tuple[int, int]]:
-    """{(family 4|6, port)} of sockets in LISTEN on 127.0.0.0/8, ::1, or v4-mapped loopback."""
+def loopback_listeners(paths=("/proc/net/tcp", "/proc/net/tcp6")) -> set[tuple[str, int]]:
+    """{(address, port)} of sockets in LISTEN on 127.0.0.0/8 or ::1, as an export would connect
+    to them: an IPv6 socket bound to a v4-mapped loopback address (::ffff:127.0.0.1) is reached
+    at the IPv4 address, so it is listed as "127.0.0.1"."""
     out = set()
     for path in paths:
-        fam = 6 if path.endswith("6") else 4
         try:
             with open(path) as f:
                 next(f, None)
@@ -16,17 +20,36 @@ def loopback_listeners(paths=("/proc/net/tcp", "/proc/net/tcp6")) -> set[tuple[i
                     parts = line.split(None, 4)
                     if len(parts) < 4 or parts[3] != _LISTEN:
                         continue
-                    addr, _, port = parts[1].partition(":")
-                    if _is_loopback(addr, fam):
-                        out.add((fam, int(port, 16)))
+                    hexaddr, _, port = parts[1].partition(":")
+                    addr = _address(hexaddr)
+                    if addr is not None and addr.is_loopback:
+                        out.add((str(addr), int(port, 16)))
         except OSError:
             continue
     return out
 
 
-def _is_loopback(hexaddr: str, fam: int) -> bool:
-    if fam == 4:
-        return hexaddr.endswith("7F")              # little-endian 127.x.x.x
-    if hexaddr == "00000000000000000000000001000000":  # ::1
-        return True
-    return hexaddr.startswith("0000000000000000FFFF0000") and hexaddr.endswith("7F")
+def _address(hexaddr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """/proc/net/tcp* print addresses as 32-bit words in host (little-endian) byte order."""
+    try:
+        raw = bytes.fromhex(hexaddr)
+    except ValueError:
+        return None
+    if len(raw) not in (4, 16):
+        return None
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    addr = ipaddress.ip_address(raw)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def target_host(addresses: set[str] | list[str]) -> str | None:
+    """The address an export of a port forwards to, given the loopback addresses listening on
+    that port: 127.0.0.1, else ::1, else another 127.x address; None when there is none."""
+    if "127.0.0.1" in addresses:
+        return "127.0.0.1"
+    if "::1" in addresses:
+        return "::1"
+    return min(addresses, default=None, key=lambda a: ipaddress.ip_address(a))
