@@ -121,13 +121,17 @@ func tp_dial(h C.int64_t, id C.int64_t, network, addr *C.char, timeoutMS C.int64
 }
 
 //export tp_relay
-func tp_relay(h C.int64_t, id C.int64_t, fd C.int) (res *C.char) {
+func tp_relay(h C.int64_t, id C.int64_t, fd C.int, initial *C.char, initialLen C.int64_t) (res *C.char) {
 	defer guard(&res)
 	n, err := lookup(h)
 	if err != nil {
 		return cerr(err)
 	}
-	return cerr(n.relayTo(int64(id), int(fd)))
+	var first []byte
+	if initial != nil && initialLen > 0 {
+		first = C.GoBytes(unsafe.Pointer(initial), C.int(initialLen))
+	}
+	return cerr(n.relayTo(int64(id), int(fd), first))
 }
 
 //export tp_drop

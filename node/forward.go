@@ -84,7 +84,7 @@ func (n *node) deliver(id int64, c net.Conn) {
 	}
 	n.events.send(event{ID: id, Kind: "accept", FD: fds[1], Src: c.RemoteAddr().String(),
 		Dst: c.LocalAddr().String()})
-	relay(ours, c.(halfCloser), nil)
+	relay(ours, c.(halfCloser))
 }
 
 // forward serves one exported connection: dial the program's loopback
@@ -121,7 +121,7 @@ func (n *node) forward(id int64, c net.Conn, spec listenSpec) {
 		}
 	}
 	start := time.Now()
-	res := relay(program, tc, nil)
+	res := relay(program, tc)
 	if spec.Report {
 		n.events.send(event{ID: id, Kind: "inbound", Src: c.RemoteAddr().String(), Node: who.Node,
 			User: who.User, Up: res.Down, Down: res.Up, Reason: res.Reason, Errno: int(res.Errno),

@@ -190,7 +190,8 @@ func (n *node) dial(id int64, network, addr string, timeout time.Duration) {
 		case err == nil && !wanted:
 			c.Close()
 		case err == nil:
-			n.events.send(event{ID: id, Kind: "dialed", Dst: c.RemoteAddr().String()})
+			n.events.send(event{ID: id, Kind: "dialed", Src: c.LocalAddr().String(),
+				Dst: c.RemoteAddr().String()})
 		default:
 			if ctx.Err() == context.DeadlineExceeded {
 				err = fmt.Errorf("timed out after %v: %w", timeout, context.DeadlineExceeded)
@@ -200,9 +201,10 @@ func (n *node) dial(id int64, network, addr string, timeout time.Duration) {
 	}()
 }
 
-// relayTo joins dialled connection id to the socket fd: Go copies both ways
-// and reports "done" with byte counts and the reason an abnormal end had.
-func (n *node) relayTo(id int64, fd int) error {
+// relayTo joins dialled connection id to the socket fd: Go sends initial (bytes
+// a proxy handshake already read past) to the tailnet first, then copies both
+// ways and reports "done" with byte counts and the reason an abnormal end had.
+func (n *node) relayTo(id int64, fd int, initial []byte) error {
 	local, err := fileConn(fd)
 	if err != nil {
 		return err
@@ -225,7 +227,17 @@ func (n *node) relayTo(id int64, fd int) error {
 	go func() {
 		defer n.relays.Done()
 		defer recoverToLog(n, "relay")
-		res := relay(local, rc, func() { n.events.send(event{ID: id, Kind: "sent"}) })
+		if len(initial) > 0 {
+			if _, err := rc.Write(initial); err != nil {
+				local.Close()
+				rc.Close()
+				n.events.send(event{ID: id, Kind: "done", Reason: "write to the tailnet: " + err.Error(),
+					Errno: int(errnoFor(err))})
+				return
+			}
+		}
+		res := relay(local, rc)
+		res.Up += int64(len(initial))
 		n.events.send(event{ID: id, Kind: "done", Up: res.Up, Down: res.Down,
 			Reason: res.Reason, Errno: int(res.Errno)})
 	}()

@@ -34,9 +34,8 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return 
 // direction aborts both sides: the local socket is closed with SO_LINGER 0, so
 // the program sees ECONNRESET and never mistakes a cut transfer for a clean
 // EOF. The local socket is set to linger 0 from the start, so that the same
-// holds if this process dies. sent, if not nil, is called once everything the
-// program sent has been handed to the tailnet side, half-close included.
-func relay(local, remote halfCloser, sent func()) relayResult {
+// holds if this process dies.
+func relay(local, remote halfCloser) relayResult {
 	tcp, _ := local.(*net.TCPConn)
 	if tcp != nil {
 		_ = tcp.SetLinger(0)
@@ -55,13 +54,9 @@ func relay(local, remote halfCloser, sent func()) relayResult {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		var clean bool
-		res.Up, clean = copyHalf(remote, local, "from the program", "to the tailnet", abort)
-		if clean && sent != nil {
-			sent()
-		}
+		res.Up = copyHalf(remote, local, "from the program", "to the tailnet", abort)
 	}()
-	res.Down, _ = copyHalf(local, remote, "from the tailnet", "to the program", abort)
+	res.Down = copyHalf(local, remote, "from the tailnet", "to the program", abort)
 	wg.Wait()
 	if res.Reason == "" {
 		if tcp != nil {
@@ -73,9 +68,9 @@ func relay(local, remote halfCloser, sent func()) relayResult {
 	return res
 }
 
-// copyHalf copies src into dst, then half-closes dst, and says whether it got
-// that far. A read or write error other than src's EOF calls abort.
-func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) (int64, bool) {
+// copyHalf copies src into dst, then half-closes dst. A read or write error
+// other than src's EOF calls abort.
+func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) int64 {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
@@ -87,7 +82,7 @@ func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) (
 			n += int64(nw)
 			if werr != nil {
 				abort(werr, "write "+to)
-				return n, false
+				return n
 			}
 		}
 		if rerr == io.EOF {
@@ -95,13 +90,13 @@ func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) (
 				if !errors.Is(err, net.ErrClosed) {
 					abort(err, "half-close "+to)
 				}
-				return n, false
+				return n
 			}
-			return n, true
+			return n
 		}
 		if rerr != nil {
 			abort(rerr, "read "+from)
-			return n, false
+			return n
 		}
 	}
 }

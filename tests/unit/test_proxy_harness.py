@@ -67,6 +67,9 @@ class FakeDialer:
         self.gates[(host, port)] = ev
         return ev
 
+    def start_dial(self, host: str, port: int, timeout: float):
+        return self.dial(host, port, timeout)
+
     async def dial(self, host: str, port: int, timeout: float) -> socket.socket:
         self.loop = asyncio.get_running_loop()
         self.calls.append((host, port, timeout))

@@ -17,12 +17,12 @@ from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
-from ..resolver import DNSResponder, NameService, PlaceholderDialer, PlaceholderMap, node_dns_query
+from ..policy import RouteDialer, TailnetView
+from ..resolver import DNSResponder, NameService, PlaceholderMap, node_dns_query
 from .childenv import child_env
 from .exitnodes import ExitNodes
 from .lan import local_networks
 from .program import ProgramError, coverage_warning, locate
-from .tailnetdialer import TailnetDialer
 from .. import eventloop
 
 _DRAIN_S = 5.0      # after the program exits, for its last bytes to reach the tailnet
@@ -72,32 +72,32 @@ def run(settings: dict, command: list[str]) -> int:
         return 2
 
     rundir = tempfile.mkdtemp(prefix="tailproxy-")  # 0700: only we can reach the channel
-    node = exits = None
+    node = exits = view = None
     try:
-        if settings["no_tailnet"]:
-            dialer = DirectDialer()
-            log("--no-tailnet: dialling destinations directly")
-        else:
+        if not settings["no_tailnet"]:
             node = Node(NodeConfig(state_dir=settings["state_dir"], hostname=settings["hostname"],
                                    authkey=settings["authkey"], control_url=settings["control_url"],
                                    ephemeral=settings["ephemeral"]), log=log)
             try:
                 node.up(settings["timeout"])
                 log(f"on the tailnet as {settings['hostname']} ({', '.join(node.ips())})")
+                view = TailnetView(node.localapi.status)
                 if settings["exit_node"]:
                     exits = ExitNodes(node, settings["exit_node"],
-                                      settings["exit_node_allow_lan_access"], _say)
+                                      settings["exit_node_allow_lan_access"], _say,
+                                      on_change=view.invalidate)
                     exits.select_initial(timeout=settings["timeout"])
                     log(f"exit node: {peer_label(exits.current)}")
                 elif node.exit_node():
                     node.clear_exit_node()  # saved state may carry one; this run asked for none
             except NodeError as e:
-                _say(f"cannot join the tailnet: {e}" if not node._running else str(e))
+                _say(f"cannot join the tailnet: {e}" if not node.running else str(e))
                 return 1
             except ValueError as e:
                 _say(str(e))
                 return 2
-            dialer = TailnetDialer(node, settings["tailnet_only"], _say)
+        else:
+            log("--no-tailnet: dialling destinations directly")
         names = None
         if settings["dns"] != "off":   # the name service (docs/NAMES.md)
             names = NameService(
@@ -106,9 +106,11 @@ def run(settings: dict, command: list[str]) -> int:
                 mode="tailnet" if settings["dns"] == "tailnet" else "auto", log=log,
                 placeholders=PlaceholderMap(settings["dns_placeholder_v4"],
                                             settings["dns_placeholder_v6"]))
-            dialer = PlaceholderDialer(dialer, names.placeholders, log)
+        dialer = RouteDialer(node=node, direct=DirectDialer(), view=view,
+                             placeholders=names.placeholders if names else None,
+                             tailnet_only=settings["tailnet_only"], log=_say)
         return eventloop.run(_serve(settings, dialer, rundir, preload, program, command, node, exits,
-                                  names))
+                                  names, view))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -128,7 +130,7 @@ def _listen_notice(exporter: Exporter):
     return notice
 
 
-def _control_handler(settings, node, exits, command, exporter=None, names=None):
+def _control_handler(settings, node, exits, command, exporter=None, names=None, view=None):
     async def handle(req: dict) -> dict:
         cmd = req["cmd"]
         if cmd == "info":
@@ -151,7 +153,8 @@ def _control_handler(settings, node, exits, command, exporter=None, names=None):
         if cmd in ("exit-node-set", "exit-node-clear"):
             nonlocal exits
             if exits is None:
-                exits = ExitNodes(node, [], settings["exit_node_allow_lan_access"], _say)
+                exits = ExitNodes(node, [], settings["exit_node_allow_lan_access"], _say,
+                                  on_change=view.invalidate if view else None)
             name = req.get("name") if cmd == "exit-node-set" else None
             if cmd == "exit-node-set" and not isinstance(name, str):
                 return {"ok": False, "error": "exit-node-set needs a name"}
@@ -173,7 +176,7 @@ def exit_node_rows(status: dict) -> list[dict]:
 
 
 async def _serve(settings, dialer, rundir, preload, program, command, node, exits,
-                 names=None) -> int:
+                 names=None, view=None) -> int:
     proxy_only = not command
     if proxy_only:
         listen = settings["socks5"]
@@ -191,7 +194,7 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
                                              settings["export_deny_ports"], settings["export_max"]),
                             settings["export_proxy_protocol"], _say, verbose=settings["verbose"])
         proxy.on_listen = _listen_notice(exporter)
-    control = ControlServer(_control_handler(settings, node, exits, command, exporter, names))
+    control = ControlServer(_control_handler(settings, node, exits, command, exporter, names, view))
     responder = None
     if names:
         await names.refresh()

@@ -309,7 +309,7 @@ class Node:
         events.unregister(ident)
         if ev["ev"] != "dialed" or ev.get("errno"):
             raise DialFailed(f"dial {host}:{port}: {ev.get('err') or 'failed'}", ev.get("errno"))
-        return TailnetConn(self, ident)
+        return TailnetConn(self, ident, _split_hostport(ev["src"]) if ev.get("src") else None)
 
     async def dial(self, host: str, port: int, timeout: float = 30.0) -> socket.socket:
         """A connected, non-blocking socket to host:port through the tailnet (one end of a
@@ -374,25 +374,26 @@ class Node:
 class TailnetConn:
     """A connection dialled through the node and not yet relayed."""
 
-    def __init__(self, node: Node, ident: int):
+    def __init__(self, node: Node, ident: int, local_address: tuple[str, int] | None):
         self._node, self._ident = node, ident
+        self.local_address = local_address      # this node's (ip, port) of the connection
         self._used = False
 
     def relay(self, sock: socket.socket, done: Callable[[RelayEnd], None] | None = None,
-              sent: Callable[[], None] | None = None) -> None:
-        """Join the connection to `sock`: the node copies both ways, passes half-closes on, and
-        turns an abnormal end on one side into a reset on the other. The node works on its own
-        duplicate of the fd, so the caller may close `sock` at once. On the event loop, `sent`
-        is called once all that `sock`'s side sent, and its half-close, reached the tailnet
-        side; `done` when both directions have ended."""
+              initial: bytes = b"") -> None:
+        """Join the connection to `sock`: the node sends `initial` to the tailnet first, then
+        copies both ways, passes half-closes on, and turns an abnormal end on one side into a
+        reset on the other. The node works on its own duplicate of the fd, so the caller may
+        close `sock` at once. `done` is called on the event loop when both directions ended."""
         if self._used:
             raise NodeStateError("this connection was already relayed or closed")
         self._used = True
         events = self._node._events
-        if (done or sent) is not None and events is not None:
-            events.register(self._ident, lambda ev: _relay_event(events, ev, done, sent))
+        if done is not None and events is not None:
+            events.register(self._ident, lambda ev: _relay_done(events, ev, done))
         try:
-            library.call("relay", self._node._handle, self._ident, sock.fileno())
+            library.call("relay", self._node._handle, self._ident, sock.fileno(), initial or None,
+                         len(initial))
         except BaseException:
             if events is not None:
                 events.unregister(self._ident)
@@ -405,15 +406,8 @@ class TailnetConn:
             self._node._drop(self._ident)
 
 
-def _relay_event(events: EventRouter, ev: dict, done: Callable[[RelayEnd], None] | None,
-                 sent: Callable[[], None] | None) -> None:
-    if ev["ev"] == "sent":
-        if sent is not None:
-            sent()
-        return
+def _relay_done(events: EventRouter, ev: dict, done: Callable[[RelayEnd], None]) -> None:
     events.unregister(ev["id"])
-    if done is None:
-        return
     if ev["ev"] == "stopped":
         done(RelayEnd(0, 0, ev.get("err", "the node stopped"), ev.get("errno", 0)))
     else:

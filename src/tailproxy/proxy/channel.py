@@ -28,13 +28,15 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Callable
 
 from . import channel_proto as cp
 from .accept import accepted
-from .dialer import DialError, Dialer, errno_name
+from .dialer import (DialError, Dialer, Joined, Outbound, as_dial_error, errno_name,
+                     guarded_dial)
 from .loopback import LoopbackEndpoints, clear_error
-from .relay import DEFAULT_BUFSIZE, Relay, RelayResult, start_relay
+from .relay import DEFAULT_BUFSIZE, relay_outcome, start_relay
 from .relay import drain as drain_relays
 
 __all__ = ["ChannelServer", "TokenStore", "ConnLog"]
@@ -158,7 +160,7 @@ class ChannelServer:
         self._listener: socket.socket | None = None
         self._dgram: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._relays: set[Relay] = set()
+        self._relays: set[Joined] = set()
         self._pending: dict[cp.Address, _Pending] = {}
         self._peers: dict[cp.Address, cp.Address] = {}
         self.tokens = TokenStore()
@@ -524,43 +526,24 @@ class ChannelServer:
             return errno.EINVAL
         return 0
 
-    async def _dial(self, host: str, port: int, timeout: float, started=None) -> socket.socket:
-        try:
-            return await (started if started is not None else self.dialer.dial(host, port, timeout))
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:
-            raise self._dial_error(exc, host, port) from None
-
-    def _dial_error(self, exc: Exception, host: str, port: int) -> DialError:
-        if isinstance(exc, DialError):
-            return exc
-        if isinstance(exc, TimeoutError):
-            return DialError(errno.ETIMEDOUT, f"{host}:{port}: connection timed out")
-        if isinstance(exc, OSError):
-            return DialError(exc.errno or errno.ECONNRESET, f"{host}:{port}: {exc}")
-        self.log(f"dialer error for {host}:{port}: {exc!r}")   # a broken dialer must not take the proxy down
-        return DialError(errno.ECONNRESET, f"{host}:{port}: internal error: {exc}")
+    async def _dial(self, host: str, port: int, timeout: float, started=None) -> Outbound:
+        return await guarded_dial(self.dialer, host, port, timeout, self.log, started)
 
     def _begin_dial(self, job: "_Job") -> None:
-        """Dial for a parked socket. A dialer with ``start_dial`` (the direct one) often has
-        the connection at once: then no task, no loop round trip (the hot path)."""
-        start = getattr(self.dialer, "start_dial", None)
-        if start is None:
-            self._spawn(self._finish_parked(job))
-            return
+        """Dial for a parked socket. The dialer often has a direct connection at once: then
+        no task, no loop round trip (the hot path)."""
         try:
-            res = start(job.host, job.dst.port, job.timeout)
+            res = self.dialer.start_dial(job.host, job.dst.port, job.timeout)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
-            err = self._dial_error(exc, job.host, job.dst.port)
+            err = as_dial_error(exc, job.host, job.dst.port, self.log)
             self.tokens.set(job.token, err.errno)
             self._fail_parked(job.sock, job.dst, job.bound)
             self._report(job.label, err.name, 0, 0, job.t0)
             job.sock.close()
             return
-        if isinstance(res, socket.socket):
+        if not isinstance(res, Awaitable):
             try:
                 self._complete(job, res)
             finally:
@@ -609,7 +592,7 @@ class ChannelServer:
         except OSError:
             pass
 
-    def _complete(self, job: "_Job", remote: socket.socket) -> int:
+    def _complete(self, job: "_Job", remote: Outbound) -> int:
         """Dial succeeded: complete the parked socket's connect and start the
         relay. Primary: simultaneous open from a connector socket (no visible
         transition). Fallback: disconnect and connect to the relay listener.
@@ -683,31 +666,28 @@ class ChannelServer:
             self.stats.extra["via_relay_listener"] = self.stats.extra.get("via_relay_listener", 0) + 1
             self._start_relay(conn, p.remote, p.dst, p.label, p.t0, key)
 
-    def _start_relay(self, conn: socket.socket, remote: socket.socket, dst, label, t0,
+    def _start_relay(self, conn: socket.socket, remote: Outbound, dst, label, t0,
                      key) -> None:
-        """Relay with no task of its own (a callback ends it): the hot path."""
+        """Relay with no task of its own (a callback ends it): the hot path. A socket is
+        relayed here; an Upstream (the tailnet node) relays itself."""
         relays = self._relays
-        r: Relay | None = None
+        r = None
 
-        def done(res: RelayResult) -> None:
+        def ended(up: int, down: int, error: int, reason: str) -> None:
             if r is not None:
                 relays.discard(r)
-            if res.reason == "idle":
-                outcome = "ok idle-timeout"
-            elif res.reason == "cancelled":
-                outcome = "ok cancelled"
-            elif res.error:
-                outcome = f"ok then {errno_name(res.error)}"
-            else:
-                outcome = "ok"
-            self._report(label, outcome, res.up, res.down, t0)
+            self._report(label, relay_outcome(error, reason), up, down, t0)
             # Forget at once: the local port may be reused by an unrelated socket, and a PEER
             # answer for it would then lie (the preload's fd table covers the live socket).
             self._forget_peer(key, dst)
 
         try:
-            r = start_relay(conn, remote, done, idle_timeout=self.idle_timeout,
-                            bufsize=self.bufsize)
+            if isinstance(remote, socket.socket):
+                r = start_relay(conn, remote, lambda res: ended(res.up, res.down, res.error,
+                                                                res.reason),
+                                idle_timeout=self.idle_timeout, bufsize=self.bufsize)
+            else:
+                r = remote.join(conn, ended)
         except OSError as exc:
             self._report(label, f"ok then {errno_name(exc.errno or errno.EIO)}", 0, 0, t0)
             self._forget_peer(key, dst)

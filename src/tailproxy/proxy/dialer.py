@@ -1,8 +1,10 @@
 """Dialers: how the proxy opens the outbound side of a connection.
 
-A dialer returns a *connected, non-blocking* stream socket of any family
-(AF_INET, AF_INET6, even AF_UNIX -- the relay does not care) or raises
-:class:`DialError` carrying the errno the proxied program should see.
+A dialer returns an :data:`Outbound`: either a *connected, non-blocking* stream
+socket of any family (AF_INET, AF_INET6, even AF_UNIX), which the proxy relays
+itself, or an :class:`Upstream`, which relays itself once joined to the
+program's side (the tailnet node does, in Go). It raises :class:`DialError`
+carrying the errno the proxied program should see.
 
 Blocking/cancellation: ``dial`` never blocks the event loop; it is
 cancellation-safe (a cancelled dial closes any socket it created).
@@ -15,9 +17,10 @@ import errno as _errno
 import ipaddress
 import os
 import socket
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable
+from typing import Callable, Protocol, Union, runtime_checkable
 
-__all__ = ["DialError", "Dialer", "DirectDialer", "errno_name"]
+__all__ = ["DialError", "Dialer", "DirectDialer", "Upstream", "Joined", "Outbound", "errno_name"]
 
 
 def errno_name(code: int) -> str:
@@ -44,14 +47,69 @@ class DialError(Exception):
         return errno_name(self.errno)
 
 
+class Joined(Protocol):
+    """A running relay between the program's side and an outbound connection."""
+    finished: bool
+
+    def delivering(self) -> bool:
+        """Is what the program sent still on its way (it ended its side; we have not)?"""
+
+    def abort(self) -> None:
+        """End now (the proxy is stopping)."""
+
+
+class Upstream(Protocol):
+    """An outbound connection that does its own relaying once joined."""
+    local_address: tuple | None     # its local (ip, port), for a SOCKS5 reply
+
+    def join(self, local: socket.socket, done: Callable[[int, int, int, str], None],
+             initial: bytes = b"") -> Joined:
+        """Relay between `local` and this connection, `initial` (bytes a handshake read past)
+        sent first. `done(up, down, errno, reason)` runs on the loop once both ended; errno
+        is 0 for a clean end. `local` may be closed by the caller afterwards."""
+
+    def close(self) -> None:
+        """Abandon it (it was never joined)."""
+
+
+Outbound = Union[socket.socket, Upstream]
+
+
 @runtime_checkable
 class Dialer(Protocol):
-    async def dial(self, host: str, port: int, timeout: float) -> socket.socket:
-        """Connect to host:port within ``timeout`` seconds.
-
-        Returns a connected non-blocking stream socket; raises DialError.
-        """
+    async def dial(self, host: str, port: int, timeout: float) -> Outbound:
+        """Connect to host:port within ``timeout`` seconds; raises DialError."""
         ...
+
+    def start_dial(self, host: str, port: int, timeout: float) -> Outbound | Awaitable[Outbound]:
+        """The hot path: the outbound connection if it could be had at once (a local
+        destination often can), else an awaitable giving it; raises DialError."""
+        ...
+
+
+def as_dial_error(exc: BaseException, host: str, port: int,
+                  log: Callable[[str], None]) -> DialError:
+    """Any failure of a dial as the DialError the program will see."""
+    if isinstance(exc, DialError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return DialError(_errno.ETIMEDOUT, f"{host}:{port}: connection timed out")
+    if isinstance(exc, OSError):
+        return DialError(exc.errno or _errno.ECONNRESET, f"{host}:{port}: {exc}")
+    log(f"dialer error for {host}:{port}: {exc!r}")   # a broken dialer must not take the proxy down
+    return DialError(_errno.ECONNRESET, f"{host}:{port}: internal error: {exc}")
+
+
+async def guarded_dial(dialer: "Dialer", host: str, port: int, timeout: float,
+                       log: Callable[[str], None], started=None) -> Outbound:
+    """The dial every proxy front end uses (``started``: an awaitable from start_dial):
+    anything but cancellation leaves as DialError."""
+    try:
+        return await (started if started is not None else dialer.dial(host, port, timeout))
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        raise as_dial_error(exc, host, port, log) from None
 
 
 # errnos passed through unchanged; anything else with an errno also passes,

@@ -23,24 +23,20 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["relay", "start_relay", "drain", "Relay", "RelayResult", "DEFAULT_BUFSIZE"]
+__all__ = ["relay", "start_relay", "drain", "relay_outcome", "Relay", "RelayResult",
+           "DEFAULT_BUFSIZE"]
 
 DEFAULT_BUFSIZE = 256 * 1024
 _READS_PER_WAKEUP = 8
 _LINGER_RST = struct.pack("ii", 1, 0)
-_SIOCOUTQ = 0x5411
 _SIOCINQ = 0x541B
-_PEER_QUEUE = 8 << 20      # what the node's netstack may still hold after reading everything
 _TCP_CLOSE_WAIT = 8
-_SETTLE_MIN = 0.05
-_SETTLE_MAX = 2.0
 
 
-def _unread(fd: int, which: int = _SIOCOUTQ) -> int:
-    """Bytes we sent on fd that its peer has not read yet (SIOCOUTQ), or with SIOCINQ bytes
-    waiting for us to read; 0 if unknown."""
+def _unread(fd: int) -> int:
+    """Bytes waiting on fd for us to read (SIOCINQ); 0 if unknown."""
     try:
-        return struct.unpack("i", fcntl.ioctl(fd, which, b"\0\0\0\0"))[0]
+        return struct.unpack("i", fcntl.ioctl(fd, _SIOCINQ, b"\0\0\0\0"))[0]
     except OSError:
         return 0
 
@@ -52,6 +48,21 @@ class RelayResult:
     error: int = 0         # errno that ended it (0 = clean both-ways EOF)
     reason: str = "eof"    # "eof" | "error" | "idle" | "cancelled"
     duration: float = 0.0
+
+
+def relay_outcome(error: int, reason: str) -> str:
+    """The --verbose word for how a relay ended: Python's (reason a word, error an errno) or
+    the node's (reason "" when clean, else why it was cut, with the errno the cut side got)."""
+    if reason == "idle":
+        return "ok idle-timeout"
+    if reason == "cancelled":
+        return "ok cancelled"
+    if error:
+        name = errno.errorcode.get(error, str(error))
+        return f"ok then {name}" if reason in ("error", "eof") else f"ok then {name} ({reason})"
+    if reason and reason != "eof":
+        return f"ok then cut ({reason})"
+    return "ok"
 
 
 _local = threading.local()
@@ -171,32 +182,10 @@ class _Pump:
     def _eof(self) -> None:
         self.stop()
         self.done = True
-        if getattr(self.dst, "settle_before_half_close", False):
-            # The peer drops what it still has queued when it sees our EOF (the tailnet node's
-            # dial): let it drain first.
-            self.r.settling = self.r.loop.create_task(self._settle_then_shutdown())
-            return
-        self._shutdown_dst()
-        self.r.check_done()
-
-    def _shutdown_dst(self) -> None:
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-    async def _settle_then_shutdown(self) -> None:
-        loop = self.r.loop
-        t0 = self.r.t_start
-        deadline = loop.time() + _SETTLE_MAX
-        while _unread(self.dfd) > 0 and loop.time() < deadline:   # the peer has not read it all
-            await asyncio.sleep(0.005)
-        # What the node may still hold is at most what we sent (a small connection's EOF need
-        # not wait the seconds a full netstack queue would at a low average rate).
-        rate = self.count / max(time.monotonic() - t0, 1e-3)
-        held = min(self.count, _PEER_QUEUE)
-        await asyncio.sleep(min(_SETTLE_MAX, max(_SETTLE_MIN, held / max(rate, 1 << 20))))
-        self._shutdown_dst()
         self.r.check_done()
 
 
@@ -205,7 +194,7 @@ class Relay:
     both sockets are closed; :meth:`abort` ends it early (reason "cancelled")."""
 
     __slots__ = ("loop", "a", "b", "up", "down", "idle_timeout", "active", "timer", "error",
-                 "reason", "settling", "t_start", "finished", "on_done")
+                 "reason", "t_start", "finished", "on_done")
 
     def __init__(self, loop, a, b, bufsize, idle_timeout, on_done):
         self.loop = loop
@@ -219,7 +208,6 @@ class Relay:
         self.timer: asyncio.TimerHandle | None = None
         self.error = 0
         self.reason = "eof"
-        self.settling: asyncio.Task | None = None
         self.t_start = time.monotonic()
 
     def fail(self, exc: OSError, culprit: socket.socket) -> None:
@@ -238,13 +226,13 @@ class Relay:
 
     def delivering(self) -> bool:
         """Is data from ``a``'s peer (the program) still on its way, or its end still to be
-        passed on? True once we read its EOF (until done), while we hold bytes it sent, while
-        ``b``'s reader (the node) has not read all we sent, while ``a`` has unread bytes, or
-        while its FIN waits (CLOSE_WAIT). An idle connection the program keeps open is not."""
+        passed on? True while we hold bytes it sent, while ``a`` has unread bytes, or while
+        its FIN waits (CLOSE_WAIT). What we passed to ``b`` the kernel delivers on its own, even
+        after we close it. An idle connection the program keeps open is not delivering."""
         if self.finished:
             return False
         up = self.up
-        if up.done or up.pending is not None or _unread(up.dfd) or _unread(up.sfd, _SIOCINQ):
+        if up.pending is not None or _unread(up.sfd):
             return True
         try:
             return self.a.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE_WAIT
@@ -285,8 +273,6 @@ class Relay:
     def stop(self) -> None:
         self.up.stop()
         self.down.stop()
-        if self.settling is not None and not self.settling.done():
-            self.settling.cancel()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -373,3 +359,35 @@ async def relay(a: socket.socket, b: socket.socket, *, idle_timeout: float | Non
     finally:
         if track is not None:
             track.discard(r)
+
+
+async def relay_outbound(a: socket.socket, b, *, idle_timeout: float | None = None,
+                         bufsize: int = DEFAULT_BUFSIZE, initial_up: bytes = b"",
+                         track: set | None = None) -> tuple[int, int, int, str]:
+    """Relay between the program's side ``a`` and an outbound connection ``b`` (a socket, relayed
+    here, or an Upstream that relays itself) until both directions ended; ``a`` is closed.
+    Returns (up, down, errno, reason); see relay_outcome."""
+    if isinstance(b, socket.socket):
+        if len(initial_up) > bufsize:
+            await asyncio.get_running_loop().sock_sendall(b, initial_up)
+            initial_up = b""
+        res = await relay(a, b, idle_timeout=idle_timeout, bufsize=bufsize,
+                          initial_up=initial_up, track=track)
+        return res.up, res.down, res.error, res.reason
+    fut = asyncio.get_running_loop().create_future()
+
+    def ended(up: int, down: int, error: int, reason: str) -> None:
+        if not fut.done():
+            fut.set_result((up, down, error, reason))
+
+    try:
+        joined = b.join(a, ended, initial_up)
+    finally:
+        a.close()               # the upstream works on its own duplicate
+    if track is not None:
+        track.add(joined)
+    try:
+        return await fut
+    finally:
+        if track is not None:
+            track.discard(joined)

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .accept import accepted
-from .dialer import DialError, Dialer, errno_name
-from .relay import DEFAULT_BUFSIZE, relay
+from .dialer import DialError, Dialer, Outbound, guarded_dial
+from .relay import DEFAULT_BUFSIZE, relay_outbound, relay_outcome
 from .relay import drain as drain_relays
 from .sockreader import HandshakeEOF, SockReader
 
@@ -319,20 +319,8 @@ class SocksServer:
             except Exception:
                 pass
 
-    async def _dial(self, host: str, port: int) -> socket.socket:
-        try:
-            return await self.dialer.dial(host, port, self.connect_timeout)
-        except DialError:
-            raise
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise
-        except TimeoutError:
-            raise DialError(errno.ETIMEDOUT) from None
-        except OSError as exc:
-            raise DialError(exc.errno or errno.ECONNRESET, str(exc)) from None
-        except Exception as exc:
-            self.log(f"dialer error for {host}:{port}: {exc!r}")
-            raise DialError(errno.ECONNRESET, f"internal error: {exc}") from None
+    async def _dial(self, host: str, port: int) -> Outbound:
+        return await guarded_dial(self.dialer, host, port, self.connect_timeout, self.log)
 
     async def _serve(self, conn: socket.socket) -> None:
         from . import httpproxy
@@ -363,19 +351,12 @@ class SocksServer:
                 await _lingering_close(conn)   # replied with an error already
                 return
             pre = initial + rd.leftover()     # rewritten head + bytes read past it
-            if len(pre) > self.bufsize:
-                await asyncio.get_running_loop().sock_sendall(remote, pre)
-                pre = b""
             self._conns.discard(conn)
             r, remote = remote, None
-            res = await relay(conn, r, idle_timeout=self.idle_timeout, bufsize=self.bufsize,
-                              initial_up=pre, track=self._relays)
-            outcome = "ok"
-            if res.reason == "idle":
-                outcome = "ok idle-timeout"
-            elif res.error:
-                outcome = f"ok then {errno_name(res.error)}"
-            self._report(source, label, outcome, res.up, res.down, t0)
+            up, down, error, reason = await relay_outbound(
+                conn, r, idle_timeout=self.idle_timeout, bufsize=self.bufsize, initial_up=pre,
+                track=self._relays)
+            self._report(source, label, relay_outcome(error, reason), up, down, t0)
         finally:
             if remote is not None:
                 remote.close()
@@ -421,9 +402,15 @@ class SocksServer:
             self._report("socks", req.label, exc.name, 0, 0, t0)
             return None, req.label
         try:
-            bind = remote.getsockname() if remote.family in (socket.AF_INET, socket.AF_INET6) else None
-            await rd.sendall(encode_reply(REP_OK, bind))
+            await rd.sendall(encode_reply(REP_OK, _bound_address(remote)))
         except BaseException:
             remote.close()
             raise
         return remote, req.label
+
+
+def _bound_address(remote: Outbound) -> tuple | None:
+    """BND.ADDR/BND.PORT for the reply: the outbound connection's local address."""
+    if isinstance(remote, socket.socket):
+        return remote.getsockname() if remote.family in (socket.AF_INET, socket.AF_INET6) else None
+    return remote.local_address

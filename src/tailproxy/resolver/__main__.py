@@ -21,7 +21,7 @@ import sys
 
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
-from .dialer import PlaceholderDialer
+from ..policy import RouteDialer
 from .hosts import HostsFile
 from .placeholders import DEFAULT_V4, DEFAULT_V6, PlaceholderMap
 from .responder import DNSResponder
@@ -37,6 +37,9 @@ class MapDialer:
     async def dial(self, host, port, timeout):
         return await self.inner.dial(self.mapping.get(host.rstrip(".").lower(), host), port,
                                      timeout)
+
+    def start_dial(self, host, port, timeout):
+        return self.dial(host, port, timeout)
 
 
 def _pairs(items: list[str]) -> dict[str, list[str]]:
@@ -63,7 +66,8 @@ async def _run(a) -> int:
                         hosts=HostsFile(a.hosts) if a.hosts else None,
                         placeholders=PlaceholderMap(a.placeholder_v4, a.placeholder_v6))
     upstream = {k: v[0] for k, v in _pairs(a.upstream).items() if v}
-    dialer = PlaceholderDialer(MapDialer(DirectDialer(), upstream), names.placeholders)
+    dialer = RouteDialer(node=None, direct=MapDialer(DirectDialer(), upstream), view=None,
+                         placeholders=names.placeholders)
     proxy = Proxy(dialer, channel_path=a.channel, verbose=a.verbose, on_names=names.handle)
     responder = DNSResponder(names.query)
     await names.refresh()

@@ -1,0 +1,57 @@
+"""A tailnet connection as the proxy sees it: an upstream that relays itself, in the node."""
+from __future__ import annotations
+
+import socket
+from typing import Callable
+
+from ..node import RelayEnd, TailnetConn
+from ..proxy.dialer import Joined
+
+_TCP_ESTABLISHED = 1
+
+
+class NodeUpstream:
+    """Implements proxy.dialer.Upstream over a TailnetConn."""
+
+    def __init__(self, conn: TailnetConn):
+        self._conn = conn
+        self.local_address = conn.local_address
+
+    def join(self, local: socket.socket, done: Callable[[int, int, int, str], None],
+             initial: bytes = b"") -> Joined:
+        joined = _NodeRelay(local, done)
+        self._conn.relay(local, joined._on_end, initial)
+        return joined
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _NodeRelay:
+    """A relay running in the node. We keep our own descriptor of the proxy-side socket (the
+    node has a duplicate) so that delivering() can ask the kernel where the program is."""
+
+    __slots__ = ("local", "done", "finished")
+
+    def __init__(self, local: socket.socket, done):
+        self.local, self.done = local, done
+        self.finished = False
+
+    def _on_end(self, end: RelayEnd) -> None:
+        self.finished = True
+        self.local.close()
+        self.done(end.up, end.down, end.errno, end.reason)
+
+    def delivering(self) -> bool:
+        """True while what the program sent is still on its way: the program ended its side
+        (its FIN arrived: the socket left ESTABLISHED) and the relay has not ended yet, which
+        it does once the tailnet peer ended its side too."""
+        if self.finished:
+            return False
+        try:
+            return self.local.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+        except OSError:
+            return False
+
+    def abort(self) -> None:
+        """Nothing to do here: stopping the node resets every relay it runs."""

@@ -1,0 +1,68 @@
+"""What is on the tailnet right now, from the node's status: peers (addresses, names, online),
+their routes, and whether an exit node is in use."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from typing import Callable
+
+TAILNET_RANGES = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))
+
+
+class TailnetView:
+    """A status snapshot, taken again when older than `ttl` seconds or after invalidate()
+    (the exit node changed)."""
+
+    def __init__(self, status: Callable[[], dict], ttl: float = 2.0):
+        self._status, self.ttl = status, ttl
+        self._at = float("-inf")
+        self._peers: dict = {}              # ip -> online
+        self._names: set[str] = set()
+        self._routes: list = []
+        self._suffix = ""
+        self.exit_node_in_use = False
+
+    def invalidate(self) -> None:
+        self._at = float("-inf")
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() - self._at < self.ttl
+
+    async def refresh(self, force: bool = False) -> None:
+        if self.fresh and not force:
+            return
+        self.load(await asyncio.to_thread(self._status))
+
+    def load(self, st: dict) -> None:
+        peers, names, routes = {}, set(), []
+        for p in (st.get("Peer") or {}).values():
+            for ip in p.get("TailscaleIPs") or []:
+                peers[ipaddress.ip_address(ip)] = bool(p.get("Online"))
+            dns = (p.get("DNSName") or "").rstrip(".").lower()
+            if dns:
+                names.update((dns, dns.split(".")[0]))
+            for r in p.get("PrimaryRoutes") or []:
+                net = ipaddress.ip_network(r, strict=False)
+                if net.prefixlen:  # not the exit routes
+                    routes.append(net)
+        self._peers, self._names, self._routes = peers, names, routes
+        self._suffix = ((st.get("CurrentTailnet") or {}).get("MagicDNSSuffix") or "").lower()
+        self.exit_node_in_use = bool((st.get("ExitNodeStatus") or {}).get("ID"))
+        self._at = time.monotonic()
+
+    def is_tailnet_name(self, name: str) -> bool:
+        name = name.rstrip(".").lower()
+        return name in self._names or bool(self._suffix and name.endswith("." + self._suffix))
+
+    @staticmethod
+    def in_tailnet_range(ip) -> bool:
+        return any(ip in net for net in TAILNET_RANGES if net.version == ip.version)
+
+    def peer_online(self, ip) -> bool | None:
+        """True/False for a peer's address, None for no peer's."""
+        return self._peers.get(ip)
+
+    def in_routes(self, ip) -> bool:
+        return any(ip in net for net in self._routes if net.version == ip.version)
