@@ -1,5 +1,5 @@
 """The name service (src/tailproxy/resolver): placeholders, /etc/hosts, tailnet names, the
-service's decisions, DNS answers, the channel ops, the responder's owner check, the dialer."""
+service's decisions, DNS answers, the channel ops, the responder's owner check."""
 import asyncio
 import errno
 import os
@@ -9,9 +9,7 @@ import struct
 import pytest
 
 from test_proxy_harness import cp  # noqa: F401  (sets sys.path)
-from tailproxy.proxy.dialer import DialError
-from tailproxy.resolver import (DNSResponder, HostsFile, NameService, PlaceholderDialer,
-                                PlaceholderMap, check_range)
+from tailproxy.resolver import DNSResponder, HostsFile, NameService, PlaceholderMap, check_range
 from tailproxy.resolver import dnsmsg
 from tailproxy.resolver.responder import socket_uid
 from tailproxy.resolver.tailnet import TailnetNames
@@ -319,25 +317,6 @@ def test_responder_answers_own_user_and_drops_others(hosts):
         finally:
             await r.close()
     run(main())
-
-
-def test_placeholder_dialer_dials_the_name():
-    m = PlaceholderMap()
-    ip = m.get("far.example", 4)
-    seen = []
-
-    class Inner:
-        async def dial(self, host, port, timeout):
-            seen.append((host, port))
-            return "sock"
-    d = PlaceholderDialer(Inner(), m)
-    assert run(d.dial(ip, 443, 5)) == "sock"
-    assert run(d.dial("[" + m.get("far.example", 6) + "]", 80, 5)) == "sock"
-    assert run(d.dial("10.0.0.1", 22, 5)) == "sock"
-    assert seen == [("far.example", 443), ("far.example", 80), ("10.0.0.1", 22)]
-    with pytest.raises(DialError) as e:
-        run(d.dial("240.9.9.9", 80, 5))
-    assert e.value.errno == errno.EHOSTUNREACH
 
 
 def test_query_with_edns_opt_record_parses():
