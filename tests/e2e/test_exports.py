@@ -383,6 +383,30 @@ def test_ipv6_only_listener_is_forwarded_to_ipv6_loopback(testnet, state):
     assert f"({testnet['peers']['peer']['fqdn'].split('.')[0]}, " in line, line
 
 
+def test_export_follows_the_loopback_address_still_listening(testnet, state):
+    """Listeners on 127.0.0.1 and [::1] at one port; when the IPv4 one closes, the export goes on
+    through [::1] (the node listens on the port again, at once)."""
+    s = Server("exp-follow", state)
+    try:
+        s.info()
+        assert s.do("listen a 8610") == "ok"
+        assert s.do("listen6 b 8610") == "ok"
+        assert s.wait_exports([8610]) == [8610]
+        s.do("close a")
+        time.sleep(0.6)
+        assert s.exports() == [8610]
+        s.p.stdin.write("serve b\n")
+        s.p.stdin.flush()
+        cp = peer_nc(testnet, "exp-follow", 8610, b"hello")
+        if not cp.stdout.startswith(b"got:"):
+            _release_accept(("::1", 8610))
+        assert s.p.stdout.readline().strip() == "ok"
+    finally:
+        err = s.stop()
+    assert "(forwarded to 127.0.0.1:8610)" in err and "port 8610 is now forwarded to [::1]:8610" in err, err
+    assert cp.stdout == b"got:hello", (cp, err)
+
+
 def _release_accept(addr):
     import socket
     try:
