@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -140,7 +141,7 @@ func (n *node) whois(addr string) event {
 	}
 	var ev event
 	if w.Node != nil {
-		ev.Node = w.Node.ComputedName
+		ev.Node = strings.TrimSuffix(w.Node.Name, ".")
 	}
 	if w.UserProfile != nil {
 		ev.User = w.UserProfile.LoginName

@@ -238,8 +238,6 @@ def test_banner_first_server_loses_nothing(tp_state, testnet, peer):
         banner.wait()
 
 
-@pytest.mark.xfail(strict=True, reason="tailscaled's LocalAPI dial closes both directions at the "
-                   "first EOF; libtailscale (which half-closes) is not available from the module proxy")
 def test_half_close_through_tailnet(tp_state, peer):
     # A server that answers only after the client's EOF: the answer must still arrive.
     server = in_netns(peer["netns"], py("""

@@ -59,10 +59,19 @@ class EventRouter:
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
+            self._dispatch(line)
+
+    def _dispatch(self, line: bytes) -> None:
+        """One event to its handler. A bad line or a failing handler must not cost the events
+        after it (a lost "dialed" event would leave a connect waiting)."""
+        try:
             ev = json.loads(line)
             handler = self._handlers.get(ev.get("id"))
             if handler is not None:
                 handler(ev)
+        except Exception as e:      # noqa: BLE001 -- reported, then the next event
+            self._loop.call_exception_handler({"message": f"node event {line[:200]!r}",
+                                               "exception": e})
 
     def close(self) -> None:
         """After the node stopped: anything still waiting learns that it did."""

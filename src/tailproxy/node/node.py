@@ -422,6 +422,7 @@ class Listener:
         self._ident = next(node._ids)
         self._queue: asyncio.Queue = asyncio.Queue(backlog)
         self._events: EventRouter | None = None
+        self._stopped = False
 
     def _start(self, events: EventRouter) -> None:
         self._events = events
@@ -434,7 +435,9 @@ class Listener:
 
     def _on_event(self, ev: dict) -> None:
         if ev["ev"] == "stopped":
-            self._queue.put_nowait(None) if not self._queue.full() else None
+            self._stopped = True
+            if self._queue.empty():
+                self._queue.put_nowait(None)
             return
         sock = socket.socket(fileno=ev["fd"])
         sock.setblocking(False)
@@ -447,6 +450,8 @@ class Listener:
         """Next connection and the peer's tailnet (ip, port)."""
         if self._events is None:
             raise NodeStateError("the listener is closed")
+        if self._stopped and self._queue.empty():
+            raise NodeStateError("the node stopped")
         item = await self._queue.get()
         if item is None:
             raise NodeStateError("the node stopped")
@@ -492,11 +497,11 @@ class Export:
             self._on_inbound(ev)
 
     def close(self) -> None:
-        """Stop accepting; connections already served run to their end."""
+        """Stop accepting; connections already served run to their end (and are still
+        reported to on_inbound: its handler stays until the node stops)."""
         events, self._events = self._events, None
         if events is None:
             return
-        events.unregister(self._ident)
         try:
             self.node._unlisten(self._ident)
         except NodeError:

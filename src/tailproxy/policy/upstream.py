@@ -1,10 +1,11 @@
 """A tailnet connection as the proxy sees it: an upstream that relays itself, in the node."""
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Callable
 
-from ..node import RelayEnd, TailnetConn
+from ..node import NodeError, RelayEnd, TailnetConn
 from ..proxy.dialer import Joined
 
 _TCP_ESTABLISHED = 1
@@ -20,7 +21,10 @@ class NodeUpstream:
     def join(self, local: socket.socket, done: Callable[[int, int, int, str], None],
              initial: bytes = b"") -> Joined:
         joined = _NodeRelay(local, done)
-        self._conn.relay(local, joined._on_end, initial)
+        try:
+            self._conn.relay(local, joined._on_end, initial)
+        except NodeError as e:      # the proxy handles a join that fails as a socket error
+            raise OSError(errno.ECONNRESET, f"the node could not relay: {e}") from None
         return joined
 
     def close(self) -> None:
