@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
+import struct
 from typing import Callable
 
 from ..node import NodeError, RelayEnd, TailnetConn
 from ..proxy.dialer import Joined
 
 _TCP_ESTABLISHED = 1
+_SIOCINQ = 0x541B
 
 
 class NodeUpstream:
@@ -47,13 +50,17 @@ class _NodeRelay:
         self.done(end.up, end.down, end.errno, end.reason)
 
     def delivering(self) -> bool:
-        """True while what the program sent is still on its way: the program ended its side
-        (its FIN arrived: the socket left ESTABLISHED) and the relay has not ended yet, which
-        it does once the tailnet peer ended its side too."""
+        """True while what the program sent is still on its way: bytes wait in our socket for
+        the node to read them (an exited program's socket pushes the rest as the node reads),
+        or the program ended its side (its FIN arrived after its last byte: the socket left
+        ESTABLISHED) and the relay has not ended yet, which it does once the tailnet peer ended
+        its side too."""
         if self.finished:
             return False
         try:
-            return self.local.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+            if self.local.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED:
+                return True
+            return struct.unpack("i", fcntl.ioctl(self.local.fileno(), _SIOCINQ, b"\0" * 4))[0] > 0
         except OSError:
             return False
 

@@ -381,9 +381,10 @@ async def relay_outbound(a: socket.socket, b, *, idle_timeout: float | None = No
             fut.set_result((up, down, error, reason))
 
     try:
-        joined = b.join(a, ended, initial_up)
-    finally:
-        a.close()               # the upstream works on its own duplicate
+        joined = b.join(a, ended, initial_up)   # it closes ``a`` when done
+    except BaseException:
+        a.close()
+        raise
     if track is not None:
         track.add(joined)
     try:
