@@ -24,8 +24,8 @@ Figures, each the median of --reps repetitions with the two targets interleaved 
          the sink is a failure.
   conn   N sequential connect + 1-byte echo + close from peer to the echo server: µs per
          connection and connections per second.
-Both exports are tailscaled serve-config TCP forwards, so parity is the expectation: this
-measures that tailproxy's export adds nothing on the data path.
+The anchor's export is tailscaled's serve-config TCP forward; tailproxy's is its own node's
+forward in Go (tsnet Listen, then a copy to the program's loopback port).
 
 Standalone, it prints every command and a table and writes bench/results/export.json and
 export.md (--out DIR to change).
@@ -45,8 +45,10 @@ import sys
 import tempfile
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-MiB = 1 << 20
+import benchlib as B   # noqa: E402  (bench/ is on sys.path: run.py and this file are scripts there)
+
+BENCH = B.BENCH
+MiB = B.MiB
 
 DEFAULTS = {"reps": 11, "bytes": 256 * MiB, "conns": 500}
 QUICK = {"reps": 1, "bytes": 64 * MiB, "conns": 100}
@@ -64,11 +66,11 @@ def params(quick: bool, reps: int | None = None, nbytes: int | None = None, conn
 
 # ---------------------------------------------------------------- processes
 
-def _spawn(R, argv: list[str], logpath: str, env: dict | None = None, note: str = "",
+def _spawn(argv: list[str], logpath: str, env: dict | None = None, note: str = "",
            stdout_path: str | None = None) -> subprocess.Popen:
     """A long-running process of this section, in its own session; stderr to logpath, stdout to
     stdout_path (default: logpath too)."""
-    R.show(argv, env, note)
+    B.show(argv, env, note)
     err = open(logpath, "w")
     out = open(stdout_path, "w") if stdout_path else err
     try:
@@ -91,9 +93,9 @@ def _wait_file(path: str, pattern: str, proc: subprocess.Popen, timeout: float, 
         if m:
             return m
         if proc.poll() is not None:
-            raise R_Failed(f"{what} exited with status {proc.returncode}: {_tail_file(path)}")
+            raise B.Failed(f"{what} exited with status {proc.returncode}: {_tail_file(path)}")
         if time.monotonic() > deadline:
-            raise R_Failed(f"{what}: no '{pattern}' after {timeout:.0f}s: {_tail_file(path)}")
+            raise B.Failed(f"{what}: no '{pattern}' after {timeout:.0f}s: {_tail_file(path)}")
         time.sleep(0.05)
 
 
@@ -129,28 +131,24 @@ def _stop_tree(proc: subprocess.Popen, extra: list[int]) -> None:
             pass
 
 
-class R_Failed(Exception):
-    """Raised by the helpers here that are not given run.py (caught in bench() with its Failed)."""
-
-
 # ---------------------------------------------------------------- the section
 
-def section(ctx: dict, info: dict, a: argparse.Namespace, R) -> dict:
+def section(ctx: dict, info: dict, a: argparse.Namespace) -> dict:
     """bench/run.py's hook: section (e) with the default (or, with run.py --quick, the quick) sizes."""
-    return bench(ctx, info, params(a.quick), R)
+    return bench(ctx, info, params(a.quick))
 
 
-def bench(ctx: dict, info: dict, p: dict, R) -> dict:
+def bench(ctx: dict, info: dict, p: dict) -> dict:
     """Run section (e). ctx: tb (tcpbench binary), tp + tp_env (how to run tailproxy), tmp.
-    p: params(). R: bench/run.py's module (show/run/Series/delivered/... and its command log).
+    p: params(). Commands are logged in benchlib.COMMANDS (run.py's report prints them).
     Returns {"bulk"|"conn": {mode: Series}, "paired": {"bulk"|"conn": [ratios]}, "setup", "params"}."""
     tb, tmp = ctx["tb"], ctx["tmp"]
     peer = info["peers"]["peer"]
     pns = peer["netns"]
     socks_host, socks_port = peer["socks5"].rsplit(":", 1)
-    res = {"bulk": {m: R.Series() for m in MODES}, "conn": {m: R.Series() for m in MODES},
+    res = {"bulk": {m: B.Series() for m in MODES}, "conn": {m: B.Series() for m in MODES},
            "paired": {"bulk": [], "conn": []}, "setup": {}, "params": p}
-    R.say(f"\n(e) exported listeners, from peer ({pns}) through its tailscaled SOCKS5 "
+    B.say(f"\n(e) exported listeners, from peer ({pns}) through its tailscaled SOCKS5 "
           f"{peer['socks5']} + proxychains4: bulk {p['bytes'] / MiB:g} MiB to a sink, "
           f"{p['conns']} connect+echo; tailproxy --export-listeners vs tailscale serve --tcp")
     procs: list[tuple[subprocess.Popen, list[int]]] = []
@@ -161,24 +159,24 @@ def bench(ctx: dict, info: dict, p: dict, R) -> dict:
     try:
         # -- anchor: the servers on loopback, a userspace tailscaled, serve --tcp -------------
         try:
-            target["anchor"] = _start_anchor(R, ctx, info, env_sink, procs)
-        except (R_Failed, R.Failed) as e:
+            target["anchor"] = _start_anchor(ctx, info, env_sink, procs)
+        except B.Failed as e:
             dead["anchor"] = f"anchor setup: {e}"
-            R.say(f"    FAILED: {dead['anchor']}")
+            B.say(f"    FAILED: {dead['anchor']}")
         # -- tailproxy --export-listeners over the same two servers ----------------------------
         try:
-            target["tailproxy"] = _start_tailproxy(R, ctx, env_sink, procs)
-        except (R_Failed, R.Failed) as e:
+            target["tailproxy"] = _start_tailproxy(ctx, env_sink, procs)
+        except B.Failed as e:
             dead["tailproxy"] = f"tailproxy setup: {e}"
-            R.say(f"    FAILED: {dead['tailproxy']}")
+            B.say(f"    FAILED: {dead['tailproxy']}")
         res["setup"]["seconds"] = round(time.monotonic() - t0, 2)
 
-        pc = R.proxychains_conf(os.path.join(tmp, "proxychains-exp-peer.conf"), int(socks_port))
+        pc = B.proxychains_conf(os.path.join(tmp, "proxychains-exp-peer.conf"), int(socks_port))
         if socks_host != "127.0.0.1":
             with open(pc, "w") as f:
-                f.write(R.PROXYCHAINS_CONF.format(port=socks_port).replace("127.0.0.1", socks_host))
+                f.write(B.PROXYCHAINS_CONF.format(port=socks_port).replace("127.0.0.1", socks_host))
         pre = ["ip", "netns", "exec", pns, "proxychains4", "-q", "-f", pc]
-        R.say(f"  peer's proxychains4 conf {pc}: " + open(pc).read().replace("\n", "; "))
+        B.say(f"  peer's proxychains4 conf {pc}: " + open(pc).read().replace("\n", "; "))
 
         # -- first contact: the peer must know the new nodes and reach them ------------------------
         for m in MODES:
@@ -186,19 +184,19 @@ def bench(ctx: dict, info: dict, p: dict, R) -> dict:
                 continue
             t = target[m]
             try:
-                res["setup"][f"{m}_first_contact_s"] = _first_contact(R, pre, tb, t["ip"], t["echo"])
-            except (R_Failed, R.Failed) as e:
+                res["setup"][f"{m}_first_contact_s"] = _first_contact(pre, tb, t["ip"], t["echo"])
+            except B.Failed as e:
                 dead[m] = f"not reachable from peer: {e}"
-                R.say(f"    FAILED: {dead[m]}")
+                B.say(f"    FAILED: {dead[m]}")
 
         def one_bulk(t):
-            before = R.sink_count(t["sink_log"])
-            d = R.result_line(R.run(pre + [tb, "bulk", t["ip"], str(t["sink"]), str(p["bytes"])],
+            before = B.sink_count(t["sink_log"])
+            d = B.result_line(B.run(pre + [tb, "bulk", t["ip"], str(t["sink"]), str(p["bytes"])],
                                     timeout=120), "bulk")
-            return R.delivered(t["sink_log"], before, d, p["bytes"], (None, t["sink"]))
+            return B.delivered(t["sink_log"], before, d, p["bytes"], (None, t["sink"]))
 
         def one_conn(t):
-            d = R.result_line(R.run(pre + [tb, "connloop", t["ip"], str(t["echo"]), str(p["conns"])],
+            d = B.result_line(B.run(pre + [tb, "connloop", t["ip"], str(t["echo"]), str(p["conns"])],
                                     timeout=120), "connloop")
             return d["per_conn_us"], dict(d, conn_per_s=1e6 / d["per_conn_us"])
 
@@ -207,7 +205,7 @@ def bench(ctx: dict, info: dict, p: dict, R) -> dict:
         for r in range(p["reps"]):
             for key, fn in (("bulk", one_bulk), ("conn", one_conn)):
                 got = {}
-                for m in R.rotated(list(MODES), r):
+                for m in B.rotated(list(MODES), r):
                     if m in dead:
                         res[key][m].errors.append(dead[m])
                         continue
@@ -227,13 +225,13 @@ def bench(ctx: dict, info: dict, p: dict, R) -> dict:
     return res
 
 
-def _start_anchor(R, ctx: dict, info: dict, env_sink: dict, procs: list) -> dict:
+def _start_anchor(ctx: dict, info: dict, env_sink: dict, procs: list) -> dict:
     tb, tmp = ctx["tb"], ctx["tmp"]
     d = tempfile.mkdtemp(prefix="exp-anchor-", dir=tmp)
     sink_log = os.path.join(d, "sink.log")
-    sink = _server(R, [tb, "sink-server", "0", "127.0.0.1"], sink_log, env_sink, procs,
+    sink = _server([tb, "sink-server", "0", "127.0.0.1"], sink_log, env_sink, procs,
                    "sink for the anchor")
-    echo = _server(R, [tb, "echo-server", "0", "127.0.0.1"], os.path.join(d, "echo.log"), {}, procs,
+    echo = _server([tb, "echo-server", "0", "127.0.0.1"], os.path.join(d, "echo.log"), {}, procs,
                    "echo server for the anchor")
     tsd, ts = info["bin"]["tailscaled"], info["bin"]["tailscale"]
     sock = os.path.join(d, "s")
@@ -241,48 +239,48 @@ def _start_anchor(R, ctx: dict, info: dict, env_sink: dict, procs: list) -> dict
     if os.environ.get("SSL_CERT_FILE"):
         env["SSL_CERT_FILE"] = os.environ["SSL_CERT_FILE"]
     log = os.path.join(d, "log")
-    p = _spawn(R, [tsd, "--tun=userspace-networking", f"--statedir={d}", f"--socket={sock}", "--port=0"],
+    p = _spawn([tsd, "--tun=userspace-networking", f"--statedir={d}", f"--socket={sock}", "--port=0"],
                log, env, note=f"anchor node, log in {log}")
     procs.append((p, []))
     deadline = time.monotonic() + 30
     while not os.path.exists(sock):
         if p.poll() is not None or time.monotonic() > deadline:
-            raise R.Failed(f"anchor tailscaled did not start: {_tail_file(log)}")
+            raise B.Failed(f"anchor tailscaled did not start: {_tail_file(log)}")
         time.sleep(0.05)
     control = os.environ.get("TAILPROXY_CONTROL_URL") or info["control_url"]
     authkey = os.environ.get("TS_AUTHKEY") or info["authkey"]
-    R.run([ts, f"--socket={sock}", "up", f"--login-server={control}", f"--auth-key={authkey}",
+    B.run([ts, f"--socket={sock}", "up", f"--login-server={control}", f"--auth-key={authkey}",
            "--hostname=exp-anchor"], timeout=90, secret=authkey)
     for port in (sink, echo):
-        R.run([ts, f"--socket={sock}", "serve", "--bg", "--tcp", str(port), f"tcp://127.0.0.1:{port}"],
+        B.run([ts, f"--socket={sock}", "serve", "--bg", "--tcp", str(port), f"tcp://127.0.0.1:{port}"],
               timeout=30)
-    ip = R.run([ts, f"--socket={sock}", "ip", "-4"], timeout=30).split()[0]
+    ip = B.run([ts, f"--socket={sock}", "ip", "-4"], timeout=30).split()[0]
     return {"ip": ip, "sink": sink, "echo": echo, "sink_log": sink_log}
 
 
-def _server(R, argv: list[str], log: str, env: dict, procs: list, note: str) -> int:
+def _server(argv: list[str], log: str, env: dict, procs: list, note: str) -> int:
     out = log + ".out"
-    p = _spawn(R, argv, log, env, note, stdout_path=out)
+    p = _spawn(argv, log, env, note, stdout_path=out)
     procs.append((p, []))
     m = _wait_file(out, r"^listening \S+ (\d+)$", p, 10, "tcpbench server")
     return int(m.group(1))
 
 
-def _start_tailproxy(R, ctx: dict, env_sink: dict, procs: list) -> dict:
+def _start_tailproxy(ctx: dict, env_sink: dict, procs: list) -> dict:
     tb, tmp = ctx["tb"], ctx["tmp"]
     d = tempfile.mkdtemp(prefix="exp-tp-", dir=tmp)
     sink_log = os.path.join(d, "sink.log")
     # The ports are chosen here (free on the client host's loopback now) so that both are known
     # before tailproxy says it exported them; the servers bind 0.0.0.0 and are held to loopback.
-    sink, echo = R.free_port(), R.free_port()
+    sink, echo = B.free_port(), B.free_port()
     while echo == sink:
-        echo = R.free_port()
+        echo = B.free_port()
     q = shlex.quote
     script = f"{q(tb)} echo-server {echo} & exec {q(tb)} sink-server {sink} 2>{q(sink_log)}"
     log = os.path.join(d, "tailproxy.log")
     argv = ctx["tp"] + ["--hostname", "exp-bench", "--state-dir", os.path.join(d, "state"),
                         "--export-listeners", "sh", "-c", script]
-    p = _spawn(R, argv, log, dict(ctx["tp_env"], **env_sink),
+    p = _spawn(argv, log, dict(ctx["tp_env"], **env_sink),
                note=f"tailproxy's stderr in {log}", stdout_path=os.path.join(d, "stdout"))
     kids: list[int] = []
     procs.append((p, kids))
@@ -291,21 +289,21 @@ def _start_tailproxy(R, ctx: dict, env_sink: dict, procs: list) -> dict:
         m = _wait_file(log, rf"exported port {port}: (.*)$", p, 90, "tailproxy")
         got[port] = m.group(1)
     # the tcpbench servers, to be sure none outlives tailproxy (the echo server is sh's child)
-    kids += [c for c in R.descendants(p.pid) if R.comm(c) == "tcpbench"]
+    kids += [c for c in B.descendants(p.pid) if B.comm(c) == "tcpbench"]
     ips = [a.rsplit(":", 1)[0] for a in got[sink].split() if re.match(r"^\d+\.\d+\.\d+\.\d+:\d+$", a)]
     if not ips:
-        raise R.Failed(f"no IPv4 address in tailproxy's 'exported port {sink}: {got[sink]}'")
-    R.say(f"    tailproxy: exported port {sink}: {got[sink]}")
-    R.say(f"    tailproxy: exported port {echo}: {got[echo]}")
+        raise B.Failed(f"no IPv4 address in tailproxy's 'exported port {sink}: {got[sink]}'")
+    B.say(f"    tailproxy: exported port {sink}: {got[sink]}")
+    B.say(f"    tailproxy: exported port {echo}: {got[echo]}")
     return {"ip": ips[0], "sink": sink, "echo": echo, "sink_log": sink_log}
 
 
-def _first_contact(R, pre: list[str], tb: str, ip: str, port: int, timeout: float = 45) -> float:
+def _first_contact(pre: list[str], tb: str, ip: str, port: int, timeout: float = 45) -> float:
     """One connect+echo from peer, retried until it works (the peer learns of a new node through
     control, then WireGuard sets up): seconds it took. Not a figure of the comparison."""
     t0 = time.monotonic()
     argv = pre + [tb, "connloop", ip, str(port), "1"]
-    R.show(argv, note="first contact, retried until it works")
+    B.show(argv, note="first contact, retried until it works")
     last = ""
     while time.monotonic() - t0 < timeout:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -313,12 +311,12 @@ def _first_contact(R, pre: list[str], tb: str, ip: str, port: int, timeout: floa
             return round(time.monotonic() - t0, 2)
         last = (p.stderr or p.stdout).strip()
         time.sleep(0.2)
-    raise R.Failed(f"{timeout:.0f}s of retries: {last}")
+    raise B.Failed(f"{timeout:.0f}s of retries: {last}")
 
 
 # ---------------------------------------------------------------- report
 
-def rows(res: dict | None, R) -> tuple[list[list[str]], list[str]]:
+def rows(res: dict | None) -> tuple[list[list[str]], list[str]]:
     """Table rows (benchmark, mode, median, vs anchor) and failure notes for run.py's report."""
     if not res:
         return [], []
@@ -333,14 +331,14 @@ def rows(res: dict | None, R) -> tuple[list[list[str]], list[str]]:
                 k = s[m].errors.count(e)
                 failures.append(f"(e) {key} {m}: {e}" + (f" ({k} reps)" if k > 1 else ""))
             if key == "bulk":
-                cell = R.cell(s[m], "{:.2f} Gbit/s")
-                extra = "" if m == "anchor" else f"{R.fr(R.ratio(s[m].median, s['anchor'].median))} anchor"
+                cell = B.cell(s[m], "{:.2f} Gbit/s")
+                extra = "" if m == "anchor" else f"{B.fr(B.ratio(s[m].median, s['anchor'].median))} anchor"
             else:
                 med = s[m].median
-                cell = R.cell(s[m], "{:.0f} µs/conn") + (f" = {1e6 / med:.0f} conn/s" if med else "")
+                cell = B.cell(s[m], "{:.0f} µs/conn") + (f" = {1e6 / med:.0f} conn/s" if med else "")
                 a = s["anchor"].median
                 # connection *rate* ratio: > 1 means tailproxy accepts connections faster
-                extra = "" if m == "anchor" else (f"rate {R.fr(R.ratio(a, med))} anchor" if med and a else "-")
+                extra = "" if m == "anchor" else (f"rate {B.fr(B.ratio(a, med))} anchor" if med and a else "-")
             pr = res["paired"][key]
             if m != "anchor" and len(pr) > 1:
                 extra += (f"; per-rep pairs: median {statistics.median(pr):.2f}x, "
@@ -377,8 +375,6 @@ def main() -> int:
         return 2
     with open(info_path) as f:
         info = json.load(f)
-    sys.path.insert(0, BENCH)
-    import run as R    # bench/run.py: its helpers and its command log
     import shutil
     for tool in ("gcc", "proxychains4", "ip"):
         if not shutil.which(tool):
@@ -387,7 +383,7 @@ def main() -> int:
     p = params(a.quick, a.reps, a.bytes, a.conns)
     t0 = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="tailproxy-exp-bench-")
-    tp, tp_env = R.tailproxy_cmd(a.tailproxy)
+    tp, tp_env = B.tailproxy_cmd(a.tailproxy)
     ctx = {"tmp": tmp, "tp": tp, "tp_env": tp_env}
     meta = {"when": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": shlex.join(["python", "-m", "tailproxy.testnet", "--", sys.executable,
@@ -396,25 +392,25 @@ def main() -> int:
             "loadavg_start": os.getloadavg()}
     res = None
     try:
-        R.say(f"tailproxy export benchmark, in {tmp}\n\nsetup")
-        ctx["tb"] = R.build_tcpbench(tmp)
-        res = bench(ctx, info, p, R)
+        B.say(f"tailproxy export benchmark, in {tmp}\n\nsetup")
+        ctx["tb"] = B.build_tcpbench(tmp)
+        res = bench(ctx, info, p)
     except KeyboardInterrupt:
-        R.say("export_bench: interrupted")
+        B.say("export_bench: interrupted")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table, failures = rows(res, R)
+    table, failures = rows(res)
     meta["seconds"] = round(time.monotonic() - t0, 1)
     meta["loadavg_end"] = os.getloadavg()
-    meta["versions"] = R.versions(info["bin"]["tailscaled"])
+    meta["versions"] = B.versions(info["bin"]["tailscaled"])
     header = ["benchmark", "mode", "median", "vs anchor"]
-    R.say("\n" + R.table(table, header) if table else "\n(no figures)")
+    B.say("\n" + B.table(table, header) if table else "\n(no figures)")
     if failures:
-        R.say("\nfailures:\n" + "\n".join(f"  {f}" for f in failures))
-    R.say(f"\n({meta['seconds']} s)")
+        B.say("\nfailures:\n" + "\n".join(f"  {f}" for f in failures))
+    B.say(f"\n({meta['seconds']} s)")
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "export.json"), "w") as f:
-        json.dump({"meta": meta, "results": to_json(res), "failures": failures, "commands": R.COMMANDS}, f,
+        json.dump({"meta": meta, "results": to_json(res), "failures": failures, "commands": B.COMMANDS}, f,
                   indent=2)
     md = ["# tailproxy export benchmark (section (e))", "",
           f"- when: {meta['when']}; command: `{meta['command']}`",
@@ -430,10 +426,10 @@ def main() -> int:
                    + ", ".join(f"{m} {res['setup'].get(f'{m}_first_contact_s', '-')} s" for m in MODES)]
     if failures:
         md += ["", "## Failures", ""] + [f"- {f}" for f in failures]
-    md += ["", "## Commands (exact, in order)", "", "```"] + R.COMMANDS + ["```", ""]
+    md += ["", "## Commands (exact, in order)", "", "```"] + B.COMMANDS + ["```", ""]
     with open(os.path.join(a.out, "export.md"), "w") as f:
         f.write("\n".join(md))
-    R.say(f"wrote {os.path.join(a.out, 'export.json')} and export.md")
+    B.say(f"wrote {os.path.join(a.out, 'export.json')} and export.md")
     return 0 if res and not failures else 1
 
 
