@@ -13,13 +13,22 @@ modes interleaved (and their order rotated) in each repetition:
       rates: client's first write to the sink's last byte (the sink logs CLOCK_MONOTONIC times),
       and a bulk whose bytes do not all reach the sink is a failure
   (c) through the tailnet to `peer` (servers on the peer's 127.0.0.1, reached through its
-      userspace tailscaled): tailproxy --hostname bench-tp vs a second userspace tailscaled on the
-      client host (SOCKS5) + proxychains4: bulk throughput, connect latency, connect+echo loop
-  (d) memory (VmRSS) of the tailproxy process and of its tailscaled child, idle and with K open
+      userspace tailscaled): tailproxy --hostname bench-tp (its node is in the tailproxy process:
+      Go over tsnet) vs a userspace tailscaled on the client host (SOCKS5) + proxychains4. Per
+      run: warm-up, connect+echo loop, connect() latency (median and p90 of the run), then
+      --tailnet-bulk-n bulk transfers (median and p90 over every transfer of every run). While
+      each tailproxy run goes, its peak RSS (VmHWM of the tailproxy process) is sampled; the
+      anchor's is its tailscaled's VmHWM after each run
+  (d) memory (VmRSS) of the tailproxy process (Python + Go node), idle and with K open
       connections, next to microsocks (and the anchor tailscaled) holding K connections
   (e) bench/export_bench.py: from peer, bulk and connect+echo to servers exported by tailproxy
       --export-listeners vs the same servers behind a userspace tailscaled's `serve --tcp`
   (f) bench/dns_bench.py: name lookups per second through tailproxy vs plain glibc
+  (g) start-up with saved state: from starting `tailproxy ... tcpbench stamp` to the program's
+      main (CLOCK_MONOTONIC before the start vs the time tcpbench reads first thing in main),
+      next to the same program started directly (fork/exec/ld.so: tailproxy's start-up is the
+      difference); and the first connection after start: to the end of one connect + 1-byte
+      echo to `peer` made at once by `tailproxy ... tcpbench first`
 
 Prints every exact command, a table, and writes bench/results/latest.json + latest.md
 (--out DIR to change). A tailproxy mode that fails is reported as FAILED with its error; the
@@ -44,7 +53,7 @@ ROOT = os.path.dirname(BENCH)
 
 from benchlib import (  # noqa: E402  (bench/ is on sys.path: this file is run as a script)
     COMMANDS, GiB, MiB, PROXYCHAINS_CONF, STARTED, Failed, PeakWatch, Series, build_tcpbench, cell,
-    comm, delivered, descendants, fr, free_port, hold_rss, pct, proxychains_conf, ratio, result_line,
+    comm, delivered, descendants, fr, free_port, hold_rss, proxychains_conf, ratio, result_line,
     rotated, rss_kib, run, say, show, sink_count, start_server, status_kib, stop, stop_all, table,
     tail, tailproxy_cmd, versions, wait_port)
 
@@ -101,8 +110,8 @@ def bench_local(ctx, a: argparse.Namespace) -> dict:
 def tailnet_script(tb: str, ip: str, echo: int, sink: int, a: argparse.Namespace) -> str:
     steps = [("warm", f"connloop {ip} {echo} {a.warmup}"),
              ("connloop", f"connloop {ip} {echo} {a.tailnet_conns}"),
-             ("connlat", f"connlat {ip} {echo} {a.tailnet_conns}"),
-             ("bulk", f"bulk {ip} {sink} {a.tailnet_bulk_bytes}")]
+             ("connlat", f"connlat {ip} {echo} {a.tailnet_conns}")]
+    steps += [(f"bulk{i}", f"bulk {ip} {sink} {a.tailnet_bulk_bytes}") for i in range(a.tailnet_bulk_n)]
     q = shlex.quote(tb)
     return "; ".join(f"echo @@{name}; {q} {args} || echo @@failed-{name} $?" for name, args in steps)
 
@@ -124,16 +133,19 @@ def split_sections(stdout: str) -> dict:
 
 
 def bench_tailnet(ctx, a: argparse.Namespace) -> dict:
-    """(c) through the tailnet: tailproxy vs userspace tailscaled SOCKS5 + proxychains4."""
+    """(c) through the tailnet: tailproxy vs userspace tailscaled SOCKS5 + proxychains4. One run
+    per mode and repetition: warm-up, connect+echo loop, connect() latency, then tailnet_bulk_n
+    bulk transfers; tailproxy's peak RSS (VmHWM) is watched while it runs."""
     tb, ip = ctx["tb"], ctx["peer_ip"]
-    say(f"\n(c) through the tailnet to peer {ip}: bulk {a.tailnet_bulk_bytes / MiB:g} MiB, "
+    say(f"\n(c) through the tailnet to peer {ip}: {a.tailnet_bulk_n} x bulk {a.tailnet_bulk_bytes / MiB:g} MiB, "
         f"{a.tailnet_conns} connects, {a.tailnet_conns} connect+echo (after {a.warmup} warm-up)")
     modes = {
         "anchor": (["proxychains4", "-q", "-f", ctx["pc_anchor"]], {}, "peer_echo_anchor"),
         "tailproxy": (ctx["tp"] + ["--hostname", "bench-tp", "--state-dir", ctx["tp_state"]],
                       ctx["tp_env"], "peer_echo_tp"),
     }
-    res = {k: {m: Series() for m in modes} for k in ("bulk", "connlat", "connlat_p90", "connloop", "warmup")}
+    res = {k: {m: Series() for m in modes}
+           for k in ("bulk", "connlat", "connlat_p90", "connloop", "warmup", "peak_kib")}
     dead = {}   # mode -> error of a whole run that failed: not run again (e.g. cannot join)
     if ctx.get("anchor_error"):
         dead["anchor"] = ctx["anchor_error"]
@@ -145,15 +157,28 @@ def bench_tailnet(ctx, a: argparse.Namespace) -> dict:
                     res[k][m].errors.append(dead[m])
                 continue
             script = tailnet_script(tb, ip, ctx[echo_key], ctx["peer_sink_port"], a)
+            watch = []
             try:
                 before = sink_count(ctx["peer_sink_log"])
-                out = run(pre + ["sh", "-c", script], env, timeout=a.tailnet_timeout)
+                out = run(pre + ["sh", "-c", script], env, timeout=a.tailnet_timeout,
+                          on_start=(lambda p: watch.append(PeakWatch(p.pid))) if m == "tailproxy" else None)
             except Failed as e:
                 say(f"    FAILED: {e}")
                 dead[m] = f"{e} (not run again)"
                 for k in res:
                     res[k][m].errors.append(str(e))
                 continue
+            finally:
+                peak = watch[0].stop() if watch else None
+            if m == "tailproxy":
+                if peak:
+                    res["peak_kib"][m].add(lambda: (peak, {}))
+                else:
+                    res["peak_kib"][m].fail("no VmHWM reading of the tailproxy process")
+            elif ctx.get("anchor_proc"):   # the anchor's tailscaled lives through all of (c)
+                hwm = status_kib(ctx["anchor_proc"].pid, "VmHWM")
+                if hwm:
+                    res["peak_kib"][m].add(lambda: (hwm, {}))
             sec = split_sections(out)
             stderr = sec.get("stderr", "")
             failed = set(f.split()[0] for f in sec.get("failed", "").splitlines() if f.strip())
@@ -165,11 +190,10 @@ def bench_tailnet(ctx, a: argparse.Namespace) -> dict:
                 return result_line(sec.get(name, ""), word)
 
             res["warmup"][m].add(lambda: (get("warm", "connloop")["total_s"], {}))
-
-            def one_bulk():
-                return delivered(ctx["peer_sink_log"], before, get("bulk", "bulk"), a.tailnet_bulk_bytes,
-                                 (ctx["peer_netns"], ctx["peer_sink_port"]))
-            res["bulk"][m].add(one_bulk)
+            for i in range(a.tailnet_bulk_n):   # every transfer is one value (median and p90 over all)
+                res["bulk"][m].add(lambda i=i: delivered(
+                    ctx["peer_sink_log"], before, get(f"bulk{i}", "bulk"), a.tailnet_bulk_bytes,
+                    (ctx["peer_netns"], ctx["peer_sink_port"])))
             lat = {}
 
             def one_lat():
@@ -193,8 +217,12 @@ def bench_memory(ctx, a: argparse.Namespace) -> dict:
     tb, k = ctx["tb"], a.hold
     say(f"\n(d) memory (VmRSS): idle and with {k} open connections (each: connect + 1-byte echo)")
     mem: dict[str, dict] = {}
+    if ctx.get("anchor_proc") and not ctx.get("anchor_error"):   # before this section's holds
+        mem["anchor tailscaled before hold (after (c))"] = {"tailscaled": rss_kib(ctx["anchor_proc"].pid)}
 
     def tp_targets(p):
+        """The tailproxy process (Python and, in it, the Go node). tailproxy runs no tailscaled
+        any more; should one appear among its descendants, it is shown too."""
         t = {"tailproxy": p.pid}
         for c in descendants(p.pid):
             if comm(c) == "tailscaled":
@@ -248,7 +276,7 @@ def bench_memory(ctx, a: argparse.Namespace) -> dict:
         if ctx.get("anchor_proc") and not ctx.get("anchor_error"):
             apid = ctx["anchor_proc"].pid
             mem["anchor tailscaled idle (after login)"] = {"tailscaled": ctx.get("anchor_idle_kib")}
-            mem["anchor tailscaled before hold (after (c))"] = {"tailscaled": rss_kib(apid)}
+            mem.setdefault("anchor tailscaled before hold (after (c))", {"tailscaled": rss_kib(apid)})
             say(f"    anchor tailscaled idle: {fmt_mem(mem['anchor tailscaled idle (after login)'])}; "
                 f"before hold: {fmt_mem(mem['anchor tailscaled before hold (after (c))'])}")
             record(f"anchor tailscaled {k} conns",
@@ -256,6 +284,61 @@ def bench_memory(ctx, a: argparse.Namespace) -> dict:
                                      str(peer_echo), str(k)], {}, lambda p: {"tailscaled": apid},
                                     a.hold_timeout))
     return mem
+
+
+
+def bench_startup(ctx, a: argparse.Namespace) -> dict:
+    """(g) start-up with saved state: CLOCK_MONOTONIC just before the command is started, against
+    the time the program (tcpbench, C) reads first thing in main. `tcpbench stamp` run directly
+    gives the cost of starting the program itself (fork/exec, ld.so): tailproxy's start-up is the
+    difference. `tcpbench first` makes one connect + 1-byte echo to `peer` at once: start to its
+    end is the first connection after start."""
+    tb, n = ctx["tb"], a.reps_start
+    tpn = ctx["tp"] + ["--hostname", "bench-tp", "--state-dir", ctx["tp_state"]]
+    env = ctx["tp_env"]
+    peer_ip, echo = ctx["peer_ip"], ctx["peer_echo_first"]
+    say(f"\n(g) start-up with saved state ({ctx['tp_state']}): {n} runs each, modes interleaved")
+    res = {k: Series() for k in ("direct_exec", "tp_exec", "tp_exit", "first", "first_conn")}
+
+    def timed(argv, e, word):
+        t0 = time.monotonic()
+        out = run(argv, e, timeout=90)
+        t_end = time.monotonic()
+        return t0, result_line(out, word), t_end
+
+    try:   # one run first, not counted: the state is saved, whatever ran before
+        run(tpn + [tb, "first", peer_ip, str(echo)], env, timeout=90, note="not counted: saves the node state")
+    except Failed as e:
+        say(f"    FAILED (not counted): {e}")
+    modes = ("direct", "stamp", "first")
+    for r in range(n):
+        for m in rotated(list(modes), r):
+            if m == "direct":
+                def one():
+                    t0, d, _ = timed([tb, "stamp"], {}, "stamp")
+                    return d["t_main"] - t0, d
+                res["direct_exec"].add(one)
+            elif m == "stamp":
+                got = {}
+
+                def one():
+                    t0, d, t_end = timed(tpn + [tb, "stamp"], env, "stamp")
+                    got["exit"] = t_end - t0
+                    return d["t_main"] - t0, d
+                res["tp_exec"].add(one)
+                if got:
+                    res["tp_exit"].add(lambda: (got["exit"], {}))
+            else:
+                got = {}
+
+                def one():
+                    t0, d, _ = timed(tpn + [tb, "first", peer_ip, str(echo)], env, "first")
+                    got["conn"] = d["t_done"] - d["t_main"]
+                    return d["t_done"] - t0, d
+                res["first"].add(one)
+                if got:
+                    res["first_conn"].add(lambda: (got["conn"], {}))
+    return res
 
 
 def fmt_mem(d: dict) -> str:
@@ -315,7 +398,7 @@ def add_target(targets: list, name: str, met, tp: Series, anchor: Series, detail
     targets.append({"name": name, "met": met, "detail": detail})
 
 
-def summarize(loc: dict | None, tn: dict | None, mem: dict | None, a) -> tuple[list[list[str]], list[dict], list[str]]:
+def summarize(loc: dict | None, tn: dict | None, mem: dict | None, st: dict | None, a) -> tuple[list[list[str]], list[dict], list[str]]:
     """Rows of the table, the targets, and the failure notes."""
     rows, targets, failures = [], [], []
 
@@ -358,23 +441,46 @@ def summarize(loc: dict | None, tn: dict | None, mem: dict | None, a) -> tuple[l
                    None if r is None else r >= 2, b["tailproxy"], b["proxychains"], f"ratio {fr(r)}")
     if tn:
         lab = {"anchor": "tailscaled SOCKS5 + proxychains4", "tailproxy": "tailproxy (tailnet)"}
-        for key, what, fmt, better in (("bulk", "(c) bulk to peer", "{:.2f} Gbit/s", "higher"),
-                                       ("connlat", "(c) connect latency (median)", "{:.0f} µs", "lower"),
-                                       ("connlat_p90", "(c) connect latency (p90)", "{:.0f} µs", "lower"),
-                                       ("connloop", "(c) connect+echo to peer", "{:.0f} µs/conn", "lower"),
-                                       ("warmup", f"(c) first {a.warmup} connect+echo (tailproxy's node just started)", "{:.2f} s",
-                                        "lower")):
+        nb = f"{a.tailnet_bulk_n * a.reps_tailnet} ({a.tailnet_bulk_n} per run)"
+        derived = {   # figure key -> {mode: Series with the one figure}, for cell() and the targets
+            "bulk_p90": {m: derive(tn["bulk"][m], tn["bulk"][m].quantile(0.1)) for m in tn["bulk"]},
+            "peak": {m: derive(tn["peak_kib"][m], max(tn["peak_kib"][m].values) / 1024
+                               if tn["peak_kib"][m].values else None) for m in tn["peak_kib"]},
+        }
+        series = dict(tn, **derived)
+        for key, what, fmt in (
+                ("bulk", f"(c) bulk {a.tailnet_bulk_bytes / MiB:g} MiB to peer, median of {nb} transfers",
+                 "{:.2f} Gbit/s"),
+                ("bulk_p90", f"(c) bulk to peer, p90 (the slowest 10% of {nb} transfers were this slow "
+                             "or slower)", "{:.2f} Gbit/s"),
+                ("connlat", f"(c) connect latency, median (median of {a.reps_tailnet} runs)", "{:.0f} µs"),
+                ("connlat_p90", f"(c) connect latency, p90 (median of {a.reps_tailnet} runs)", "{:.0f} µs"),
+                ("connloop", "(c) connect+echo to peer", "{:.0f} µs/conn"),
+                ("warmup", f"(c) first {a.warmup} connect+echo (tailproxy's node just started)", "{:.2f} s"),
+                ("peak", "(c) peak RSS (VmHWM) during (c), highest of the runs", "{:.1f} MiB")):
             for m in ("anchor", "tailproxy"):
-                failed(what, m, tn[key][m])
-                extra = "" if m == "anchor" else f"{fr(ratio(tn[key][m].median, tn[key]['anchor'].median))} anchor"
-                rows.append([what, lab[m], cell(tn[key][m], fmt), extra])
-        r = ratio(tn["bulk"]["tailproxy"].median, tn["bulk"]["anchor"].median)
-        add_target(targets, "(c) tailproxy throughput ≥ anchor (tailscaled SOCKS5 + proxychains4)",
-                   None if r is None else r >= 1, tn["bulk"]["tailproxy"], tn["bulk"]["anchor"], f"ratio {fr(r)}")
-        r = ratio(tn["connlat"]["tailproxy"].median, tn["connlat"]["anchor"].median)
-        add_target(targets, "(c) tailproxy connect latency (median) < anchor's",
-                   None if r is None else r < 1, tn["connlat"]["tailproxy"], tn["connlat"]["anchor"],
-                   f"ratio {fr(r)}")
+                if key not in derived:
+                    failed(what, m, series[key][m])
+                extra = "" if m == "anchor" else \
+                    f"{fr(ratio(series[key][m].median, series[key]['anchor'].median))} anchor"
+                if key == "peak" and m == "anchor":
+                    extra = "its one tailscaled, through every run of (c)"
+                rows.append([what, lab[m], cell(series[key][m], fmt), extra])
+        for key, label, bound in (("bulk", "bulk, median", 1.2), ("bulk_p90", "bulk, p90", 1.2),
+                                  ("connlat", "connect latency, median", 0.8),
+                                  ("connlat_p90", "connect latency, p90", 0.8)):
+            t, an = series[key]["tailproxy"], series[key]["anchor"]
+            r = ratio(t.median, an.median)
+            ok = None if r is None else (r >= bound if key.startswith("bulk") else r <= bound)
+            add_target(targets, f"(c) {label} {'≥' if key.startswith('bulk') else '≤'} {bound}x anchor "
+                                f"(tailscaled SOCKS5 + proxychains4)", ok, t, an,
+                       f"{cell(t, '{:.2f}' if key.startswith('bulk') else '{:.0f}')} vs "
+                       f"{cell(an, '{:.2f}' if key.startswith('bulk') else '{:.0f}')}"
+                       f"{' Gbit/s' if key.startswith('bulk') else ' µs'}, ratio {fr(r)}")
+        pk = series["peak"]["tailproxy"]
+        add_target(targets, "(c) peak RSS of tailproxy (Python + Go) during (c) ≤ 300 MiB",
+                   None if pk.median is None else pk.median <= 300, pk, series["peak"]["anchor"],
+                   f"{cell(pk, '{:.1f} MiB')} (anchor tailscaled {cell(series['peak']['anchor'], '{:.1f} MiB')})")
     if mem:
         k = a.hold
         for name, d in mem.items():
@@ -398,8 +504,38 @@ def summarize(loc: dict | None, tn: dict | None, mem: dict | None, a) -> tuple[l
                 ms = mem.get(f"microsocks {k} conns", {}).get("microsocks")
                 if proc == "tailproxy" and name.endswith(f"{k} conns") and ms:
                     extra += f"; {kib / ms:.1f}x microsocks"
+                if name == "tailproxy (tailnet) idle" and proc == "tailproxy":
+                    extra = "the old proxy + tailscaled child: 62 MiB (issue 9)"
                 rows.append(["(d) memory", f"{name}: {proc}", f"{kib / 1024:.1f} MiB", extra])
+        idle = mem.get("tailproxy (tailnet) idle", {}).get("tailproxy")
+        targets.append({"name": "(d) tailproxy (Python + Go) idle on the tailnet ≤ 80 MiB",
+                        "met": None if idle is None else idle / 1024 <= 80,
+                        "detail": "not measured" if idle is None else
+                        f"{idle / 1024:.1f} MiB (old proxy + tailscaled: 62 MiB)"})
+    if st:
+        n = a.reps_start
+        d = st["direct_exec"].median
+        for key, what, mode, extra in (
+                ("direct_exec", "(g) start to the program's main", "the program alone (no tailproxy)", ""),
+                ("tp_exec", "(g) start to the program's main", "tailproxy (saved state)",
+                 f"tailproxy's start-up: {fr(None if d is None or st['tp_exec'].median is None else (st['tp_exec'].median - d) * 1000, '{:.0f} ms')}; "
+                 "the old tailproxy: 0.37 s (issue 9)"),
+                ("tp_exit", "(g) `tailproxy tcpbench stamp`, start to exit", "tailproxy (saved state)", ""),
+                ("first", "(g) start to the end of the first connect+echo to peer", "tailproxy (saved state)", ""),
+                ("first_conn", "(g) that first connect+echo alone (program's main to its end)",
+                 "tailproxy (saved state)", "")):
+            failed(what, mode, st[key])
+            rows.append([f"{what} (median of {n})", mode, cell(st[key], "{:.3f} s"), extra])
     return rows, targets, failures
+
+
+def derive(s: Series, value: float | None) -> Series:
+    """A Series holding one figure computed from s (a quantile, a maximum), with s's errors."""
+    out = Series()
+    if value is not None:
+        out.values.append(value)
+    out.errors = list(s.errors)
+    return out
 
 
 def markdown(rows, targets, failures, meta, a) -> str:
@@ -414,8 +550,9 @@ def markdown(rows, targets, failures, meta, a) -> str:
           f"microsocks {meta['versions']['microsocks']}, tailscaled {meta['versions']['tailscaled']}",
           f"- each figure: median of {a.reps} ((a), (b)) or {a.reps_tailnet} ((c)) repetitions, modes "
           f"interleaved and rotated; (a) {a.conns} connections, "
-          f"(b) {a.bulk_bytes / GiB:g} GiB, (c) {a.tailnet_bulk_bytes / MiB:g} MiB and {a.tailnet_conns} "
-          f"connections after {a.warmup} warm-up, (d) {a.hold} connections, one run",
+          f"(b) {a.bulk_bytes / GiB:g} GiB, (c) {a.tailnet_bulk_n} x {a.tailnet_bulk_bytes / MiB:g} MiB and "
+          f"{a.tailnet_conns} connections after {a.warmup} warm-up per run, (d) {a.hold} connections, one run, "
+          f"(g) {a.reps_start} runs of each",
           "", "| benchmark | mode | median | vs anchor |", "|---|---|---|---|"]
     md += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |" for r in rows]
     md += ["", "## Targets", ""]
@@ -455,10 +592,13 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=2000, help="(a) sequential connections (default 2000)")
     p.add_argument("--bulk-bytes", type=int, default=2 * GiB, help="(b) bytes per bulk run (default 2 GiB)")
     p.add_argument("--tailnet-conns", type=int, default=1000, help="(c) connections per run (default 1000)")
-    p.add_argument("--tailnet-bulk-bytes", type=int, default=512 * MiB, help="(c) bytes (default 512 MiB)")
+    p.add_argument("--tailnet-bulk-bytes", type=int, default=256 * MiB,
+                   help="(c) bytes per bulk transfer (default 256 MiB)")
+    p.add_argument("--tailnet-bulk-n", type=int, default=3, help="(c) bulk transfers per run (default 3)")
+    p.add_argument("--reps-start", type=int, default=10, help="(g) runs of each start-up figure (default 10)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcdef", help="sections to run, e.g. 'ab' (default abcdef)")
+    p.add_argument("--only", default="abcdefg", help="sections to run, e.g. 'ab' (default abcdefg)")
     p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
@@ -469,6 +609,7 @@ def main() -> int:
     if a.quick:
         a.reps, a.reps_tailnet, a.conns, a.bulk_bytes = 1, 1, 200, 256 * MiB
         a.tailnet_conns, a.tailnet_bulk_bytes, a.warmup, a.hold = 100, 64 * MiB, 10, 100
+        a.tailnet_bulk_n, a.reps_start = 2, 3
     info_path = os.environ.get("TESTNET_INFO")
     if not info_path:
         print("bench: needs the local test tailnet; run `make bench` (or python -m tailproxy.testnet -- "
@@ -499,7 +640,7 @@ def main() -> int:
             "args": vars(a), "testnet": {"client": info["client"], "peer": info["peers"]["peer"]}}
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
-    loc = tn = mem = ex = None
+    loc = tn = mem = ex = st = None
     dns = None
     try:
         say("\nsetup")
@@ -524,9 +665,9 @@ def main() -> int:
         wait_port("127.0.0.1", ms_port, ms)
         ctx["pc_local"] = proxychains_conf(os.path.join(tmp, "proxychains-local.conf"), ms_port)
         say(f"  proxychains4 conf {ctx['pc_local']}: " + open(ctx["pc_local"]).read().replace("\n", "; "))
-        if "c" in a.only or ("d" in a.only and not a.no_tailnet_memory):
+        if "c" in a.only or "g" in a.only or ("d" in a.only and not a.no_tailnet_memory):
             ns = ctx["peer_netns"] = info["peers"]["peer"]["netns"]
-            for key in ("peer_echo_anchor", "peer_echo_tp", "peer_echo_hold"):
+            for key in ("peer_echo_anchor", "peer_echo_tp", "peer_echo_hold", "peer_echo_first"):
                 _, ctx[key] = start_server(["ip", "netns", "exec", ns, tb, "echo-server", "0", "127.0.0.1"],
                                            os.path.join(tmp, key + ".log"), note="in the peer's namespace")
             ctx["peer_sink_log"] = os.path.join(tmp, "peer-sink.log")
@@ -543,6 +684,8 @@ def main() -> int:
             tn = guarded("(c)", bench_tailnet, ctx, a)
         if "d" in a.only:
             mem = guarded("(d)", bench_memory, ctx, a)
+        if "g" in a.only:
+            st = guarded("(g)", bench_startup, ctx, a)
         if "f" in a.only:   # (f): bench/dns_bench.py
             import dns_bench
             dns = guarded("(f)", dns_bench.section, info, tp, tp_env, tmp, a.dns_lookups,
@@ -556,7 +699,7 @@ def main() -> int:
         stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rows, targets, failures = summarize(loc, tn, mem, a)
+    rows, targets, failures = summarize(loc, tn, mem, st, a)
     if ex:
         import export_bench
         ex_rows, ex_failures = export_bench.rows(ex)
@@ -583,7 +726,8 @@ def main() -> int:
             "a_connlat": {m: s.to_json() for m, s in loc["lat"].items()} if loc else None,
             "b_bulk": {m: s.to_json() for m, s in loc["bulk"].items()} if loc else None,
             "c_tailnet": {k: {m: s.to_json() for m, s in v.items()} for k, v in tn.items()} if tn else None,
-            "d_memory_kib": mem}
+            "d_memory_kib": mem,
+            "g_startup_s": {k: v.to_json() for k, v in st.items()} if st else None}
     if dns:
         data["f_dns_lookups_per_s"] = dns["rates"]
     if ex:

@@ -14,6 +14,10 @@
  *   tcpbench connlat HOST PORT N       N sequential connects (connect() time only), median/p90 µs
  *   tcpbench hold HOST PORT N          open N connections (each: connect + 1-byte echo), print
  *                                      "held N", keep them open until stdin closes
+ *   tcpbench stamp                     print "stamp t_main=T" (T = CLOCK_MONOTONIC at main's start)
+ *   tcpbench first HOST PORT           one connect + 1-byte echo + close: "first t_main=T t_done=T"
+ *                                      (start-up figures: the caller notes the clock before it starts
+ *                                      the program, CLOCK_MONOTONIC being shared by all namespaces)
  *
  * Servers print "listening ADDR PORT" on stdout once ready (PORT 0 = any free port).
  * Clients print one line of key=value results on stdout; errors go to stderr with exit status 1.
@@ -354,12 +358,37 @@ static int hold(const char *host, const char *port, long n) {
 static void usage(void) {
     fprintf(stderr,
             "usage: tcpbench echo-server PORT [ADDR] | sink-server PORT [ADDR] |\n"
-            "       connloop HOST PORT N | bulk HOST PORT BYTES | connlat HOST PORT N | hold HOST PORT N\n");
+            "       connloop HOST PORT N | bulk HOST PORT BYTES | connlat HOST PORT N | hold HOST PORT N |\n"
+            "       stamp | first HOST PORT\n");
     exit(2);
 }
 
+static int first(double t_main, const char *host, const char *port) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    parse_addr(host, port, &ss, &len);
+    int fd = dial(&ss, len);
+    if (fd < 0) {
+        fprintf(stderr, "tcpbench: first: connect: %s\n", strerror(errno));
+        return 1;
+    }
+    if (ping1(fd) < 0) {
+        fprintf(stderr, "tcpbench: first: echo: %s\n", strerror(errno));
+        return 1;
+    }
+    close(fd);
+    printf("first t_main=%.6f t_done=%.6f\n", t_main, now());
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    double t_main = now();
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 2 && !strcmp(argv[1], "stamp")) {
+        printf("stamp t_main=%.6f\n", t_main);
+        return 0;
+    }
+    if (argc == 4 && !strcmp(argv[1], "first")) return first(t_main, argv[2], argv[3]);
     if (argc < 3) usage();
     const char *m = argv[1];
     if (!strcmp(m, "echo-server")) serve(argv[2], argc > 3 ? argv[3] : "0.0.0.0", 1);
