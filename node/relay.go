@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -42,21 +43,24 @@ func relay(local, remote halfCloser) relayResult {
 	}
 	var res relayResult
 	var once sync.Once
+	var aborted atomic.Bool
 	abort := func(err error, where string) {
 		once.Do(func() {
 			res.Reason = fmt.Sprintf("%s: %v", where, err)
 			res.Errno = errnoFor(err)
+			aborted.Store(true)
 			_ = local.Close()
 			_ = remote.Close()
 		})
 	}
+	tail := &tailnetSide{halfCloser: remote, writing: make(chan struct{}, 1), aborted: &aborted, abort: abort}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		res.Up = copyHalf(remote, local, "from the program", "to the tailnet", abort)
+		res.Up = copyHalf(tail, local, "from the program", "to the tailnet", abort)
 	}()
-	res.Down = copyHalf(local, remote, "from the tailnet", "to the program", abort)
+	res.Down = copyHalf(local, tail, "from the tailnet", "to the program", abort)
 	wg.Wait()
 	if res.Reason == "" {
 		if tcp != nil {
@@ -99,6 +103,48 @@ func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) i
 			return n
 		}
 	}
+}
+
+// tailnetSide keeps a reset of the tailnet side from reaching the program as a
+// clean EOF. netstack (like the kernel) reports a reset once, to whichever call
+// comes first: when an upload write takes it, the download's read then gets a
+// plain EOF. So a write and its abort happen while holding the writing token,
+// and an EOF is passed on only once no write is in flight (or one has been
+// blocked for resetGrace, which a reset would have ended) and no abort happened.
+type tailnetSide struct {
+	halfCloser
+	writing chan struct{} // capacity 1: held while a write is in flight
+	aborted *atomic.Bool
+	abort   func(error, string)
+}
+
+const resetGrace = 100 * time.Millisecond
+
+func (t *tailnetSide) Write(b []byte) (int, error) {
+	t.writing <- struct{}{}
+	defer func() { <-t.writing }()
+	n, err := t.halfCloser.Write(b)
+	if err != nil {
+		t.abort(err, "write to the tailnet")
+	}
+	return n, err
+}
+
+func (t *tailnetSide) Read(b []byte) (int, error) {
+	n, err := t.halfCloser.Read(b)
+	if err == io.EOF {
+		wait := time.NewTimer(resetGrace)
+		select {
+		case t.writing <- struct{}{}:
+			<-t.writing
+		case <-wait.C:
+		}
+		wait.Stop()
+		if t.aborted.Load() {
+			return n, net.ErrClosed
+		}
+	}
+	return n, err
 }
 
 // fileConn turns an fd lent by Python into a Go connection. Go works on its own

@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -343,24 +344,143 @@ func TestRelayLocalResetAbortsRemote(t *testing.T) {
 	r.tail.Close()
 }
 
-// A program killed while the relay runs: its socket is closed by the kernel
-// with unread data, which resets; the relay must not report a clean end.
-func TestRelayLocalWriteAfterRemoteGone(t *testing.T) {
+// The tailnet side resets while the program is sending: the program must
+// learn of the reset, from its write or from its read, never from a clean EOF.
+func TestRelayResetWhileProgramSends(t *testing.T) {
 	defer noLeak(t)()
 	r := newTCPRelay(t)
 	resetClose(t, r.tail)
-	// Whatever the program sends now cannot be delivered: the relay must end
-	// abnormally and the program must see a reset, not a clean EOF.
-	_, _ = r.prog.Write([]byte("into the void"))
+	_, werr := r.prog.Write([]byte("into the void"))
 	res := r.wait(t)
 	if res.Reason == "" {
 		t.Errorf("clean result after the tailnet side reset: %+v", res)
 	}
-	_, err := readWithin(t, r.prog, 5*time.Second)
-	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("program read: %v, want ECONNRESET", err)
+	// The kernel reports a reset once: to the write if it came first.
+	_, rerr := readWithin(t, r.prog, 5*time.Second)
+	if !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(rerr, syscall.ECONNRESET) {
+		t.Errorf("program write: %v, read: %v; want ECONNRESET from one of them", werr, rerr)
 	}
 	r.prog.Close()
+}
+
+// resetOnce is a tailnet connection that reports a reset once, to whichever
+// call takes it first, as gVisor's netstack does (and the kernel): here a
+// write in flight takes it, and the read that was waiting then gets a plain
+// EOF. The write returns a little later, as a goroutine may be slow to run.
+type resetOnce struct {
+	reset, taken, closed chan struct{}
+	closeOnce            sync.Once
+	writeLag             time.Duration
+}
+
+func newResetOnce(lag time.Duration) *resetOnce {
+	return &resetOnce{reset: make(chan struct{}), taken: make(chan struct{}), closed: make(chan struct{}),
+		writeLag: lag}
+}
+
+func (c *resetOnce) Write(b []byte) (int, error) {
+	select { // a full send window: blocked until the reset
+	case <-c.reset:
+	case <-c.closed:
+		return 0, net.ErrClosed
+	}
+	close(c.taken)
+	time.Sleep(c.writeLag)
+	return 0, &net.OpError{Op: "write", Net: "tcp", Err: errors.New("connection reset by peer")}
+}
+
+func (c *resetOnce) Read(b []byte) (int, error) {
+	select {
+	case <-c.taken:
+		return 0, io.EOF // what gonet returns once the reset was taken
+	case <-c.closed:
+		return 0, net.ErrClosed
+	}
+}
+
+func (c *resetOnce) Close() error                     { c.closeOnce.Do(func() { close(c.closed) }); return nil }
+func (c *resetOnce) CloseWrite() error                { return nil }
+func (c *resetOnce) LocalAddr() net.Addr              { return strAddr("100.64.0.2:40000") }
+func (c *resetOnce) RemoteAddr() net.Addr             { return strAddr("100.64.0.1:80") }
+func (c *resetOnce) SetDeadline(time.Time) error      { return nil }
+func (c *resetOnce) SetReadDeadline(time.Time) error  { return nil }
+func (c *resetOnce) SetWriteDeadline(time.Time) error { return nil }
+
+// A reset that an upload write took must still reach the program as a reset:
+// the download's EOF that follows it is not a clean end.
+func TestRelayResetTakenByUploadWrite(t *testing.T) {
+	defer noLeak(t)()
+	prog, local := tcpPair(t)
+	remote := newResetOnce(20 * time.Millisecond)
+	done := make(chan relayResult, 1)
+	go func() { done <- relay(local, remote) }()
+	if _, err := prog.Write([]byte("upload")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // the relay is now in remote.Write
+	close(remote.reset)
+	b, err := readWithin(t, prog, 5*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("program read %q, %v after the tailnet side reset; want ECONNRESET", b, err)
+	}
+	select {
+	case res := <-done:
+		if res.Reason == "" || res.Errno != syscall.ECONNRESET {
+			t.Errorf("result %+v, want a reason and ECONNRESET", res)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay did not end")
+	}
+	prog.Close()
+}
+
+// A clean half-close from the tailnet side reaches the program even while an
+// upload is blocked because the tailnet peer does not read.
+func TestRelayEOFWhileUploadBlocked(t *testing.T) {
+	defer noLeak(t)()
+	r := newTCPRelay(t)
+	stop := make(chan struct{})
+	writerDone := make(chan int64, 1)
+	go func() {
+		var n int64
+		buf := make([]byte, 64<<10)
+		for {
+			select {
+			case <-stop:
+				writerDone <- n
+				return
+			default:
+			}
+			_ = r.prog.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+			w, err := r.prog.Write(buf)
+			n += int64(w)
+			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				writerDone <- n
+				return
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // every buffer on the way fills up
+	if _, err := r.tail.Write([]byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	r.tail.CloseWrite()
+	b, err := readWithin(t, r.prog, 5*time.Second)
+	if err != nil || string(b) != "bye" {
+		t.Fatalf("program got %q, %v; want bye and a clean EOF", b, err)
+	}
+	close(stop)
+	sent := <-writerDone
+	r.prog.CloseWrite()
+	got, err := readWithin(t, r.tail, 10*time.Second)
+	if err != nil || int64(len(got)) != sent {
+		t.Fatalf("tail read %d bytes (%v), program wrote %d", len(got), err, sent)
+	}
+	if res := r.wait(t); res.Reason != "" || res.Up != sent || res.Down != 3 {
+		t.Errorf("result %+v, want clean, up %d, down 3", res, sent)
+	}
+	r.prog.Close()
+	r.tail.Close()
 }
 
 // socketpair returns a stream socket pair: the fd Python would lend to Go and
