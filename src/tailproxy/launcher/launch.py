@@ -85,7 +85,7 @@ def run(settings: dict, command: list[str]) -> int:
                 if settings["exit_node"]:
                     exits = ExitNodes(node, settings["exit_node"],
                                       settings["exit_node_allow_lan_access"], _say,
-                                      on_change=view.invalidate)
+                                      on_change=view.invalidate)    # until the dialer exists
                     exits.select_initial(timeout=settings["timeout"])
                     log(f"exit node: {peer_label(exits.current)}")
                 elif node.exit_node():
@@ -109,8 +109,10 @@ def run(settings: dict, command: list[str]) -> int:
         dialer = RouteDialer(node=node, direct=DirectDialer(), view=view,
                              placeholders=names.placeholders if names else None,
                              tailnet_only=settings["tailnet_only"], log=_say)
+        if exits:
+            exits.on_change = dialer.exit_node_changed
         return eventloop.run(_serve(settings, dialer, rundir, preload, program, command, node, exits,
-                                  names, view))
+                                  names))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -130,7 +132,7 @@ def _listen_notice(exporter: Exporter):
     return notice
 
 
-def _control_handler(settings, node, exits, command, exporter=None, names=None, view=None):
+def _control_handler(settings, node, exits, command, dialer, exporter=None, names=None):
     async def handle(req: dict) -> dict:
         cmd = req["cmd"]
         if cmd == "info":
@@ -154,7 +156,7 @@ def _control_handler(settings, node, exits, command, exporter=None, names=None, 
             nonlocal exits
             if exits is None:
                 exits = ExitNodes(node, [], settings["exit_node_allow_lan_access"], _say,
-                                  on_change=view.invalidate if view else None)
+                                  on_change=dialer.exit_node_changed)
             name = req.get("name") if cmd == "exit-node-set" else None
             if cmd == "exit-node-set" and not isinstance(name, str):
                 return {"ok": False, "error": "exit-node-set needs a name"}
@@ -176,7 +178,7 @@ def exit_node_rows(status: dict) -> list[dict]:
 
 
 async def _serve(settings, dialer, rundir, preload, program, command, node, exits,
-                 names=None, view=None) -> int:
+                 names=None) -> int:
     proxy_only = not command
     if proxy_only:
         listen = settings["socks5"]
@@ -194,7 +196,8 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
                                              settings["export_deny_ports"], settings["export_max"]),
                             settings["export_proxy_protocol"], _say, verbose=settings["verbose"])
         proxy.on_listen = _listen_notice(exporter)
-    control = ControlServer(_control_handler(settings, node, exits, command, exporter, names, view))
+    control = ControlServer(_control_handler(settings, node, exits, command, dialer, exporter,
+                                             names))
     responder = None
     if names:
         await names.refresh()

@@ -3,6 +3,7 @@ dial. A node error becomes a DialError here and only here (the node library alre
 errno)."""
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 from collections.abc import Awaitable
@@ -32,6 +33,7 @@ class RouteDialer:
                  log: Callable[[str], None] = lambda msg: None):
         self.node, self.direct, self.view = node, direct, view
         self.placeholders, self.tailnet_only, self.log = placeholders, tailnet_only, log
+        self._exit_changed: asyncio.Future | None = None     # set by exit_node_changed()
 
     async def dial(self, host: str, port: int, timeout: float) -> Outbound:
         started = self.start_dial(host, port, timeout)
@@ -77,13 +79,42 @@ class RouteDialer:
             raise DialError(errno.EHOSTUNREACH, f"{host}:{port} is not on the tailnet (--tailnet-only)")
         return self.direct.start_dial(host, port, timeout)
 
+    def exit_node_changed(self) -> None:
+        """The exit node was switched or cleared: route from a fresh view, and dial again
+        what is still being dialled through the old one."""
+        if self.view is not None:
+            self.view.invalidate()
+        changed, self._exit_changed = self._exit_changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
     async def _via_node(self, host: str, port: int, timeout: float, ip) -> NodeUpstream:
         if ip is not None and self.view.in_tailnet_range(ip):
             await self._check_peer(host, ip)
         try:
+            if self.view.exit_node_in_use and (ip is None or not self.view.in_tailnet_range(ip)):
+                return NodeUpstream(await self._connect_via_exit(host, port, timeout))
             return NodeUpstream(await self.node.connect(host, port, timeout))
         except DialFailed as e:
             raise DialError(e.errno, str(e)) from None
+
+    async def _connect_via_exit(self, host: str, port: int, timeout: float):
+        """A dial through the exit node. When the exit node fails over while it is under way
+        (its SYN went to a node that is gone), it starts again through the new one, within
+        the same timeout, instead of hanging until the program gives up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._exit_changed is None:
+                self._exit_changed = loop.create_future()
+            changed = self._exit_changed
+            dial = asyncio.ensure_future(self.node.connect(host, port, max(0.001, deadline - loop.time())))
+            await asyncio.wait((dial, changed), return_when=asyncio.FIRST_COMPLETED)
+            if dial.done():
+                return dial.result()
+            dial.cancel()               # drops the node's dial
+            self.log(f"{host}:{port}: the exit node changed while dialling; dialling again")
+            await self.view.refresh()
 
     async def _check_peer(self, host: str, ip) -> None:
         online = self.view.peer_online(ip)
