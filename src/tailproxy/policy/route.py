@@ -21,9 +21,13 @@ class RouteDialer:
 
     - A placeholder address is dialled by the name it stands for, through the node, so the
       name is resolved on the far side (MagicDNS, or the exit node's resolver).
-    - With an exit node in use, everything goes through the node.
-    - Without: tailnet addresses, accepted routes and MagicDNS names go through the node;
-      a peer that is offline is refused at once (EHOSTUNREACH), as is an address in the
+    - A name under the MagicDNS suffix that no peer has is refused (EHOSTUNREACH), exit node
+      or not: it exists nowhere, and dialling it by name would have it resolved by this
+      host's resolver (or the exit node's), which must never see it.
+    - With an exit node in use, everything else goes through the node.
+    - Without: tailnet destinations go through the node: a peer's address, an address inside
+      a subnet route this node accepted (--accept-routes), a MagicDNS name in the netmap. A
+      peer that is offline is refused at once (EHOSTUNREACH), as is an address in the
       tailnet's range that belongs to no peer; anything else is dialled directly, or refused
       with --tailnet-only.
     """
@@ -67,6 +71,8 @@ class RouteDialer:
 
     def _route(self, host: str, ip, port: int, timeout: float):
         view = self.view
+        if ip is None and view.unknown_under_suffix(host):
+            return self._name_not_on_tailnet(host, port, timeout)
         if view.exit_node_in_use:
             return self._via_node(host, port, timeout, ip)
         if ip is None:
@@ -115,6 +121,13 @@ class RouteDialer:
             dial.cancel()               # drops the node's dial
             self.log(f"{host}:{port}: the exit node changed while dialling; dialling again")
             await self.view.refresh()
+
+    async def _name_not_on_tailnet(self, host: str, port: int, timeout: float) -> NodeUpstream:
+        await self.view.refresh(force=True)         # perhaps a peer that joined since
+        if self.view.unknown_under_suffix(host):
+            self.log(f"refused {host}:{port}: no node of this tailnet has that name")
+            raise DialError(errno.EHOSTUNREACH, f"{host}: no node of this tailnet has that name")
+        return await self._via_node(host, port, timeout, None)
 
     async def _check_peer(self, host: str, ip) -> None:
         online = self.view.peer_online(ip)
