@@ -503,6 +503,45 @@ time.sleep(30)
 """
 
 
+class ExportedServer:
+    """A server program under a second tailproxy that exports it (--export-listeners
+    --verbose): a tailnet server whose node is ours, so a reset can cross the tailnet."""
+
+    def __init__(self, tmp_path, hostname, port, code):
+        self.port = port
+        self.p = tp_popen(str(tmp_path / hostname), hostname, "--export-listeners", "--verbose",
+                          sys.executable, "-u", "-c", code, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out, self.err = Lines(self.p.stdout), Lines(self.p.stderr)
+        try:
+            assert self.out.next(60) == "ready", self.out.seen + self.err.seen
+            deadline = time.monotonic() + 20
+            while port not in (info := run_info(self.p.pid))["exports"]:
+                assert time.monotonic() < deadline, self.err.seen
+                time.sleep(0.1)
+            self.ip = next(a for a in info["ips"] if ":" not in a)
+        except BaseException:
+            stop(self.p)
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        stop(self.p)
+
+    def finish(self) -> list[str]:
+        stop(self.p, signal.SIGTERM)
+        self.err.rest(10)
+        print("exporting tailproxy:", "\n".join(self.err.seen))
+        return self.err.seen
+
+
+def verbose_outcome(stderr: str, dest: str) -> tuple[str, str]:
+    line = next((ln for ln in stderr.splitlines() if dest in ln and "up=" in ln), "")
+    return line, re.sub(r".*" + re.escape(dest) + r" (.*?) up=.*", r"\1", line)
+
+
 def test_server_abort_reaches_program_as_reset(testnet, tp_state, tmp_path):
     """The server aborts mid-stream (SO_LINGER 0 close). The server is a program under a second
     tailproxy that exports it, so both ends of the tailnet connection are our node: the
@@ -514,32 +553,57 @@ def test_server_abort_reaches_program_as_reset(testnet, tp_state, tmp_path):
     wgengine/netstack forwardTCP calls client.CloseWrite() when the copy from the backend
     fails.) Breaks if the node closes the tailnet side of an aborted relay with a FIN."""
     port = 2404
-    srv = tp_popen(str(tmp_path / "abortsrv"), "abortsrv", "--export-listeners", "--verbose",
-                   sys.executable, "-u", "-c", ABORTING_SERVER.format(port=port),
-                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                   text=True)
-    out, err = Lines(srv.stdout), Lines(srv.stderr)
-    try:
-        assert out.next(60) == "ready", out.seen + err.seen
-        info = run_info(srv.pid)
-        deadline = time.monotonic() + 20
-        while port not in run_info(srv.pid)["exports"]:
-            assert time.monotonic() < deadline, err.seen
-            time.sleep(0.1)
-        ip = next(a for a in info["ips"] if ":" not in a)
-        cp = tp(tp_state, "--verbose", *py("import errno\n" + DOWNLOAD_UNTIL_END), ip, str(port),
-                timeout=90)
+    with ExportedServer(tmp_path, "abortsrv", port, ABORTING_SERVER.format(port=port)) as srv:
+        cp = tp(tp_state, "--verbose", *py("import errno\n" + DOWNLOAD_UNTIL_END), srv.ip,
+                str(port), timeout=90)
         print(cp.stdout, cp.stderr)
-        stop(srv, signal.SIGTERM)
-        err.rest(10)
-        print("exporting tailproxy:", "\n".join(err.seen))
-        line = next((ln for ln in cp.stderr.splitlines() if f"{ip}:{port}" in ln and "up=" in ln), "")
-        outcome = re.sub(r".*" + re.escape(f"{ip}:{port}") + r" (.*?) up=.*", r"\1", line)
+        srv.finish()
+        line, outcome = verbose_outcome(cp.stderr, f"{srv.ip}:{port}")
         print("verbose outcome:", outcome)
         assert "END ECONNRESET" in cp.stdout, cp.stdout     # EOF here: a cut looks complete
         assert line and outcome != "ok", line
-    finally:
-        stop(srv)
+
+
+UPLOAD_RECEIVER = """
+import errno, socket
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", {port})); l.listen()
+print("ready", flush=True)
+c, _ = l.accept(); c.settimeout(30); n = 0
+try:
+    while (d := c.recv(1 << 16)):
+        n += len(d)
+    print("END EOF", n, flush=True)
+except ConnectionResetError:
+    print("END ECONNRESET", n, flush=True)
+except OSError as e:
+    print("END", errno.errorcode.get(e.errno, e), n, flush=True)
+"""
+
+
+def test_program_abort_reaches_server_as_reset(testnet, tp_state, tmp_path):
+    """The reverse: a program under tailproxy uploads 4 MiB, then aborts (SO_LINGER 0 close)
+    and exits. The server (under a second, exporting tailproxy, as above) must get ECONNRESET,
+    not a clean EOF after a partial upload. Breaks if the node passes an abort on as a FIN."""
+    port = 2405
+    prog = f"""
+        import socket, struct, time
+        s = socket.create_connection((__import__("sys").argv[1], {port}), timeout=20)
+        s.sendall(b"u" * (4 << 20))
+        time.sleep(1)            # the bytes are across; the upload is not over
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        print("aborted", flush=True)
+        time.sleep(2)
+    """
+    with ExportedServer(tmp_path, "uploadsrv", port, UPLOAD_RECEIVER.format(port=port)) as srv:
+        cp = tp(tp_state, "--verbose", *py(prog), srv.ip, timeout=90)
+        print(cp.stdout, cp.stderr)
+        end = srv.out.next(20)
+        srv.finish()
+        print("server:", end)
+        assert "aborted" in cp.stdout, cp.stderr
+        assert end.startswith("END ECONNRESET"), end
 
 
 def test_tailproxy_killed_mid_download_is_a_reset(tp_state, peer):
@@ -803,6 +867,20 @@ def test_exit_status_is_128_plus_signal(tp_state, sig):
         assert rc == 128 + sig, rc
     finally:
         stop(p)
+
+
+def test_program_starts_with_default_signal_dispositions(tp_state):
+    """An exec'd program (grep, not Python, which ignores SIGPIPE itself) starts with no signal
+    blocked and none ignored, as it does without tailproxy. Breaks if it inherits a mask from a
+    Go thread or the SIGPIPE ignore of the Python/Go process (`yes | head` would then spin on
+    EPIPE instead of dying)."""
+    argv = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]
+    plain = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.split()
+    cp = tp(tp_state, *argv, timeout=60)
+    print("without tailproxy:", plain, "under tailproxy:", cp.stdout.split())
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == plain, (cp.stdout, plain)
+    assert plain == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16], plain
 
 
 def test_program_closing_while_node_writes_does_not_kill_tailproxy(tp_state, peer):
