@@ -5,12 +5,10 @@ only testnet addresses are used (nothing leaves this machine).
 Tests run on the client host (where tailproxy runs); servers on `peer` run in its namespace on
 loopback, where its userspace tailscaled forwards inbound tailnet connections.
 """
-import errno
 import hashlib
 import json
 import os
 import queue
-import random
 import re
 import shutil
 import signal
@@ -360,11 +358,36 @@ def test_inbound_closed_except_exports(testnet, tmp_path, client_services):
 
 # ---- 2. half-close, the reverse direction --------------------------------------------------
 
-def test_half_close_peer_first_then_program_sends(testnet, tp_state, peer):
+# A proxy-aware program's connect: SOCKS5 through ALL_PROXY, with the per-run password.
+SOCKS5_CONNECT = """
+import ipaddress, os, socket, struct, urllib.parse
+def connect(ip, port):
+    u = urllib.parse.urlsplit(os.environ["ALL_PROXY"])
+    s = socket.create_connection((u.hostname, u.port), timeout=20)
+    user, pw = urllib.parse.unquote(u.username).encode(), urllib.parse.unquote(u.password).encode()
+    s.sendall(b"\\x05\\x01\\x02"); assert s.recv(2) == b"\\x05\\x02"
+    s.sendall(bytes([1, len(user)]) + user + bytes([len(pw)]) + pw); assert s.recv(2) == b"\\x01\\x00"
+    s.sendall(b"\\x05\\x01\\x00\\x01" + ipaddress.ip_address(ip).packed + struct.pack(">H", port))
+    rep = b""
+    while len(rep) < 10:
+        rep += s.recv(10 - len(rep))
+    assert rep[1] == 0, rep
+    return s
+"""
+PRELOAD_CONNECT = """
+import socket
+def connect(ip, port):
+    return socket.create_connection((ip, port), timeout=20)
+"""
+
+
+@pytest.mark.parametrize("how", ["preload", "socks5"])
+def test_half_close_peer_first_then_program_sends(testnet, tp_state, peer, how):
     """The peer's server says hello and half-closes; the program reads to EOF, then still
     sends 100,000 bytes and half-closes; the server counts them and answers on a fresh line of
-    its own output. Breaks if the peer's FIN ends the whole connection (the program's send
-    then fails or is lost: tailscaled's dial used to close both directions at the first EOF)."""
+    its own output. Through the preload and through ALL_PROXY (SOCKS5). Breaks if the peer's
+    FIN ends the whole connection (the program's send then fails or is lost: tailscaled's dial
+    used to close both directions at the first EOF)."""
     code = """
         import socket
         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -380,20 +403,20 @@ def test_half_close_peer_first_then_program_sends(testnet, tp_state, peer):
         except OSError as e:
             print("error", e, n, flush=True)
     """
-    prog = f"""
-        import socket, time
-        s = socket.create_connection(({peer['ipv4']!r}, 2402), timeout=20)
-        got = b""
-        while (d := s.recv(100)):
-            got += d
-        print("program read", repr(got), "then EOF", flush=True)
-        time.sleep(0.5)           # the peer's half-close has crossed; now we still send
-        s.sendall(b"y" * 100000); s.shutdown(socket.SHUT_WR)
-        s.settimeout(10)
-        print("program then read", repr(s.recv(10)), flush=True)
-    """
+    prog = (SOCKS5_CONNECT if how == "socks5" else PRELOAD_CONNECT) + f"""
+import socket, time
+s = connect({peer['ipv4']!r}, 2402)
+got = b""
+while (d := s.recv(100)):
+    got += d
+print("program read", repr(got), "then EOF", flush=True)
+time.sleep(0.5)           # the peer's half-close has crossed; now we still send
+s.sendall(b"y" * 100000); s.shutdown(socket.SHUT_WR)
+s.settimeout(10)
+print("program then read", repr(s.recv(10)), flush=True)
+"""
     with PeerServer(testnet, code) as srv:
-        cp = tp(tp_state, *py(prog), timeout=90)
+        cp = tp(tp_state, sys.executable, "-c", prog, timeout=90)
         print(cp.stdout, cp.stderr)
         assert "program read b'hello\\n' then EOF" in cp.stdout, cp.stdout + cp.stderr
         assert srv.out.next(30) == "got 100000", srv.out.seen
