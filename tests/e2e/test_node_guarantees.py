@@ -629,35 +629,37 @@ def test_program_abort_reaches_server_as_reset(testnet, tp_state, tmp_path):
         assert end.startswith("END ECONNRESET"), end
 
 
-def test_tailproxy_killed_mid_download_is_a_reset(tp_state, peer):
+@pytest.mark.parametrize("how", ["preload", "socks5"])
+def test_tailproxy_killed_mid_download_is_a_reset(tp_state, peer, how):
     """kill -9 of tailproxy (the program's parent, node and proxy in one process) at ~35% of a
-    100 MB download: the program survives and its next recv fails with ECONNRESET, never a
-    clean EOF. Breaks if the proxy-side socket is closed without SO_LINGER 0 (the kernel then
-    sends a FIN when the process dies and the truncated download looks complete)."""
+    100 MB download, through the preload and through ALL_PROXY (SOCKS5): the program survives
+    and its next recv fails with ECONNRESET, never a clean EOF. Breaks if the proxy-side socket
+    is closed without SO_LINGER 0 (the kernel then sends a FIN when the process dies and the
+    truncated download looks complete)."""
     size = 100_000_000
-    prog = f"""
-        import errno, os, signal, socket, time
-        print("RUNDIR", os.path.dirname(os.environ["TAILPROXY_SOCKET"]), flush=True)
-        s = socket.create_connection(({peer['ipv4']!r}, {peer['http_port']}), timeout=20)
-        s.settimeout(20)
-        s.sendall(b"GET /bytes/{size} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
-        n = 0; killed = False
-        try:
-            while True:
-                d = s.recv(1 << 16)
-                if not d:
-                    print("END EOF", n, flush=True); break
-                n += len(d)
-                if not killed and n >= {size} * 35 // 100:
-                    os.kill(os.getppid(), signal.SIGKILL); killed = True
-                    print("killed tailproxy at", n, flush=True)
-                    time.sleep(0.5)
-        except ConnectionResetError:
-            print("END ECONNRESET", n, flush=True)
-        except OSError as e:
-            print("END", errno.errorcode.get(e.errno, e), n, flush=True)
-    """
-    cp = tp(tp_state, *py(prog), timeout=120)
+    prog = (SOCKS5_CONNECT if how == "socks5" else PRELOAD_CONNECT) + f"""
+import errno, os, signal, socket, time
+print("RUNDIR", os.path.dirname(os.environ["TAILPROXY_SOCKET"]), flush=True)
+s = connect({peer['ipv4']!r}, {peer['http_port']})
+s.settimeout(20)
+s.sendall(b"GET /bytes/{size} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+n = 0; killed = False
+try:
+    while True:
+        d = s.recv(1 << 16)
+        if not d:
+            print("END EOF", n, flush=True); break
+        n += len(d)
+        if not killed and n >= {size} * 35 // 100:
+            os.kill(os.getppid(), signal.SIGKILL); killed = True
+            print("killed tailproxy at", n, flush=True)
+            time.sleep(0.5)
+except ConnectionResetError:
+    print("END ECONNRESET", n, flush=True)
+except OSError as e:
+    print("END", errno.errorcode.get(e.errno, e), n, flush=True)
+"""
+    cp = tp(tp_state, sys.executable, "-c", prog, timeout=120)
     cleanup_rundir(cp.stdout)
     print(cp.stdout, cp.stderr)
     assert cp.returncode == -signal.SIGKILL, cp.returncode
