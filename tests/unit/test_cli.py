@@ -58,3 +58,18 @@ def test_help_and_version(capsys):
 def test_socks5_with_command_is_an_error(capsys):
     assert main(["--socks5", "127.0.0.1:1080", "curl"]) == 2
     assert "takes no command" in capsys.readouterr().err
+
+
+def test_accept_routes_flag_env_and_config_key(tmp_path):
+    from tailproxy.config import resolve
+    base = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert resolve({}, base, None, None)["accept_routes"] is False          # Linux's default
+    flags, _, cmd = parse_args(["--accept-routes", "-accept-routes=false", "x"])
+    assert flags == {"accept_routes": False} and cmd == ["x"]
+    flags, _, _ = parse_args(["--accept-routes", "x"])
+    assert resolve(flags, base, None, None)["accept_routes"] is True
+    assert resolve({}, dict(base, TAILPROXY_ACCEPT_ROUTES="1"), None, None)["accept_routes"] is True
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("accept_routes = true\n[profiles.p]\naccept-routes = false\n")
+    assert resolve({}, base, str(cfg), None)["accept_routes"] is True
+    assert resolve({}, base, str(cfg), "p")["accept_routes"] is False

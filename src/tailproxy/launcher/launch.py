@@ -77,11 +77,12 @@ def run(settings: dict, command: list[str]) -> int:
         if not settings["no_tailnet"]:
             node = Node(NodeConfig(state_dir=settings["state_dir"], hostname=settings["hostname"],
                                    authkey=settings["authkey"], control_url=settings["control_url"],
-                                   ephemeral=settings["ephemeral"]), log=log)
+                                   ephemeral=settings["ephemeral"],
+                                   accept_routes=settings["accept_routes"]), log=log)
             try:
                 node.up(settings["timeout"])
                 log(f"on the tailnet as {settings['hostname']} ({', '.join(node.ips())})")
-                view = TailnetView(node.localapi.status)
+                view = TailnetView(node.localapi.status, accept_routes=settings["accept_routes"])
                 if settings["exit_node"]:
                     exits = ExitNodes(node, settings["exit_node"],
                                       settings["exit_node_allow_lan_access"], _say,
@@ -138,7 +139,7 @@ def _control_handler(settings, node, exits, command, dialer, exporter=None, name
         if cmd == "info":
             info = {"ok": True, "pid": os.getpid(), "hostname": settings["hostname"],
                     "command": command, "exit_node": None, "node_name": None, "ips": [],
-                    "exports": sorted(exporter.exports) if exporter else []}
+                    "exports": sorted(exporter.exports) if exporter else [], "routes": []}
             if node:
                 st = await asyncio.to_thread(node.localapi.status)
                 info["node_name"] = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".")
@@ -146,6 +147,7 @@ def _control_handler(settings, node, exits, command, dialer, exporter=None, name
                 for p in (st.get("Peer") or {}).values():
                     if p.get("ExitNode"):
                         info["exit_node"] = peer_label(p)
+                info["routes"] = accepted_routes(st) if settings["accept_routes"] else []
             return info
         if not node:
             return {"ok": False, "error": "this tailproxy runs with --no-tailnet"}
@@ -167,6 +169,14 @@ def _control_handler(settings, node, exits, command, dialer, exporter=None, name
             return {"ok": True, "exit_node": peer_label(peer) if peer else None}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
     return handle
+
+
+def accepted_routes(status: dict) -> list[dict]:
+    """The subnet routes a node that accepts routes uses: each peer's primary routes, the exit
+    routes (0.0.0.0/0, ::/0) aside."""
+    return [{"route": r, "via": peer_label(p)}
+            for p in (status.get("Peer") or {}).values()
+            for r in p.get("PrimaryRoutes") or [] if not r.endswith("/0")]
 
 
 def exit_node_rows(status: dict) -> list[dict]:
