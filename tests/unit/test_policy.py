@@ -196,6 +196,15 @@ def test_online_peer_address_goes_through_the_node():
     assert direct.calls == [] and status.calls == 0
 
 
+def test_v4_mapped_addresses_are_routed_as_their_ipv4_address():
+    d, node, direct, _, _ = make(tailnet_only=True)
+    via_node(run(d.dial("::ffff:" + PEER_ONLINE_V4, 22, 5)), PEER_ONLINE_V4, 22)
+    assert dial_error(d, "::ffff:100.64.99.1", 80).errno == errno.EHOSTUNREACH
+    assert dial_error(d, "[::ffff:" + PEER_OFFLINE + "]", 80).errno == errno.EHOSTUNREACH
+    d, node, direct, _, _ = make()
+    assert run(d.dial("::ffff:10.0.0.1", 80, 5)) == ("direct", "10.0.0.1", 80)
+
+
 def test_offline_peer_is_refused_at_once():
     d, node, direct, status, _ = make()
     e = dial_error(d, PEER_OFFLINE, 22)

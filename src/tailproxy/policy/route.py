@@ -56,6 +56,9 @@ class RouteDialer:
             return self._via_node(name, port, timeout, None)
         if self.node is None:
             return self.direct.start_dial(host, port, timeout)
+        if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped         # ::ffff:100.64.0.2 is the peer 100.64.0.2, routed as such
+            host = str(ip)
         if not self.view.fresh:
             return self._route_after_refresh(host, ip, port, timeout)
         return self._route(host, ip, port, timeout)
