@@ -127,7 +127,7 @@ def tp_popen(state, hostname, *args, **kw) -> subprocess.Popen:
                             **kw)
 
 
-def run_info(pid: int, timeout: float = 60) -> dict:
+def run_info(pid: int, timeout: float = 90) -> dict:
     """`tailproxy ps`'s entry for the tailproxy with this pid, once it is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -537,7 +537,7 @@ class ExportedServer:
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.out, self.err = Lines(self.p.stdout), Lines(self.p.stderr)
         try:
-            assert self.out.next(60) == "ready", self.out.seen + self.err.seen
+            assert self.out.next(90) == "ready", self.out.seen + self.err.seen
             deadline = time.monotonic() + 20
             while port not in (info := run_info(self.p.pid))["exports"]:
                 assert time.monotonic() < deadline, self.err.seen
@@ -780,7 +780,7 @@ def test_no_such_peer_is_unreachable_at_once(tp_state, ip):
         except OSError as e:
             print(errno.errorcode.get(e.errno, e.errno), "%.3f" % (time.monotonic() - t))
     """
-    cp = tp(tp_state, "--connect-timeout", "10", *py(code), timeout=60)
+    cp = tp(tp_state, "--connect-timeout", "10", *py(code), timeout=120)
     print(cp.stdout, cp.stderr)
     what, took = cp.stdout.split()
     assert what == "EHOSTUNREACH" and float(took) < 1.0, cp.stdout
@@ -854,7 +854,7 @@ def test_signals_reach_the_program(tp_state, peer):
                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = Lines(p.stdout), Lines(p.stderr)
     try:
-        assert out.until(lambda ln: ln == "ready", 60)
+        assert out.until(lambda ln: ln == "ready", 90)
         start = out.seen[0]
         assert start == "SIGINT handler at start: default", start
         blk, ign = out.seen[1].split()[1:]
@@ -880,7 +880,7 @@ def test_exit_status_is_128_plus_signal(tp_state, sig):
                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = Lines(p.stdout), Lines(p.stderr)
     try:
-        assert out.next(60) == "ready", err.seen
+        assert out.next(90) == "ready", err.seen
         time.sleep(0.2)     # sh has exec'd sleep
         t = time.monotonic()
         p.send_signal(sig)
@@ -901,7 +901,7 @@ def test_program_starts_with_default_signal_dispositions(tp_state):
     EPIPE instead of dying)."""
     argv = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]
     plain = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.split()
-    cp = tp(tp_state, *argv, timeout=60)
+    cp = tp(tp_state, *argv, timeout=120)
     print("without tailproxy:", plain, "under tailproxy:", cp.stdout.split())
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.split() == plain, (cp.stdout, plain)
