@@ -866,6 +866,8 @@ def test_signals_reach_the_program(tp_state, peer):
             line = out.next(10)
             assert line == f"got {sig.name}", (line, err.seen)
         assert p.poll() is None, "tailproxy died of a forwarded signal"
+        os.kill(child_pid(p.pid), signal.SIGKILL)   # end the program; tailproxy then exits
+        assert p.wait(30) == 128 + signal.SIGKILL
     finally:
         stop(p)
         print("\n".join(out.seen), "\n".join(err.rest(5)))
