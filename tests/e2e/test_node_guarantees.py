@@ -945,6 +945,8 @@ def test_library_example(testnet, peer, tmp_path):
     the environment) and prints what the peer's HTTP service answers. Breaks if the Node API
     cannot be used as a library (import, up, dial) or the dialled socket does not carry data."""
     path = os.path.join(REPO, "examples", "library.py")
+    with open(path) as f, open(os.path.join(REPO, "README.md")) as readme:
+        assert f.read() in readme.read(), "README's library example is not examples/library.py"
     assert len(open(path).read().splitlines()) <= 15
     env = dict(os.environ, TS_AUTHKEY=testnet["authkey"], TAILPROXY_CONTROL_URL=testnet["control_url"],
                PYTHONPATH=os.path.join(REPO, "src"), HOME=str(tmp_path))
