@@ -411,7 +411,7 @@ func (c *resetOnce) SetWriteDeadline(time.Time) error { return nil }
 func TestRelayResetTakenByUploadWrite(t *testing.T) {
 	defer noLeak(t)()
 	prog, local := tcpPair(t)
-	remote := newResetOnce(20 * time.Millisecond)
+	remote := newResetOnce(10 * time.Millisecond)
 	done := make(chan relayResult, 1)
 	go func() { done <- relay(local, remote) }()
 	if _, err := prog.Write([]byte("upload")); err != nil {
