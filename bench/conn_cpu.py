@@ -6,13 +6,15 @@ what else the machine runs. On the local tailnet:
     python -m tailproxy.testnet -- .venv/bin/python bench/conn_cpu.py [--n 2000]
 
 For each mode, one program run: `tcpbench connlat` to an echo server on `peer` (100 warm-up,
-then N connects), then `tcpbench connloop` (N connect + 1-byte echo + close). Between phases the
+then N connects), then `tcpbench connloop` (N connect + 1-byte echo + close), then `tcpbench bulk`
+(--bulk-mib MiB to a sink on `peer`). Between phases the
 program waits on a fifo while this script reads /proc: utime+stime of
   - tailproxy's main thread (Python: the event loop, the channel, ctypes calls into the node)
     and of its other threads (the Go node; Python's worker threads, idle here);
   - the anchor's tailscaled (all its threads);
   - the program (sh's children: tcpbench with tailproxy's preload, or with proxychains4's hook).
-Prints µs of CPU per connection for each, and the run's median connect() latency.
+Prints µs of CPU per connection (per MiB for the bulk) for each, and the run's median connect()
+latency (the bulk's rate as the client saw it: its write to the sink's close).
 """
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def one(mode: str, argv: list[str], env: dict, tmp: str, phases: list[tuple[str,
             p.wait()
     if p.returncode:
         raise SystemExit(f"{mode}: exit status {p.returncode}: {B.tail(err)}")
-    lines = [l for l in out.splitlines() if l.startswith(("connlat ", "connloop "))]
+    lines = [l for l in out.splitlines() if l.startswith(("connlat ", "connloop ", "bulk "))]
     res = {}
     names = [n for n, _ in phases]
     for i in range(1, len(names)):
@@ -90,12 +92,15 @@ def one(mode: str, argv: list[str], env: dict, tmp: str, phases: list[tuple[str,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--bulk-mib", type=int, default=256)
     a = ap.parse_args()
     info = json.load(open(os.environ["TESTNET_INFO"]))
     peer = info["peers"]["peer"]
     tmp = tempfile.mkdtemp(prefix="conncpu-")
     try:
         tb = B.build_tcpbench(tmp)
+        _, sink = B.start_server(["ip", "netns", "exec", peer["netns"], tb, "sink-server", "0", "127.0.0.1"],
+                                 os.path.join(tmp, "sink.log"), note="in the peer's namespace")
         _, port = B.start_server(["ip", "netns", "exec", peer["netns"], tb, "echo-server", "0", "127.0.0.1"],
                                  os.path.join(tmp, "echo.log"), note="in the peer's namespace")
         sp, sport = B.start_socks_tailscaled(info, os.path.join(tmp, "anchor"), "conncpu-anchor")
@@ -104,7 +109,8 @@ def main() -> int:
         ip, q = peer["ipv4"], shlex.quote(tb)
         phases = [("warm", f"{q} connlat {ip} {port} 100"),
                   ("connlat", f"{q} connlat {ip} {port} {a.n}"),
-                  ("connloop", f"{q} connloop {ip} {port} {a.n}")]
+                  ("connloop", f"{q} connloop {ip} {port} {a.n}"),
+                  ("bulk", f"{q} bulk {ip} {sink} {a.bulk_mib * B.MiB}")]
         modes = {"anchor": (["proxychains4", "-q", "-f", pc], {}, sp.pid),
                  "tailproxy": (tp + ["--hostname", "conncpu-tp", "--state-dir", os.path.join(tmp, "tp")],
                                tp_env, None)}
@@ -113,14 +119,16 @@ def main() -> int:
         B.stop_all()
     print(f"\nCPU time per connection over {a.n} connections to {ip}:{port} on peer (µs); load average "
           f"{os.getloadavg()[0]:.2f}")
-    for phase in ("connlat", "connloop"):
-        print(f"\n{phase}:")
+    for phase in ("connlat", "connloop", "bulk"):
+        per = a.bulk_mib if phase == "bulk" else a.n
+        print(f"\n{phase}" + (f" (µs per MiB of {a.bulk_mib} MiB):" if phase == "bulk" else ":"))
         for m, r in res.items():
             d = r[phase]
-            wall = d["result"].get("median_us")
-            parts = "; ".join(f"{k} {v / a.n * 1e6:.0f}" for k, v in d.items() if k != "result")
-            total = sum(v for k, v in d.items() if k != "result") / a.n * 1e6
-            print(f"  {m:10s} total {total:5.0f}: {parts}; median latency {wall:.0f} µs")
+            parts = "; ".join(f"{k} {v / per * 1e6:.0f}" for k, v in d.items() if k != "result")
+            total = sum(v for k, v in d.items() if k != "result") / per * 1e6
+            how = (f"{d['result'].get('gbit_s'):.2f} Gbit/s" if phase == "bulk" else
+                   f"median latency {d['result'].get('median_us'):.0f} µs")
+            print(f"  {m:10s} total {total:5.0f}: {parts}; {how}")
     return 0
 
 
