@@ -118,7 +118,7 @@ func (n *node) forward(id int64, c net.Conn, spec listenSpec) {
 	d := net.Dialer{Timeout: forwardDialTimeout}
 	target, err := d.Dial("tcp", spec.Target)
 	if err != nil {
-		c.Close()
+		resetConn(c) // as the program's refusal would have
 		if spec.Report {
 			n.events.send(event{ID: id, Kind: "inbound", Src: c.RemoteAddr().String(), Node: who.Node,
 				User: who.User, Reason: "connect " + spec.Target + ": " + err.Error(),

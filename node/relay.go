@@ -32,9 +32,8 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return 
 // relay copies local→remote ("up") and remote→local ("down") until both
 // directions end. An EOF on one side is passed on as a half-close
 // (CloseWrite), so shutdown(SHUT_WR) crosses the relay. Any other end of a
-// direction aborts both sides: the local socket is closed with SO_LINGER 0, so
-// the program sees ECONNRESET and never mistakes a cut transfer for a clean
-// EOF. The local socket is set to linger 0 from the start, so that the same
+// direction resets both sides (resetConn), so the program and the tailnet
+// peer see ECONNRESET and never mistake a cut transfer for a clean EOF. The local socket is set to linger 0 from the start, so that the same
 // holds if this process dies.
 func relay(local, remote halfCloser) relayResult {
 	tcp, _ := local.(*net.TCPConn)
@@ -49,8 +48,8 @@ func relay(local, remote halfCloser) relayResult {
 			res.Reason = fmt.Sprintf("%s: %v", where, err)
 			res.Errno = errnoFor(err)
 			aborted.Store(true)
-			_ = local.Close()
-			_ = remote.Close()
+			resetConn(local)
+			resetConn(remote)
 		})
 	}
 	tail := &tailnetSide{halfCloser: remote, writing: make(chan struct{}, 1), aborted: &aborted, abort: abort}

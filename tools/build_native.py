@@ -18,6 +18,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE_MODULE = os.path.join(ROOT, "node")
 NODE_LIBRARY = "libtailproxy-node.so"
+# Parts of Tailscale the node must not have. peerapiserver: in netstack mode it listens on
+# 0.0.0.0 of this host (a port the LAN could reach), and a client node serves peers nothing.
+# portmapper: never ask the LAN's router to open a port (TS_DISABLE_PORTMAPPER says so too).
+NODE_TAGS = "ts_omit_peerapiserver,ts_omit_portmapper"
 
 
 class BuildError(Exception):
@@ -58,7 +62,7 @@ def build_node(out_dir: str) -> None:
     if not shutil.which(os.environ.get("CC", "gcc")):
         raise BuildError("a C compiler (gcc) is needed to build the node library (cgo)")
     # -s -w: no symbol tables (36 MB -> 26 MB); Go's panics still name their functions.
-    cmd = [go, "build", "-buildmode=c-shared", "-trimpath", "-ldflags=-s -w",
+    cmd = [go, "build", "-buildmode=c-shared", "-trimpath", "-ldflags=-s -w", f"-tags={NODE_TAGS}",
            "-o", os.path.join(out_dir, NODE_LIBRARY), "."]
     subprocess.run(cmd, cwd=NODE_MODULE, env=dict(os.environ, CGO_ENABLED="1"), check=True)
     header = os.path.join(out_dir, NODE_LIBRARY[:-3] + ".h")

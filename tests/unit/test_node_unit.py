@@ -628,3 +628,29 @@ def test_relay_end_when_the_node_stops(tmp_path, monkeypatch, fake):
     asyncio.run(go())
     n.close()
     assert len(ends) == 1 and ends[0].errno == errno.ENETDOWN and ends[0].reason
+
+
+def test_a_node_stuck_starting_is_started_once_more(tmp_path, monkeypatch, fake):
+    """Starting for longer than STUCK_STARTING_S (no DERP connection, no live peer): the node is
+    closed and started again, once, when the timeout leaves room; then it comes up."""
+    monkeypatch.setattr(nodemod, "STUCK_STARTING_S", 0.2)
+    starting = {"BackendState": "Starting", "Health": []}
+    api = FakeLocalAPI([starting] * 8 + [RUNNING])
+    monkeypatch.setattr(nodemod, "LocalAPI", api)
+    n = Node(NodeConfig(state_dir=str(tmp_path / "s"), authkey="k"))
+    n.up(timeout=5)
+    try:
+        assert n.running
+        assert fake.names()[:3] == ["node_start", "node_close", "node_start"]
+    finally:
+        n.close()
+
+
+def test_a_node_stuck_starting_is_not_restarted_without_room(tmp_path, monkeypatch, fake):
+    monkeypatch.setattr(nodemod, "STUCK_STARTING_S", 0.2)
+    api = FakeLocalAPI([{"BackendState": "Starting", "Health": []}])
+    monkeypatch.setattr(nodemod, "LocalAPI", api)
+    n = Node(NodeConfig(state_dir=str(tmp_path / "s"), authkey="k"))
+    with pytest.raises(UpTimeout):
+        n.up(timeout=0.3)           # less than twice STUCK_STARTING_S: no second start
+    assert fake.names().count("node_start") == 1

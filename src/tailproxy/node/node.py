@@ -31,6 +31,11 @@ from .localapi import LocalAPI
 DEFAULT_CONTROL_URL = "https://controlplane.tailscale.com"
 _META = "tailproxy-node.json"
 _CLOSE_TIMEOUT_MS = 5000
+STUCK_STARTING_S = 15.0     # see Node._login
+
+
+class _StuckStarting(Exception):
+    pass
 
 
 @dataclasses.dataclass
@@ -109,7 +114,15 @@ class Node:
         try:
             self._prepare_state_dir()
             self._start()
-            self._login(deadline)
+            try:
+                self._login(deadline, restart_after=STUCK_STARTING_S
+                            if timeout >= 2 * STUCK_STARTING_S else None)
+            except _StuckStarting:
+                self._log(f"the node stayed Starting for {STUCK_STARTING_S:g}s (logged in, but "
+                          f"no DERP connection and no live peer); starting it again")
+                self._stop_library_node()
+                self._start()
+                self._login(deadline)
             # tsnet accepts subnet routes by default; Linux's tailscale does not, and a route
             # accepted silently would send this host's LAN traffic into the tailnet: only on
             # request (--accept-routes).
@@ -124,6 +137,9 @@ class Node:
         """Stop the node. Connections it still relays are cut (reset), not ended cleanly."""
         self._closed = True
         self._running = False
+        self._stop_library_node()
+
+    def _stop_library_node(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             try:
@@ -133,6 +149,7 @@ class Node:
         if self._events is not None:
             self._events.close()
             self._events = None
+        self._api = None
 
     def __enter__(self):
         return self
@@ -197,19 +214,28 @@ class Node:
             return ""
         return "".join("    " + line for line in tail)
 
-    def _login(self, deadline: float) -> None:
+    def _login(self, deadline: float, restart_after: float | None = None) -> None:
         """Wait for Running. The library started the backend with the auth key (or asked for
         an interactive login); here we show a login URL, or log in again with the key when the
-        control server no longer accepts the saved state."""
+        control server no longer accepts the saved state. Rarely a node stays Starting (logged
+        in, but no DERP connection and no live peer) well past the usual fraction of a second;
+        with restart_after, that raises _StuckStarting so that up() can start it once more."""
         api = self.localapi
         key = self.config.authkey
         shown_url = None
         rekeyed = False
+        starting_since = None
         while True:
             st = api.status(peers=False)
             state = st.get("BackendState")
             if state == "Running" and st.get("TailscaleIPs"):
                 return
+            if state == "Starting":
+                starting_since = starting_since or time.monotonic()
+                if restart_after is not None and time.monotonic() - starting_since > restart_after:
+                    raise _StuckStarting()
+            else:
+                starting_since = None
             if state == "NeedsLogin":
                 url = st.get("AuthURL")
                 if key and not rekeyed and st.get("HaveNodeKey"):
