@@ -89,7 +89,7 @@ func tp_node_close(h C.int64_t, timeoutMS C.int64_t) (res *C.char) {
 
 //export tp_localapi
 func tp_localapi(h C.int64_t, method, path *C.char, body *C.char, bodyLen C.int64_t,
-	status *C.int, out **C.char, outLen *C.int64_t) (res *C.char) {
+	timeoutMS C.int64_t, status *C.int, out **C.char, outLen *C.int64_t) (res *C.char) {
 	defer guard(&res)
 	n, err := lookup(h)
 	if err != nil {
@@ -99,7 +99,11 @@ func tp_localapi(h C.int64_t, method, path *C.char, body *C.char, bodyLen C.int6
 	if body != nil {
 		b = C.GoBytes(unsafe.Pointer(body), C.int(bodyLen))
 	}
-	code, resp, err := n.localAPI(C.GoString(method), C.GoString(path), b)
+	timeout := localAPITimeout
+	if timeoutMS > 0 {
+		timeout = time.Duration(timeoutMS) * time.Millisecond
+	}
+	code, resp, err := n.localAPI(C.GoString(method), C.GoString(path), b, timeout)
 	if err != nil {
 		return cerr(err)
 	}

@@ -261,9 +261,10 @@ func (n *node) drop(id int64) {
 	}
 }
 
-// localAPI performs one LocalAPI request in process (tsnet's LocalClient).
-func (n *node) localAPI(method, path string, body []byte) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), localAPITimeout)
+// localAPI performs one LocalAPI request in process (tsnet's LocalClient),
+// bounded by timeout (a ping waits for its pong until then).
+func (n *node) localAPI(method, path string, body []byte, timeout time.Duration) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var rd io.Reader
 	if body != nil {

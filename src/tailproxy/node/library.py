@@ -36,7 +36,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     signatures = {
         "tp_node_start": [c_char_p, c_int, ctypes.POINTER(i64)],
         "tp_node_close": [i64, i64],
-        "tp_localapi": [i64, c_char_p, c_char_p, c_char_p, i64, ctypes.POINTER(c_int),
+        "tp_localapi": [i64, c_char_p, c_char_p, c_char_p, i64, i64, ctypes.POINTER(c_int),
                         ctypes.POINTER(vp), ctypes.POINTER(i64)],
         "tp_dial": [i64, i64, c_char_p, c_char_p, i64],
         "tp_relay": [i64, i64, c_int, c_char_p, i64],

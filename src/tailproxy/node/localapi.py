@@ -18,14 +18,17 @@ class LocalAPI:
     def __init__(self, handle: int):
         self._handle = handle
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: Any = None,
+                timeout: float | None = None) -> tuple[int, bytes]:
+        """(HTTP status, body); `timeout` bounds the request (default: the node's 30 s)."""
         data = None if body is None else json.dumps(body).encode()
         status = ctypes.c_int()
         out = ctypes.c_void_p()
         out_len = ctypes.c_int64()
         try:
             library.call("localapi", self._handle, method.encode(), path.encode(), data,
-                         len(data or b""), ctypes.byref(status), ctypes.byref(out),
+                         len(data or b""), int((timeout or 0) * 1000), ctypes.byref(status),
+                         ctypes.byref(out),
                          ctypes.byref(out_len))
         except NodeError as e:
             raise LocalAPIError(f"LocalAPI {path}: {e}") from None
@@ -63,6 +66,17 @@ class LocalAPI:
     def dns_query(self, name: str, qtype: str = "A") -> dict:
         q = urllib.parse.urlencode({"name": name, "type": qtype})
         return self._json("GET", "dns-query?" + q)
+
+    def ping(self, ip: str, timeout: float) -> bool:
+        """Does the peer at `ip` answer a disco ping (over WireGuard's path) within `timeout`?"""
+        try:
+            status, data = self.request("POST", "ping?" + urllib.parse.urlencode(
+                {"ip": ip, "type": "disco"}), timeout=timeout)
+        except LocalAPIError:
+            return False
+        if status != 200:
+            return False
+        return not (json.loads(data) or {}).get("Err")
 
     def whois(self, addr: str) -> dict | None:
         """Who is at `addr` (ip or ip:port); None when it is no node of this tailnet."""
