@@ -12,6 +12,7 @@ from . import __version__
 from . import manage
 from .config import SETTINGS, ConfigError, resolve
 from .manage import SUBCOMMANDS
+from .printable import printable
 
 _FLAGS = {}
 for _s in SETTINGS:
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if command and settings["socks5"]:
             raise UsageError("--socks5 serves proxy clients and takes no command")
     except (UsageError, ConfigError) as e:
-        print(f"tailproxy: {e}", file=sys.stderr)
+        print(f"tailproxy: {printable(str(e))}", file=sys.stderr)
         return 2
     from .launcher.launch import run  # imported late: --help and usage errors stay instant
     return run(settings, command)

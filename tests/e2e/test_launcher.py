@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import py, run_tp, tailproxy_argv
+from helpers import py, readline, run_tp, tailproxy_argv
 
 
 def test_exit_status_passes_through():
@@ -55,7 +55,7 @@ def test_sigterm_is_forwarded_and_status_passes(tmp_path):
         time.sleep(30)
     """
     p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py(code)), stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "ready"
+    assert readline(p.stdout).strip() == "ready"
     p.send_signal(signal.SIGTERM)
     assert p.wait(15) == 42
     assert marker.read_text() == str(int(signal.SIGTERM))
@@ -70,7 +70,7 @@ def test_second_interrupt_forces_shutdown():
     """
     p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py(code)), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
-    assert p.stdout.readline().strip() == "ready"
+    assert readline(p.stdout).strip() == "ready"
     p.send_signal(signal.SIGINT)
     time.sleep(0.3)
     assert p.poll() is None       # the program ignores the first one
@@ -104,3 +104,18 @@ def test_missing_authkey_with_dead_control_is_clear(tmp_path):
                 "--timeout", "4", "true", env={"TS_AUTHKEY": "", "TS_AUTH_KEY": ""}, timeout=30)
     assert cp.returncode == 1
     assert "cannot join the tailnet" in cp.stderr
+
+
+def test_a_killed_runs_directory_is_removed_at_the_next_start(tmp_path):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py("print('ready', flush=True); "
+                                                               "import time; time.sleep(60)")),
+                         stdout=subprocess.PIPE, text=True, env=env)
+    assert readline(p.stdout, 60) == "ready\n"
+    runs = [d for d in os.listdir(tmp_path / "tailproxy") if d.startswith("tailproxy-")]
+    assert len(runs) == 1 and (tmp_path / "tailproxy" / runs[0] / "channel.sock").exists()
+    p.kill()        # tailproxy cannot clean up after SIGKILL
+    p.wait(10)
+    assert (tmp_path / "tailproxy" / runs[0]).exists()
+    assert run_tp("--no-tailnet", "true", env={"XDG_RUNTIME_DIR": str(tmp_path)}).returncode == 0
+    assert not (tmp_path / "tailproxy" / runs[0]).exists()

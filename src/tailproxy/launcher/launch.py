@@ -7,7 +7,6 @@ import secrets
 import shutil
 import signal
 import sys
-import tempfile
 
 from ..control import ControlServer
 from ..exporter.exporter import Exporter
@@ -15,10 +14,12 @@ from ..exporter.ports import PortFilter
 from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
+from ..policy import RouteDialer, TailnetView
+from ..printable import printable
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
-from ..policy import RouteDialer, TailnetView
 from ..resolver import DNSResponder, NameService, PlaceholderMap, node_dns_query
+from ..rundir import RunDirError, create_run_dir
 from .childenv import child_env
 from .exitnodes import ExitNodes
 from .lan import local_networks
@@ -30,11 +31,11 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def _say(msg: str) -> None:
-    print(f"tailproxy: {msg}", file=sys.stderr, flush=True)
+    print(f"tailproxy: {printable(msg)}", file=sys.stderr, flush=True)
 
 
 def _log_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(printable(line), file=sys.stderr, flush=True)
 
 
 def run(settings: dict, command: list[str]) -> int:
@@ -71,7 +72,11 @@ def run(settings: dict, command: list[str]) -> int:
         _say("--dns=tailnet needs the tailnet; it cannot be combined with --no-tailnet")
         return 2
 
-    rundir = tempfile.mkdtemp(prefix="tailproxy-")  # 0700: only we can reach the channel
+    try:
+        rundir = create_run_dir()  # 0700 in the per-user runtime dir: only we reach the channel
+    except RunDirError as e:
+        _say(str(e))
+        return 1
     node = exits = view = None
     try:
         if not settings["no_tailnet"]:

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 from .dialer import DialError, errno_name
+from .hostname import is_visible_ascii
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 200
@@ -111,7 +112,7 @@ def split_hostport(authority: str, default_port: int | None) -> tuple[str, int]:
             host, port_s = authority, ""
         if ":" in host:
             raise HttpError(400, "IPv6 literal needs brackets")
-    if not host or any(c in host for c in "/@ \t?#\\"):
+    if not host or any(c in host for c in "/@ \t?#\\") or not is_visible_ascii(host):
         raise HttpError(400, "bad host")
     if port_s == "":
         if default_port is None:

@@ -38,6 +38,7 @@ from typing import Callable
 
 from .accept import accepted
 from .dialer import DialError, Dialer, Outbound, guarded_dial
+from .hostname import is_visible_ascii
 from .relay import DEFAULT_BUFSIZE, relay_outbound, relay_outcome
 from .relay import drain as drain_relays
 from .sockreader import HandshakeEOF, SockReader
@@ -180,8 +181,9 @@ def parse_request(buf: bytes):
         end = 5 + n + 2
         if len(buf) < end:
             return None
+        # A name no resolver could find (empty, control bytes, not IDNA) is an unreachable host.
         if n == 0:
-            raise SocksError("empty domain name", REP_FAILURE)
+            raise SocksError("empty domain name", REP_HOST_UNREACH)
         raw = bytes(buf[5:5 + n])
         try:
             host = raw.decode("ascii")
@@ -189,9 +191,9 @@ def parse_request(buf: bytes):
             try:
                 host = raw.decode("utf-8").encode("idna").decode("ascii")
             except (UnicodeError, ValueError):
-                raise SocksError("bad domain name", REP_FAILURE) from None
-        if any(c in host for c in "\0/ \t\r\n") or host.startswith("-"):
-            raise SocksError("bad domain name", REP_FAILURE)
+                raise SocksError("bad domain name", REP_HOST_UNREACH) from None
+        if not is_visible_ascii(host) or "/" in host or host.startswith("-"):
+            raise SocksError("bad domain name", REP_HOST_UNREACH)
     else:
         raise SocksError(f"address type {atyp} not supported", REP_ATYP_UNSUPPORTED)
     (port,) = struct.unpack_from("!H", buf, end - 2)
