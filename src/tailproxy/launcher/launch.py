@@ -226,7 +226,7 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
         exits.start_monitor()
     try:
         if proxy_only:
-            return await _serve_proxy_only(proxy, auth)
+            return await _serve_proxy_only(proxy, auth, settings["show_password"])
         bypass = list(settings["bypass"])
         if settings["exit_node_allow_lan_access"]:
             bypass += [n for n in local_networks() if n not in bypass]
@@ -254,12 +254,19 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
             await exporter.close()
 
 
-async def _serve_proxy_only(proxy, auth) -> int:
+async def _serve_proxy_only(proxy, auth, show_password: bool) -> int:
     host, port = proxy.socks_address
     hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    cred = f"{auth[0]}:{auth[1]}@" if auth else ""
-    _say(f"SOCKS5 and HTTP proxy on {hp}" + (f" (user {auth[0]}, password {auth[1]})" if auth else
-                                             " (no authentication)"))
+    # stderr often ends up in logs and terminal scrollback: the password only on request.
+    password = auth[1] if show_password else "PASSWORD"
+    cred = f"{auth[0]}:{password}@" if auth else ""
+    if not auth:
+        how = " (no authentication)"
+    elif show_password:
+        how = f" (user {auth[0]}, password {auth[1]})"
+    else:
+        how = f" (user {auth[0]}, password hidden: --show-password prints it)"
+    _say(f"SOCKS5 and HTTP proxy on {hp}{how}")
     _say(f"e.g. curl --proxy socks5h://{cred}{hp} http://HOST/   — Ctrl-C to stop")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
