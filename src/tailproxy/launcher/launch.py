@@ -10,6 +10,7 @@ import sys
 
 from ..control import ControlServer
 from ..exporter.exporter import Exporter
+from ..fdlimit import programs_own_limit, raise_soft_limit
 from ..exporter.ports import PortFilter
 from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
@@ -39,6 +40,7 @@ def _log_line(line: str) -> None:
 
 
 def run(settings: dict, command: list[str]) -> int:
+    raise_soft_limit()      # fds for every connection of the program (fdlimit.py)
     verbose = settings["verbose"]
     log = _say if verbose else (lambda msg: None)
     program = None
@@ -286,8 +288,9 @@ def _in_terminal_foreground() -> bool:
 async def _run_child(program: str, command: list[str], env: dict) -> int:
     loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(program, *command[1:], env=env,
-                                                    executable=program)
+        with programs_own_limit():
+            proc = await asyncio.create_subprocess_exec(program, *command[1:], env=env,
+                                                        executable=program)
     except FileNotFoundError:
         _say(f"{command[0]}: command not found")
         return 127
