@@ -11,7 +11,7 @@ import pytest
 from test_proxy_harness import cp  # noqa: F401  (sets sys.path)
 from tailproxy.resolver import DNSResponder, HostsFile, NameService, PlaceholderMap, check_range
 from tailproxy.resolver import dnsmsg
-from tailproxy.resolver.responder import socket_uid
+from tailproxy.peeruid import socket_uid
 from tailproxy.resolver.tailnet import TailnetNames
 
 STATUS = {
@@ -319,6 +319,40 @@ def test_responder_answers_own_user_and_drops_others(hosts):
     run(main())
 
 
+def test_responder_tcp_idle_connections_are_closed_and_capped(hosts):
+    """DNS over TCP: a connection that asks nothing is closed at the deadline (it used to be
+    held forever), and it goes through the same admission as the proxy port."""
+    async def main():
+        r = DNSResponder(service(hosts).query)
+        r.gate.deadline = 0.3
+        await r.start()
+        try:
+            loop = asyncio.get_running_loop()
+            s = socket.socket()
+            s.setblocking(False)
+            await loop.sock_connect(s, r.addresses[0])
+            q = dnsmsg.build_query("peer", dnsmsg.A, 7)
+            await loop.sock_sendall(s, len(q).to_bytes(2, "big") + q)
+            n = int.from_bytes(await asyncio.wait_for(loop.sock_recv(s, 2), 5), "big")
+            assert n > 0
+            while n:
+                n -= len(await loop.sock_recv(s, n))
+            t0 = loop.time()
+            assert await asyncio.wait_for(loop.sock_recv(s, 10), 5) == b""     # idle: closed
+            assert loop.time() - t0 < 2
+            s.close()
+            r.gate.headroom = 1 << 30           # no fds to spare: refused at once
+            s = socket.socket()
+            s.setblocking(False)
+            await loop.sock_connect(s, r.addresses[0])
+            assert await asyncio.wait_for(loop.sock_recv(s, 10), 5) == b""
+            s.close()
+            assert r.gate.refused == 1
+        finally:
+            await r.close()
+    run(main())
+
+
 def test_query_with_edns_opt_record_parses():
     from tailproxy.resolver import dnsmsg
     q = dnsmsg.build_query("peer.ts.test", dnsmsg.A, qid=7)
@@ -328,3 +362,14 @@ def test_query_with_edns_opt_record_parses():
     opt = b"\x00" + struct.pack("!HHIH", dnsmsg.OPT, 1232, 0, 0)
     parsed = dnsmsg.parse_query(bytes(hdr) + q[12:] + opt)
     assert parsed.name == "peer.ts.test" and parsed.edns_size == 1232
+
+
+def test_tcp_peer_uid_by_sock_diag_agrees_with_the_tables():
+    from tailproxy.peeruid import tcp_peer_uid
+    with socket.create_server(("127.0.0.1", 0)) as l:
+        c = socket.create_connection(l.getsockname())
+        a, peer = l.accept()
+        with a, c:
+            assert tcp_peer_uid(peer, a.getsockname()) == os.getuid() == \
+                socket_uid("tcp", *peer)
+            assert tcp_peer_uid(("127.0.0.1", 1), a.getsockname()) is None

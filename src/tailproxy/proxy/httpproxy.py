@@ -207,9 +207,10 @@ def status_for_errno(err: int) -> int:
     return 502
 
 
-async def handshake(server, rd, t0):
+async def handshake(server, rd, t0, asked):
     """Read one request head; returns (remote, label, bytes to send upstream
-    first) or (None, label, b"") after an error response."""
+    first) or (None, label, b"") after an error response. ``asked()`` is
+    called once the client authenticated and its request is understood."""
     try:
         head = await rd.parse(parse_head, MAX_HEAD)
     except ValueError:
@@ -237,6 +238,7 @@ async def handshake(server, rd, t0):
         server._report("http", "-", "bad-request", 0, 0, t0)
         return None, "-", b""
     label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    asked()
     try:
         remote = await server._dial(host, port)
     except DialError as exc:
