@@ -11,6 +11,7 @@ import pytest
 from test_proxy_harness import cp  # noqa: F401  (sets sys.path)
 from tailproxy.resolver import DNSResponder, HostsFile, NameService, PlaceholderMap, check_range
 from tailproxy.resolver import dnsmsg
+from tailproxy.resolver.placeholders import ENTRY_OVERHEAD, RECENT_S, PlaceholdersFull
 from tailproxy.peeruid import socket_uid
 from tailproxy.resolver.tailnet import TailnetNames
 
@@ -73,20 +74,53 @@ def test_placeholders_stable_distinct_and_reversible():
     assert not m.contains("10.0.0.1") and m.name_of("not an ip") is None
 
 
-def test_placeholders_evict_least_recently_used():
-    m = PlaceholderMap(max_names=2)
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_placeholders_evict_least_recently_used_once_not_recent():
+    clock = Clock()
+    m = PlaceholderMap(max_bytes=2 * (ENTRY_OVERHEAD + 1), clock=clock)
     a = m.get("a", 4)
     m.get("b", 4)
+    clock.t += RECENT_S
     m.name_of(a)                   # a used again
-    m.get("c", 4)                  # evicts b
+    m.get("c", 4)                  # evicts b, answered long ago
     assert m.name_of(a) == "a" and len(m) == 2
     assert "b" not in [m.name_of(f"240.0.0.{i}") for i in range(1, 5)]
 
 
+def test_placeholders_recent_or_held_are_never_evicted_new_names_are_refused():
+    clock = Clock()
+    m = PlaceholderMap(max_bytes=2 * (ENTRY_OVERHEAD + 1), clock=clock)
+    a, b = m.get("a", 4), m.get("b", 4)
+    with pytest.raises(PlaceholdersFull):
+        m.get("c", 4)              # a and b were answered just now
+    m.hold("a")
+    clock.t += RECENT_S
+    m.get("c", 4)                  # b was old and not held: evicted
+    clock.t += RECENT_S
+    m.get("d", 4)                  # c old now too; a is held by a live connection
+    assert m.name_of(a) == "a" and m.name_of(b) != "b"
+    m.release("a")                 # the connection ended: a is recent, then old
+    clock.t += RECENT_S
+    m.get("e", 4)
+    m.get("f", 4)
+    assert m.name_of(a) != "a"
+
+
 def test_placeholder_range_reuses_freed_addresses():
-    m = PlaceholderMap("240.1.0.0/24", max_names=1000)
+    clock = Clock()
+    m = PlaceholderMap("240.1.0.0/24", clock=clock)
     got = {m.get(f"n{i}", 4) for i in range(254)}
     assert len(got) == 254 and "240.1.0.255" not in got and "240.1.0.0" not in got
+    with pytest.raises(PlaceholdersFull):
+        m.get("one-more", 4)       # all answered just now
+    clock.t += RECENT_S
     assert m.get("one-more", 4) in got      # oldest evicted, its address reused
 
 
