@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
+
+from timedio import readline  # noqa: F401  (tests/timedio.py; re-exported for the e2e tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,15 +36,3 @@ def py(code: str) -> list[str]:
 def in_netns(netns: str, argv: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", netns, *argv], **kw)
 
-
-def readline(stream, timeout: float = 30.0):
-    """stream.readline() that fails the test after `timeout` seconds instead of hanging CI when
-    the process on the other end is stuck. (select() on the fd would miss lines already
-    buffered in the file object, so the read runs in a daemon thread.)"""
-    got: list = []
-    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not got:
-        raise AssertionError(f"no line within {timeout:g}s")
-    return got[0]

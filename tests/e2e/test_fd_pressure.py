@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import py, tailproxy_argv
+from helpers import py, readline, tailproxy_argv
 
 N = 2000
 SOFT = 1024
@@ -133,7 +133,7 @@ def test_2000_connections_at_a_1024_fd_limit_work_or_fail_fast():
     host = _own_non_loopback_ipv4()
     server = subprocess.Popen(py(ECHO_SERVER), stdout=subprocess.PIPE, text=True)
     try:
-        port = int(server.stdout.readline())
+        port = int(readline(server.stdout))
         cp = subprocess.run(tailproxy_argv("--no-tailnet", *py(LOAD), host, str(port), str(N)),
                             capture_output=True, text=True, timeout=240, preexec_fn=_at_soft_limit)
     finally:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from test_proxy_harness import FakeDialer, ProxyThread
+from timedio import readline
 from test_socks5_server import DST, PW, USER, auth, echo, recvn, request
 from tailproxy.proxy.preauth import PreAuthGate
 
@@ -113,7 +114,7 @@ def test_another_user_cannot_hold_more_than_the_cap_and_we_still_get_through(env
         uid=FOREIGN, n=300, port=env.addr[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True)
     try:
-        alive = int(hog.stdout.readline())
+        alive = int(readline(hog.stdout, 60))
         g = env.proxy.socks.gate
         assert alive <= 2 * g.per_uid, (alive, g.refused, g.pending, g._pending)     # 300 before
         s = socket.create_connection(env.addr, timeout=5)
