@@ -18,6 +18,8 @@ import tempfile
 
 RUN_PREFIX = "tailproxy-"
 _OWNER = "owner"
+_LONGEST_SOCKET = "channel.sock.dgram"     # the longest socket name a run creates
+_SUN_PATH_MAX = 108                         # sizeof(sockaddr_un.sun_path), with its NUL
 
 
 class RunDirError(Exception):
@@ -80,6 +82,11 @@ def _start_time(pid: int) -> str | None:
 def create_run_dir(env: dict | None = None) -> str:
     """A fresh 0700 run directory for this process, after removing stale ones."""
     base = user_runtime_dir(env)
+    longest = os.path.join(base, RUN_PREFIX + "XXXXXXXX", _LONGEST_SOCKET)
+    if len(longest.encode()) >= _SUN_PATH_MAX:
+        raise RunDirError(f"the runtime directory {base} is too long a path for unix sockets "
+                          f"(at most {_SUN_PATH_MAX - 1} bytes); set XDG_RUNTIME_DIR to a "
+                          "shorter one")
     remove_stale_run_dirs(base)
     path = tempfile.mkdtemp(prefix=RUN_PREFIX, dir=base)
     pid = os.getpid()

@@ -149,8 +149,16 @@ def test_proxy_killed_gives_prompt_distinct_error(tp_state, peer):
     code = f"""
         import os, signal, socket, errno, time
         print("RUNDIR", os.path.dirname(os.environ["TAILPROXY_SOCKET"]), flush=True)
-        os.kill(os.getppid(), signal.SIGKILL)    # the tailproxy process: proxy and all
-        time.sleep(0.3)
+        ppid = os.getppid()
+        os.kill(ppid, signal.SIGKILL)    # the tailproxy process: proxy and all
+        while True:                      # until it is dead (a zombie, or reaped)
+            try:
+                state = open(f"/proc/{{ppid}}/stat").read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.01)
         s = socket.socket(); t = time.monotonic()
         try:
             s.connect(({peer['ipv4']!r}, {peer['echo_port']})); print("connected?")

@@ -111,3 +111,10 @@ def test_stale_cleanup_never_follows_a_link(tmp_path):
     os.symlink(target, os.path.join(base, "tailproxy-link0000"))
     assert rundir.remove_stale_run_dirs(base) == []
     assert (target / "keep").exists()
+
+
+def test_a_runtime_dir_too_long_for_unix_sockets_is_refused_clearly(tmp_path):
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    with pytest.raises(RunDirError, match="too long a path for unix sockets"):
+        rundir.create_run_dir({"XDG_RUNTIME_DIR": str(deep)})
