@@ -129,19 +129,19 @@ def test_missing_authkey_with_dead_control_is_clear(tmp_path):
     assert "cannot join the tailnet" in cp.stderr
 
 
-def test_a_killed_runs_directory_is_removed_at_the_next_start(tmp_path):
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+def test_a_killed_runs_directory_is_removed_at_the_next_start(short_tmp):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(short_tmp))
     p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py("print('ready', flush=True); "
                                                                "import time; time.sleep(60)")),
                          stdout=subprocess.PIPE, text=True, env=env)
     assert readline(p.stdout) == "ready\n"
-    runs = [d for d in os.listdir(tmp_path / "tailproxy") if d.startswith("tailproxy-")]
-    assert len(runs) == 1 and (tmp_path / "tailproxy" / runs[0] / "channel.sock").exists()
+    runs = [d for d in os.listdir(short_tmp / "tailproxy") if d.startswith("tailproxy-")]
+    assert len(runs) == 1 and (short_tmp / "tailproxy" / runs[0] / "channel.sock").exists()
     p.kill()        # tailproxy cannot clean up after SIGKILL
     p.wait(10)
-    assert (tmp_path / "tailproxy" / runs[0]).exists()
-    assert run_tp("--no-tailnet", "true", env={"XDG_RUNTIME_DIR": str(tmp_path)}).returncode == 0
-    assert not (tmp_path / "tailproxy" / runs[0]).exists()
+    assert (short_tmp / "tailproxy" / runs[0]).exists()
+    assert run_tp("--no-tailnet", "true", env={"XDG_RUNTIME_DIR": str(short_tmp)}).returncode == 0
+    assert not (short_tmp / "tailproxy" / runs[0]).exists()
 
 
 @pytest.mark.parametrize("flag, env, profile, want", [
@@ -150,7 +150,7 @@ def test_a_killed_runs_directory_is_removed_at_the_next_start(tmp_path):
     (None, "", "p", "profhost"),
     (None, "", None, "filehost"),
 ])
-def test_precedence_flags_env_profile_file_through_the_cli(tmp_path, flag, env, profile, want):
+def test_precedence_flags_env_profile_file_through_the_cli(tmp_path, short_tmp, flag, env, profile, want):
     """What a run really uses, as `tailproxy ps` (run by the program itself) reports it."""
     cfg = tmp_path / "c.toml"
     cfg.write_text('hostname = "filehost"\n[profiles.p]\nhostname = "profhost"\n')
@@ -158,7 +158,7 @@ def test_precedence_flags_env_profile_file_through_the_cli(tmp_path, flag, env, 
     args += ["--hostname", flag] if flag else []
     args += ["--profile", profile] if profile else []
     cp = run_tp(*args, sys.executable, "-m", "tailproxy", "ps",
-                env={"XDG_RUNTIME_DIR": str(tmp_path), "TAILPROXY_HOSTNAME": env})
+                env={"XDG_RUNTIME_DIR": str(short_tmp), "TAILPROXY_HOSTNAME": env})
     assert cp.returncode == 0, cp.stderr
     rows = [line.split() for line in cp.stdout.splitlines()]
     assert rows[0][:2] == ["PID", "HOSTNAME"] and len(rows) == 2, cp.stdout

@@ -72,9 +72,9 @@ def test_ps_refuses_a_planted_symlink_in_one_line_and_deletes_nothing(tmp_path):
     assert (victim / "123.sock").exists()
 
 
-def test_run_dir_is_inside_the_user_dir_with_an_owner_record(tmp_path):
-    path = rundir.create_run_dir(_env(tmp_path))
-    assert os.path.dirname(path) == str(tmp_path / "tailproxy")
+def test_run_dir_is_inside_the_user_dir_with_an_owner_record(short_tmp):
+    path = rundir.create_run_dir(_env(short_tmp))
+    assert os.path.dirname(path) == str(short_tmp / "tailproxy")
     assert os.path.basename(path).startswith("tailproxy-")
     assert os.lstat(path).st_mode & 0o777 == 0o700
     pid, started = open(os.path.join(path, "owner")).read().split()
@@ -87,9 +87,9 @@ def _dead_process_record() -> str:
     return f"{p.pid} {rundir._start_time(os.getpid())}\n"
 
 
-def test_stale_run_dirs_are_removed_live_ones_kept(tmp_path):
-    base = rundir.user_runtime_dir(_env(tmp_path))
-    live = rundir.create_run_dir(_env(tmp_path))
+def test_stale_run_dirs_are_removed_live_ones_kept(short_tmp):
+    base = rundir.user_runtime_dir(_env(short_tmp))
+    live = rundir.create_run_dir(_env(short_tmp))
     stale = os.path.join(base, "tailproxy-deadbeef")
     os.mkdir(stale, 0o700)
     open(os.path.join(stale, "owner"), "w").write(_dead_process_record())
