@@ -88,7 +88,7 @@ def test_sighup_and_sigquit_are_forwarded():
             assert readline(p.stdout, 15).strip() == f"got {sig.name}"
         assert p.poll() is None                     # tailproxy itself carried on
     finally:
-        p.kill()
+        os.killpg(p.pid, signal.SIGKILL)            # tailproxy and the program (own session)
         p.wait(10)
 
 
