@@ -372,7 +372,7 @@ def test_ipv6_only_listener_is_forwarded_to_ipv6_loopback(testnet, state):
         cp = peer_nc(testnet, "exp-v6", 8600, b"hello")
         if not cp.stdout.startswith(b"got:"):
             _release_accept(("::1", 8600))              # so the driver answers and stops
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
         time.sleep(0.5)             # the node reports a connection when it has ended
     finally:
         err = s.stop()
@@ -400,7 +400,7 @@ def test_export_follows_the_loopback_address_still_listening(testnet, state):
         cp = peer_nc(testnet, "exp-follow", 8610, b"hello")
         if not cp.stdout.startswith(b"got:"):
             _release_accept(("::1", 8610))
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
     finally:
         err = s.stop()
     assert "(forwarded to 127.0.0.1:8610)" in err and "port 8610 is now forwarded to [::1]:8610" in err, err
