@@ -448,3 +448,32 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * x for x in w])] + [line(r) for r in rows])
 
 
+
+
+def start_socks_tailscaled(info: dict, d: str, hostname: str) -> tuple[subprocess.Popen, int]:
+    """A userspace tailscaled with its SOCKS5 server on 127.0.0.1 (state in d, which it creates),
+    joined to the local tailnet as `hostname`: (process, SOCKS5 port). The process is in STARTED."""
+    port = free_port()
+    os.makedirs(d, mode=0o700)
+    env = {"TS_NO_LOGS_NO_SUPPORT": "true", "TS_DISABLE_PORTMAPPER": "1"}
+    if os.environ.get("SSL_CERT_FILE"):
+        env["SSL_CERT_FILE"] = os.environ["SSL_CERT_FILE"]
+    sock, log = os.path.join(d, "s"), os.path.join(d, "log")
+    argv = [info["bin"]["tailscaled"], "--tun=userspace-networking", f"--socks5-server=127.0.0.1:{port}",
+            f"--statedir={d}", f"--socket={sock}", "--port=0"]
+    show(argv, env, note=f"anchor node, log in {log}")
+    with open(log, "w") as f:
+        p = subprocess.Popen(argv, env=dict(os.environ, **env), stdin=subprocess.DEVNULL, stdout=f,
+                             stderr=subprocess.STDOUT)
+    STARTED.append(p)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise Failed(f"tailscaled did not start: {tail(open(log).read())}")
+        time.sleep(0.05)
+    control = os.environ.get("TAILPROXY_CONTROL_URL") or info["control_url"]
+    key = os.environ.get("TS_AUTHKEY") or info["authkey"]
+    run([info["bin"]["tailscale"], f"--socket={sock}", "up", f"--login-server={control}",
+         f"--auth-key={key}", f"--hostname={hostname}"], timeout=90, secret=key)
+    wait_port("127.0.0.1", port, p)
+    return p, port

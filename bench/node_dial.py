@@ -42,28 +42,6 @@ from tailproxy import eventloop  # noqa: E402
 from tailproxy.node import Node, NodeConfig  # noqa: E402
 
 
-def start_socks_node(info: dict, tmp: str) -> tuple[subprocess.Popen, int]:
-    port = B.free_port()
-    d = os.path.join(tmp, "socks-node")
-    os.makedirs(d, mode=0o700)
-    env = {"TS_NO_LOGS_NO_SUPPORT": "true", "TS_DISABLE_PORTMAPPER": "1"}
-    argv = [info["bin"]["tailscaled"], "--tun=userspace-networking", f"--socks5-server=127.0.0.1:{port}",
-            f"--statedir={d}", f"--socket={d}/s", "--port=0"]
-    B.show(argv, env, note=f"anchor node, log in {d}/log")
-    p = subprocess.Popen(argv, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
-                         stdout=open(os.path.join(d, "log"), "w"), stderr=subprocess.STDOUT)
-    for _ in range(300):
-        if os.path.exists(f"{d}/s"):
-            break
-        time.sleep(0.1)
-    key = os.environ["TS_AUTHKEY"]
-    B.run([info["bin"]["tailscale"], f"--socket={d}/s", "up",
-           f"--login-server={os.environ['TAILPROXY_CONTROL_URL']}", f"--auth-key={key}",
-           "--hostname=nodedial-socks"], timeout=90, secret=key)
-    B.wait_port("127.0.0.1", port, p)
-    return p, port
-
-
 def socks_dial_blocking(port: int, ip: str, dport: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"\x05\x01\x00")
@@ -132,7 +110,7 @@ def main() -> int:
     rows = []
     try:
         node.up(90)
-        sp, sport = start_socks_node(info, tmp)
+        sp, sport = B.start_socks_tailscaled(info, os.path.join(tmp, "socks-node"), "nodedial-socks")
         ip = peer["ipv4"]
         print(f"dial {ip}:{dport} on peer, {a.n} times each (after 50 warm-up)", flush=True)
 

@@ -298,7 +298,7 @@ def bench_startup(ctx, a: argparse.Namespace) -> dict:
     env = ctx["tp_env"]
     peer_ip, echo = ctx["peer_ip"], ctx["peer_echo_first"]
     say(f"\n(g) start-up with saved state ({ctx['tp_state']}): {n} runs each, modes interleaved")
-    res = {k: Series() for k in ("direct_exec", "tp_exec", "tp_exit", "first", "first_conn")}
+    res = {k: Series() for k in ("direct_exec", "nt_exec", "tp_exec", "tp_exit", "first", "first_conn")}
 
     def timed(argv, e, word):
         t0 = time.monotonic()
@@ -310,7 +310,7 @@ def bench_startup(ctx, a: argparse.Namespace) -> dict:
         run(tpn + [tb, "first", peer_ip, str(echo)], env, timeout=90, note="not counted: saves the node state")
     except Failed as e:
         say(f"    FAILED (not counted): {e}")
-    modes = ("direct", "stamp", "first")
+    modes = ("direct", "no-tailnet", "stamp", "first")
     for r in range(n):
         for m in rotated(list(modes), r):
             if m == "direct":
@@ -318,6 +318,11 @@ def bench_startup(ctx, a: argparse.Namespace) -> dict:
                     t0, d, _ = timed([tb, "stamp"], {}, "stamp")
                     return d["t_main"] - t0, d
                 res["direct_exec"].add(one)
+            elif m == "no-tailnet":   # everything but the node: Python, the proxy, the preload
+                def one():
+                    t0, d, _ = timed(ctx["tp"] + ["--no-tailnet", tb, "stamp"], env, "stamp")
+                    return d["t_main"] - t0, d
+                res["nt_exec"].add(one)
             elif m == "stamp":
                 got = {}
 
@@ -517,6 +522,7 @@ def summarize(loc: dict | None, tn: dict | None, mem: dict | None, st: dict | No
         d = st["direct_exec"].median
         for key, what, mode, extra in (
                 ("direct_exec", "(g) start to the program's main", "the program alone (no tailproxy)", ""),
+                ("nt_exec", "(g) start to the program's main", "tailproxy --no-tailnet (no node)", ""),
                 ("tp_exec", "(g) start to the program's main", "tailproxy (saved state)",
                  f"tailproxy's start-up: {fr(None if d is None or st['tp_exec'].median is None else (st['tp_exec'].median - d) * 1000, '{:.0f} ms')}; "
                  "the old tailproxy: 0.37 s (issue 9)"),

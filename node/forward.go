@@ -52,18 +52,32 @@ func (n *node) unlisten(id int64) {
 	}
 }
 
+// maxConnsPerListener bounds what tailnet peers can make one listener hold
+// (goroutines, buffers and a local fd each); a connection over it is refused.
+const maxConnsPerListener = 1024
+
 func (n *node) acceptLoop(id int64, ln net.Listener, spec listenSpec) {
 	defer recoverToLog(n, "accept")
+	slots := make(chan struct{}, maxConnsPerListener)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return // closed by unlisten or close
 		}
-		if spec.Target == "" {
-			go n.deliver(id, c)
-		} else {
-			go n.forward(id, c, spec)
+		select {
+		case slots <- struct{}{}:
+		default:
+			c.Close()
+			continue
 		}
+		go func() {
+			defer func() { <-slots }()
+			if spec.Target == "" {
+				n.deliver(id, c)
+			} else {
+				n.forward(id, c, spec)
+			}
+		}()
 	}
 }
 

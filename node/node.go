@@ -81,6 +81,9 @@ func startNode(cfg nodeConfig, eventFD int) (*node, error) {
 		debug.SetMemoryLimit(memoryLimit)
 	}
 	logger := log.New(logFile, "", log.LstdFlags|log.Lmicroseconds)
+	// Some Tailscale packages log through the standard logger: to the node log too, never
+	// onto the program's terminal.
+	log.SetOutput(logFile)
 	srv := &tsnet.Server{
 		Dir:        cfg.Dir,
 		Hostname:   cfg.Hostname,

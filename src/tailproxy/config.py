@@ -179,6 +179,9 @@ SETTINGS: list[Setting] = [
     Setting("tailnet_only", _bool, False, ("TAILPROXY_TAILNET_ONLY",),
             "without an exit node, refuse non-tailnet destinations (EHOSTUNREACH) instead of "
             "dialling them from this host"),
+    Setting("accept_routes", _bool, False, ("TAILPROXY_ACCEPT_ROUTES",),
+            "use the subnet routes other nodes advertise: their destinations go through the "
+            "tailnet (off by default, as Tailscale on Linux)"),
     Setting("export_listeners", _bool, False, ("TAILPROXY_EXPORT_LISTENERS",),
             "make the program's listening TCP ports reachable on the tailnet (and only there)"),
     Setting("export_allow_ports", _ports, None, (),

@@ -34,10 +34,12 @@ def _pick(runs, hostname: str | None):
 
 def ps() -> int:
     runs = control.running()
-    rows = [("PID", "HOSTNAME", "NODE", "ADDRESSES", "EXIT NODE", "EXPORTS", "COMMAND")]
+    rows = [("PID", "HOSTNAME", "NODE", "ADDRESSES", "EXIT NODE", "ROUTES", "EXPORTS", "COMMAND")]
     for _, i in runs:
         rows.append((str(i.get("pid")), i.get("hostname") or "-", i.get("node_name") or "-",
                      ",".join(i.get("ips") or []) or "-", i.get("exit_node") or "-",
+                     ",".join(f"{r.get('route')}@{r.get('via')}" for r in i.get("routes") or [])
+                     or "-",
                      ",".join(str(p) for p in i.get("exports") or []) or "-",
                      " ".join(i.get("command") or []) or "(proxy only)"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]

@@ -105,10 +105,10 @@ def test_first_interrupt_reaches_the_program_second_forces_shutdown():
     assert "second interrupt" in p.stderr.read()
 
 
-def test_static_binary_warning():
-    # The pinned tailscale CLI is a static Go binary (CGO_ENABLED=0).
-    from tailproxy.native import native_path
-    cp = run_tp("--no-tailnet", native_path("tailscale"), "version")
+@pytest.mark.tailnet
+def test_static_binary_warning(testnet):
+    # The testnet's pinned tailscale CLI is a static Go binary (CGO_ENABLED=0).
+    cp = run_tp("--no-tailnet", testnet["bin"]["tailscale"], "version")
     assert "statically linked" in cp.stderr
     assert cp.stderr.count("warning") == 1
 

@@ -138,7 +138,11 @@ def test_relogin_when_state_belongs_to_another_control(testnet, tmp_path):
 
 
 def test_authkey_never_in_node_log_or_argv(node, testnet):
-    log = open(os.path.join(node.config.state_dir, "tailscaled.log"), errors="replace").read()
+    path = os.path.join(node.config.state_dir, "node.log")
+    assert node.log_path == path
+    log = open(path, errors="replace").read()
+    assert log, "the node's log is empty"      # a missing log would make the check below vacuous
     assert testnet["authkey"] not in log
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert testnet["authkey"] not in out

@@ -87,3 +87,18 @@ def test_handed_over_secrets_count_as_flags(monkeypatch, tmp_path):
         raise AssertionError("the handover pipe was left open")
     except OSError:
         pass
+
+
+def test_accept_routes_flag_env_and_config_key(tmp_path):
+    from tailproxy.config import resolve
+    base = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert resolve({}, base, None, None)["accept_routes"] is False          # Linux's default
+    flags, _, cmd = parse_args(["--accept-routes", "-accept-routes=false", "x"])
+    assert flags == {"accept_routes": False} and cmd == ["x"]
+    flags, _, _ = parse_args(["--accept-routes", "x"])
+    assert resolve(flags, base, None, None)["accept_routes"] is True
+    assert resolve({}, dict(base, TAILPROXY_ACCEPT_ROUTES="1"), None, None)["accept_routes"] is True
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("accept_routes = true\n[profiles.p]\naccept-routes = false\n")
+    assert resolve({}, base, str(cfg), None)["accept_routes"] is True
+    assert resolve({}, base, str(cfg), "p")["accept_routes"] is False

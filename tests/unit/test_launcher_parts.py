@@ -75,3 +75,30 @@ def test_local_networks_from_route_tables(tmp_path):
                   "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
                   "fd000000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n")
     assert local_networks(str(r4), str(r6)) == ["198.18.0.0/24", "fd00::/64"]
+
+
+def test_accepted_routes_in_info_and_ps(monkeypatch, capsys):
+    import asyncio
+    from tailproxy import manage
+    from tailproxy.launcher.launch import _control_handler, accepted_routes
+    status = {"Self": {"DNSName": "me.ts.test."}, "TailscaleIPs": ["100.64.0.9"], "Peer": {
+        "a": {"DNSName": "router.ts.test.", "PrimaryRoutes": ["198.19.0.0/24", "0.0.0.0/0", "::/0"]},
+        "b": {"DNSName": "peer.ts.test."}}}
+    assert accepted_routes(status) == [{"route": "198.19.0.0/24", "via": "router.ts.test"}]
+
+    class API:
+        def status(self):
+            return status
+
+    class FakeNode:
+        localapi = API()
+
+    def info(accept):
+        settings = {"hostname": "h", "accept_routes": accept}
+        return asyncio.run(_control_handler(settings, FakeNode(), None, ["x"], None)({"cmd": "info"}))
+    assert info(True)["routes"] == [{"route": "198.19.0.0/24", "via": "router.ts.test"}]
+    assert info(False)["routes"] == []          # not accepted: not used
+    monkeypatch.setattr(manage.control, "running", lambda: [("s", dict(info(True), pid=7))])
+    manage.ps()
+    head, row = capsys.readouterr().out.splitlines()
+    assert "ROUTES" in head.split() and "198.19.0.0/24@router.ts.test" in row.split()

@@ -487,6 +487,14 @@ def test_up_over_the_fake_library(tmp_path, monkeypatch, fake):
     assert not n.running and fake.event_fd is None
 
 
+def test_accept_routes_sets_the_pref_route_all(tmp_path, monkeypatch, fake):
+    n, api = up_node(tmp_path, monkeypatch, accept_routes=True)
+    try:
+        assert api.prefs == [{"RouteAll": True, "RouteAllSet": True}]     # --accept-routes
+    finally:
+        n.close()
+
+
 def test_a_failed_start_closes_the_event_pipe(tmp_path, monkeypatch):
     lib = FakeLibrary(node_start_error="TS_NO_LOGS_NO_SUPPORT=true must be set")
     monkeypatch.setattr(library, "call", lib)

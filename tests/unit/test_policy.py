@@ -94,15 +94,16 @@ class Status:
         return self.st
 
 
-def loaded_view(st=STATUS, ttl=60.0):
+def loaded_view(st=STATUS, ttl=60.0, accept_routes=False):
     status = Status(st)
-    view = TailnetView(status, ttl=ttl)
+    view = TailnetView(status, ttl=ttl, accept_routes=accept_routes)
     view.load(st)
     return view, status
 
 
-def make(st=STATUS, node="fake", placeholders=None, tailnet_only=False, ttl=60.0):
-    view, status = loaded_view(st, ttl)
+def make(st=STATUS, node="fake", placeholders=None, tailnet_only=False, ttl=60.0,
+         accept_routes=False):
+    view, status = loaded_view(st, ttl, accept_routes)
     node = FakeNode() if node == "fake" else node
     direct = FakeDirect()
     logged = []
@@ -196,6 +197,15 @@ def test_online_peer_address_goes_through_the_node():
     assert direct.calls == [] and status.calls == 0
 
 
+def test_v4_mapped_addresses_are_routed_as_their_ipv4_address():
+    d, node, direct, _, _ = make(tailnet_only=True)
+    via_node(run(d.dial("::ffff:" + PEER_ONLINE_V4, 22, 5)), PEER_ONLINE_V4, 22)
+    assert dial_error(d, "::ffff:100.64.99.1", 80).errno == errno.EHOSTUNREACH
+    assert dial_error(d, "[::ffff:" + PEER_OFFLINE + "]", 80).errno == errno.EHOSTUNREACH
+    d, node, direct, _, _ = make()
+    assert run(d.dial("::ffff:10.0.0.1", 80, 5)) == ("direct", "10.0.0.1", 80)
+
+
 def test_offline_peer_is_refused_at_once():
     d, node, direct, status, _ = make()
     e = dial_error(d, PEER_OFFLINE, 22)
@@ -224,21 +234,58 @@ def test_a_peer_that_just_joined_is_found_by_the_forced_refresh():
 
 
 def test_accepted_subnet_route_goes_through_the_node_but_not_the_exit_routes():
-    d, node, direct, _, _ = make()
+    d, node, direct, _, _ = make(accept_routes=True)
     via_node(run(d.dial("192.168.50.10", 80, 5)), "192.168.50.10", 80)
     assert run(d.dial("192.168.51.10", 80, 5)) == ("direct", "192.168.51.10", 80)
     assert run(d.dial("8.8.8.8", 53, 5)) == ("direct", "8.8.8.8", 53)        # 0.0.0.0/0 ignored
     assert run(d.dial("2001:db8::1", 53, 5)) == ("direct", "2001:db8::1", 53)  # ::/0 ignored
+    assert d.view.routes() == [("192.168.50.0/24", "router.ts.test")]
+
+
+def test_routes_not_accepted_are_not_tailnet_destinations():
+    # without --accept-routes (Linux's default) a peer's route is this host's business: the
+    # node would not carry it, so it is dialled directly, and --tailnet-only refuses it
+    d, node, direct, _, _ = make()
+    assert run(d.dial("192.168.50.10", 80, 5)) == ("direct", "192.168.50.10", 80)
+    assert node.calls == [] and d.view.routes() == []
+    d, node, direct, _, _ = make(tailnet_only=True)
+    e = dial_error(d, "192.168.50.10", 80)
+    assert e.errno == errno.EHOSTUNREACH and "tailnet-only" in str(e)
+    assert node.calls == [] and direct.calls == []
 
 
 # ---------------------------------------------------------------- names
 
 @pytest.mark.parametrize("name", ["peer.ts.test", "PEER.ts.test.", "peer", "sleepy",
-                                  "whatever.ts.test", "shared.other.net", "shared"])
+                                  "shared.other.net", "shared", "me.ts.test"])
 def test_tailnet_names_go_through_the_node(name):
     d, node, direct, _, _ = make()
     via_node(run(d.dial(name, 80, 5)), name, 80)
     assert direct.calls == []
+
+
+@pytest.mark.parametrize("exit_node", [False, True])
+@pytest.mark.parametrize("tailnet_only", [False, True])
+@pytest.mark.parametrize("name", ["leakcheck.ts.test", "LeakCheck.TS.test.", "a.b.ts.test",
+                                  "ts.test"])
+def test_names_under_the_suffix_not_in_the_netmap_are_refused(name, exit_node, tailnet_only):
+    # neither dialled by name through the node (which would ask a resolver: this host's, or the
+    # exit node's) nor dialled directly (this host's resolver): refused, after one fresh look
+    d, node, direct, status, logged = make(with_exit_node() if exit_node else STATUS,
+                                           tailnet_only=tailnet_only)
+    e = dial_error(d, name, 80)
+    assert e.errno == errno.EHOSTUNREACH and "no node of this tailnet" in str(e)
+    assert node.calls == [] and direct.calls == []
+    assert status.calls == 1
+    assert any("refused" in m for m in logged)
+
+
+def test_a_name_that_just_joined_is_found_by_the_forced_refresh():
+    d, node, _, status, _ = make()
+    status.st = dict(STATUS, Peer=dict(STATUS["Peer"], e={"DNSName": "new.ts.test.",
+                                                          "TailscaleIPs": [NO_PEER], "Online": True}))
+    via_node(run(d.dial("new.ts.test", 80, 5)), "new.ts.test", 80)
+    assert status.calls == 1
 
 
 def test_other_names_and_addresses_are_dialled_directly():
@@ -252,7 +299,7 @@ def test_other_names_and_addresses_are_dialled_directly():
 
 
 def test_tailnet_only_refuses_what_is_not_on_the_tailnet():
-    d, node, direct, _, logged = make(tailnet_only=True)
+    d, node, direct, _, logged = make(tailnet_only=True, accept_routes=True)
     for host in ("example.com", "10.0.0.1", "2001:db8::1"):
         e = dial_error(d, host, 80)
         assert e.errno == errno.EHOSTUNREACH and "tailnet-only" in str(e)
@@ -260,7 +307,17 @@ def test_tailnet_only_refuses_what_is_not_on_the_tailnet():
     assert any("refused" in m for m in logged)
     via_node(run(d.dial("peer", 80, 5)), "peer", 80)
     via_node(run(d.dial(PEER_ONLINE_V4, 80, 5)), PEER_ONLINE_V4, 80)
-    via_node(run(d.dial("192.168.50.1", 80, 5)), "192.168.50.1", 80)
+    via_node(run(d.dial("192.168.50.1", 80, 5)), "192.168.50.1", 80)       # an accepted route
+
+
+@pytest.mark.parametrize("host", ["100.64.99.1", "100.127.255.254", "fd7a:115c:a1e0::99"])
+def test_tailnet_only_trusts_no_cgnat_address_that_is_no_peers(host):
+    # "tailnet destination" is a peer's address, an accepted route or a MagicDNS name: an
+    # address of the tailnet's range that no peer has (a local 100.64/10 address, say) is none
+    d, node, direct, status, _ = make(tailnet_only=True, accept_routes=True)
+    e = dial_error(d, host, 7200)
+    assert e.errno == errno.EHOSTUNREACH and "no peer" in str(e)
+    assert node.calls == [] and direct.calls == []
 
 
 def test_tailnet_only_with_an_exit_node_sends_everything_through_it():
@@ -337,8 +394,12 @@ def test_view_from_status():
     assert view.peer_online(ipa.ip_address(PEER_ONLINE_V6)) is True
     assert view.peer_online(ipa.ip_address(PEER_OFFLINE)) is False
     assert view.peer_online(ipa.ip_address(NO_PEER)) is None
-    assert view.is_tailnet_name("Peer.TS.test.") and view.is_tailnet_name("x.ts.test")
+    assert view.is_tailnet_name("Peer.TS.test.") and view.is_tailnet_name("me")
+    assert not view.is_tailnet_name("x.ts.test") and view.unknown_under_suffix("x.ts.test")
     assert not view.is_tailnet_name("ts.test") and not view.is_tailnet_name("example.com")
+    assert not view.unknown_under_suffix("peer.ts.test") and not view.unknown_under_suffix("x.test")
+    assert not view.in_routes(ipa.ip_address("192.168.50.255"))     # routes not accepted
+    view, _ = loaded_view(accept_routes=True)
     assert view.in_routes(ipa.ip_address("192.168.50.255"))
     assert not view.in_routes(ipa.ip_address("1.1.1.1"))
     assert not view.exit_node_in_use

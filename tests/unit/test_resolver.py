@@ -407,3 +407,21 @@ def test_tcp_peer_uid_by_sock_diag_agrees_with_the_tables():
             assert tcp_peer_uid(peer, a.getsockname()) == os.getuid() == \
                 socket_uid("tcp", *peer)
             assert tcp_peer_uid(("127.0.0.1", 1), a.getsockname()) is None
+
+
+@pytest.mark.parametrize("exit_node", [False, True])
+@pytest.mark.parametrize("mode", ["auto", "tailnet"])
+def test_unknown_names_under_the_suffix_are_asked_nowhere(hosts, exit_node, mode):
+    # issue 14 item 3: NXDOMAIN from the name service, on RESOLVE and QUERY (the DNS responder
+    # answers with query() too), whatever the record type; never the system, never the node
+    asked = []
+    ns = service(hosts, mode=mode, exit_node=exit_node, query=lambda *a: asked.append(a))
+    for name in (b"leakcheck.ts.test", b"LeakCheck.TS.Test.", b"a.b.ts.test", b"ts.test"):
+        for version in (0, 4, 6):
+            assert run(ns.resolve(name, version)).err == errno.ENOENT
+    for qtype in (dnsmsg.A, dnsmsg.AAAA, dnsmsg.TXT, dnsmsg.MX, 255):
+        for search in (False, True):
+            a = answer_of(ns, "leakcheck.ts.test", qtype, search=search)
+            assert a.rcode == dnsmsg.NXDOMAIN
+    assert ns.system.calls == [] and asked == []
+    assert ns.placeholders.name_of("240.0.0.1") is None        # no placeholder handed out

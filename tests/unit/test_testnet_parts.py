@@ -170,3 +170,26 @@ def test_prune_stale_dirs_only_removes_dead_runs_of_ours(tmp_path):
 
 def test_current_is_false_for_unknown_namespace():
     assert netns.current_is("tn0-no-such-namespace") is False
+
+
+def test_mesh_problems_wait_for_the_subnet_router():
+    def st(peers):
+        return {"BackendState": "Running", "Peer": {h: dict(Online=True, HostName=h, **kw)
+                                                    for h, kw in peers.items()}}
+    routes = {"exit": ["198.19.0.0/24"]}
+    ok = {"peer": st({"exit": {"ExitNodeOption": True, "PrimaryRoutes": ["198.19.0.0/24"]}}),
+          "exit": st({"peer": {}})}
+    assert hosts.mesh_problems(ok, ["exit"], routes) == []
+    early = dict(ok, peer=st({"exit": {"ExitNodeOption": True}}))
+    assert hosts.mesh_problems(early, ["exit"], routes) == \
+        ["peer: exit not the router of 198.19.0.0/24 yet"]
+    assert hosts.mesh_problems(early, ["exit"]) == []
+
+
+def test_the_subnet_router_advertises_its_routes():
+    n = hosts.Node("exit", "ns", "198.18.0.3", "/d", exit_node=True, routes=("198.19.0.0/24",),
+                   wrap=lambda a: a, bins={"tailscale": "ts"})
+    argv = n.up_argv("https://c", "k")
+    assert "--advertise-exit-node" in argv and "--advertise-routes=198.19.0.0/24" in argv
+    assert "--advertise-routes" not in " ".join(hosts.Node("p", "ns", "x", "/d", wrap=lambda a: a,
+                                                           bins={"tailscale": "ts"}).up_argv("u", "k"))

@@ -1,6 +1,7 @@
-// Pins the Tailscale node that tailproxy embeds (tailscaled in userspace
-// networking mode; see docs/ARCHITECTURE.md for why not libtailscale).
-module tailproxy.local/tools/node-bin
+// Pins the upstream tailscaled and tailscale CLI that the local test tailnet's
+// peers and the benchmarks' anchors run (tailproxy itself runs its own node,
+// node/). Same tailscale.com version as node/go.mod.
+module tailproxy.local/tools/tailscale-bin
 
 go 1.25.5
 

@@ -13,13 +13,13 @@ class ExitNodes:
     the monitor moves to the next usable one when it goes offline."""
 
     def __init__(self, node: Node, choices: list[str], allow_lan: bool,
-                 say: Callable[[str], None], poll_interval: float = 1.0,
+                 say: Callable[[str], None], poll_interval: float = 0.5,
                  on_change: Callable[[], None] | None = None):
         self.node, self.choices, self.allow_lan = node, list(choices), allow_lan
         self.say, self.poll_interval = say, poll_interval
-        # Told after every change of the exit node, so that the route of the next connection
-        # follows it at once (policy.TailnetView).
-        self._on_change = on_change or (lambda: None)
+        # Told after every change of the exit node, so that routing follows it at once
+        # (policy.RouteDialer.exit_node_changed).
+        self.on_change = on_change or (lambda: None)
         self.current: dict | None = None
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
@@ -30,7 +30,7 @@ class ExitNodes:
         for name in self.choices:
             try:
                 self.current = self.node.set_exit_node(name, self.allow_lan, timeout=timeout)
-                self._on_change()
+                self.on_change()
                 return
             except ExitNodeError as e:
                 errors.append(str(e))
@@ -61,7 +61,7 @@ class ExitNodes:
                 self.choices = [name]
                 return self.current
             finally:
-                self._on_change()
+                self.on_change()
 
     async def _monitor(self) -> None:
         while True:
@@ -86,7 +86,7 @@ class ExitNodes:
             except ExitNodeError:
                 continue
             finally:
-                self._on_change()
+                self.on_change()
             if self.current and peer.get("ID") == self.current.get("ID"):
                 return  # it came back
             self.current = peer

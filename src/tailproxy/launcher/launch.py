@@ -84,15 +84,16 @@ def run(settings: dict, command: list[str]) -> int:
         if not settings["no_tailnet"]:
             node = Node(NodeConfig(state_dir=settings["state_dir"], hostname=settings["hostname"],
                                    authkey=settings["authkey"], control_url=settings["control_url"],
-                                   ephemeral=settings["ephemeral"]), log=log)
+                                   ephemeral=settings["ephemeral"],
+                                   accept_routes=settings["accept_routes"]), log=log)
             try:
                 node.up(settings["timeout"])
                 log(f"on the tailnet as {settings['hostname']} ({', '.join(node.ips())})")
-                view = TailnetView(node.localapi.status)
+                view = TailnetView(node.localapi.status, accept_routes=settings["accept_routes"])
                 if settings["exit_node"]:
                     exits = ExitNodes(node, settings["exit_node"],
                                       settings["exit_node_allow_lan_access"], _say,
-                                      on_change=view.invalidate)
+                                      on_change=view.invalidate)    # until the dialer exists
                     exits.select_initial(timeout=settings["timeout"])
                     log(f"exit node: {peer_label(exits.current)}")
                 elif node.exit_node():
@@ -116,8 +117,10 @@ def run(settings: dict, command: list[str]) -> int:
         dialer = RouteDialer(node=node, direct=DirectDialer(), view=view,
                              placeholders=names.placeholders if names else None,
                              tailnet_only=settings["tailnet_only"], log=_say)
+        if exits:
+            exits.on_change = dialer.exit_node_changed
         return eventloop.run(_serve(settings, dialer, rundir, preload, program, command, node, exits,
-                                  names, view))
+                                  names))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -137,13 +140,13 @@ def _listen_notice(exporter: Exporter):
     return notice
 
 
-def _control_handler(settings, node, exits, command, exporter=None, names=None, view=None):
+def _control_handler(settings, node, exits, command, dialer, exporter=None, names=None):
     async def handle(req: dict) -> dict:
         cmd = req["cmd"]
         if cmd == "info":
             info = {"ok": True, "pid": os.getpid(), "hostname": settings["hostname"],
                     "command": command, "exit_node": None, "node_name": None, "ips": [],
-                    "exports": sorted(exporter.exports) if exporter else []}
+                    "exports": sorted(exporter.exports) if exporter else [], "routes": []}
             if node:
                 st = await asyncio.to_thread(node.localapi.status)
                 info["node_name"] = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".")
@@ -151,6 +154,7 @@ def _control_handler(settings, node, exits, command, exporter=None, names=None, 
                 for p in (st.get("Peer") or {}).values():
                     if p.get("ExitNode"):
                         info["exit_node"] = peer_label(p)
+                info["routes"] = accepted_routes(st) if settings["accept_routes"] else []
             return info
         if not node:
             return {"ok": False, "error": "this tailproxy runs with --no-tailnet"}
@@ -161,7 +165,7 @@ def _control_handler(settings, node, exits, command, exporter=None, names=None, 
             nonlocal exits
             if exits is None:
                 exits = ExitNodes(node, [], settings["exit_node_allow_lan_access"], _say,
-                                  on_change=view.invalidate if view else None)
+                                  on_change=dialer.exit_node_changed)
             name = req.get("name") if cmd == "exit-node-set" else None
             if cmd == "exit-node-set" and not isinstance(name, str):
                 return {"ok": False, "error": "exit-node-set needs a name"}
@@ -174,6 +178,14 @@ def _control_handler(settings, node, exits, command, exporter=None, names=None, 
     return handle
 
 
+def accepted_routes(status: dict) -> list[dict]:
+    """The subnet routes a node that accepts routes uses: each peer's primary routes, the exit
+    routes (0.0.0.0/0, ::/0) aside."""
+    return [{"route": r, "via": peer_label(p)}
+            for p in (status.get("Peer") or {}).values()
+            for r in p.get("PrimaryRoutes") or [] if not r.endswith("/0")]
+
+
 def exit_node_rows(status: dict) -> list[dict]:
     return sorted(({"name": peer_label(p), "ips": p.get("TailscaleIPs") or [],
                     "online": bool(p.get("Online")), "current": bool(p.get("ExitNode")),
@@ -183,7 +195,7 @@ def exit_node_rows(status: dict) -> list[dict]:
 
 
 async def _serve(settings, dialer, rundir, preload, program, command, node, exits,
-                 names=None, view=None) -> int:
+                 names=None) -> int:
     proxy_only = not command
     if proxy_only:
         listen = settings["socks5"]
@@ -201,7 +213,8 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
                                              settings["export_deny_ports"], settings["export_max"]),
                             settings["export_proxy_protocol"], _say, verbose=settings["verbose"])
         proxy.on_listen = _listen_notice(exporter)
-    control = ControlServer(_control_handler(settings, node, exits, command, exporter, names, view))
+    control = ControlServer(_control_handler(settings, node, exits, command, dialer, exporter,
+                                             names))
     responder = None
     if names:
         await names.refresh()

@@ -40,6 +40,7 @@ class NodeConfig:
     authkey: str | None = dataclasses.field(default=None, repr=False)
     control_url: str | None = None
     ephemeral: bool = False
+    accept_routes: bool = False          # the pref RouteAll: use peers' subnet routes
     log_path: str | None = None          # the node's log; default <state_dir>/node.log
 
     def __post_init__(self):
@@ -110,8 +111,10 @@ class Node:
             self._start()
             self._login(deadline)
             # tsnet accepts subnet routes by default; Linux's tailscale does not, and a route
-            # accepted silently would send this host's LAN traffic into the tailnet.
-            self.localapi.edit_prefs({"RouteAll": False, "RouteAllSet": True})
+            # accepted silently would send this host's LAN traffic into the tailnet: only on
+            # request (--accept-routes).
+            self.localapi.edit_prefs({"RouteAll": bool(self.config.accept_routes),
+                                      "RouteAllSet": True})
         except BaseException:
             self.close()
             raise

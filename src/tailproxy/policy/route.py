@@ -3,6 +3,7 @@ dial. A node error becomes a DialError here and only here (the node library alre
 errno)."""
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 from collections.abc import Awaitable
@@ -21,9 +22,13 @@ class RouteDialer:
 
     - A placeholder address is dialled by the name it stands for, through the node, so the
       name is resolved on the far side (MagicDNS, or the exit node's resolver).
-    - With an exit node in use, everything goes through the node.
-    - Without: tailnet addresses, accepted routes and MagicDNS names go through the node;
-      a peer that is offline is refused at once (EHOSTUNREACH), as is an address in the
+    - A name under the MagicDNS suffix that no peer has is refused (EHOSTUNREACH), exit node
+      or not: it exists nowhere, and dialling it by name would have it resolved by this
+      host's resolver (or the exit node's), which must never see it.
+    - With an exit node in use, everything else goes through the node.
+    - Without: tailnet destinations go through the node: a peer's address, an address inside
+      a subnet route this node accepted (--accept-routes), a MagicDNS name in the netmap. A
+      peer that is offline is refused at once (EHOSTUNREACH), as is an address in the
       tailnet's range that belongs to no peer; anything else is dialled directly, or refused
       with --tailnet-only.
     """
@@ -33,6 +38,7 @@ class RouteDialer:
                  log: Callable[[str], None] = lambda msg: None):
         self.node, self.direct, self.view = node, direct, view
         self.placeholders, self.tailnet_only, self.log = placeholders, tailnet_only, log
+        self._exit_changed: asyncio.Future | None = None     # set by exit_node_changed()
 
     async def dial(self, host: str, port: int, timeout: float) -> Outbound:
         started = self.start_dial(host, port, timeout)
@@ -53,6 +59,9 @@ class RouteDialer:
             return held_while_connected(self.placeholders, name, start)
         if self.node is None:
             return self.direct.start_dial(host, port, timeout)
+        if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped         # ::ffff:100.64.0.2 is the peer 100.64.0.2, routed as such
+            host = str(ip)
         if not self.view.fresh:
             return self._route_after_refresh(host, ip, port, timeout)
         return self._route(host, ip, port, timeout)
@@ -68,6 +77,8 @@ class RouteDialer:
 
     def _route(self, host: str, ip, port: int, timeout: float):
         view = self.view
+        if ip is None and view.unknown_under_suffix(host):
+            return self._name_not_on_tailnet(host, port, timeout)
         if view.exit_node_in_use:
             return self._via_node(host, port, timeout, ip)
         if ip is None:
@@ -80,13 +91,49 @@ class RouteDialer:
             raise DialError(errno.EHOSTUNREACH, f"{host}:{port} is not on the tailnet (--tailnet-only)")
         return self.direct.start_dial(host, port, timeout)
 
+    def exit_node_changed(self) -> None:
+        """The exit node was switched or cleared: route from a fresh view, and dial again
+        what is still being dialled through the old one."""
+        if self.view is not None:
+            self.view.invalidate()
+        changed, self._exit_changed = self._exit_changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
     async def _via_node(self, host: str, port: int, timeout: float, ip) -> NodeUpstream:
         if ip is not None and self.view.in_tailnet_range(ip):
             await self._check_peer(host, ip)
         try:
+            if self.view.exit_node_in_use and (ip is None or not self.view.in_tailnet_range(ip)):
+                return NodeUpstream(await self._connect_via_exit(host, port, timeout))
             return NodeUpstream(await self.node.connect(host, port, timeout))
         except DialFailed as e:
             raise DialError(e.errno, str(e)) from None
+
+    async def _connect_via_exit(self, host: str, port: int, timeout: float):
+        """A dial through the exit node. When the exit node fails over while it is under way
+        (its SYN went to a node that is gone), it starts again through the new one, within
+        the same timeout, instead of hanging until the program gives up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._exit_changed is None:
+                self._exit_changed = loop.create_future()
+            changed = self._exit_changed
+            dial = asyncio.ensure_future(self.node.connect(host, port, max(0.001, deadline - loop.time())))
+            await asyncio.wait((dial, changed), return_when=asyncio.FIRST_COMPLETED)
+            if dial.done():
+                return dial.result()
+            dial.cancel()               # drops the node's dial
+            self.log(f"{host}:{port}: the exit node changed while dialling; dialling again")
+            await self.view.refresh()
+
+    async def _name_not_on_tailnet(self, host: str, port: int, timeout: float) -> NodeUpstream:
+        await self.view.refresh(force=True)         # perhaps a peer that joined since
+        if self.view.unknown_under_suffix(host):
+            self.log(f"refused {host}:{port}: no node of this tailnet has that name")
+            raise DialError(errno.EHOSTUNREACH, f"{host}: no node of this tailnet has that name")
+        return await self._via_node(host, port, timeout, None)
 
     async def _check_peer(self, host: str, ip) -> None:
         online = self.view.peer_online(ip)

@@ -1,5 +1,5 @@
 """What is on the tailnet right now, from the node's status: peers (addresses, names, online),
-their routes, and whether an exit node is in use."""
+the subnet routes this node accepted, and whether an exit node is in use."""
 from __future__ import annotations
 
 import asyncio
@@ -12,14 +12,18 @@ TAILNET_RANGES = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("f
 
 class TailnetView:
     """A status snapshot, taken again when older than `ttl` seconds or after invalidate()
-    (the exit node changed)."""
+    (the exit node changed).
 
-    def __init__(self, status: Callable[[], dict], ttl: float = 2.0):
-        self._status, self.ttl = status, ttl
+    ``accept_routes``: whether the node accepts subnet routes (--accept-routes, the pref
+    RouteAll). Peers' routes count only then; otherwise the node would not send traffic for
+    them into the tailnet anyway."""
+
+    def __init__(self, status: Callable[[], dict], ttl: float = 2.0, accept_routes: bool = False):
+        self._status, self.ttl, self.accept_routes = status, ttl, accept_routes
         self._at = float("-inf")
         self._peers: dict = {}              # ip -> online
         self._names: set[str] = set()
-        self._routes: list = []
+        self._routes: list = []             # [(network, peer's DNS name)], accepted only
         self._suffix = ""
         self.exit_node_in_use = False
 
@@ -43,18 +47,28 @@ class TailnetView:
             dns = (p.get("DNSName") or "").rstrip(".").lower()
             if dns:
                 names.update((dns, dns.split(".")[0]))
-            for r in p.get("PrimaryRoutes") or []:
+            for r in (p.get("PrimaryRoutes") or []) if self.accept_routes else ():
                 net = ipaddress.ip_network(r, strict=False)
                 if net.prefixlen:  # not the exit routes
-                    routes.append(net)
+                    routes.append((net, dns))
         self._peers, self._names, self._routes = peers, names, routes
-        self._suffix = ((st.get("CurrentTailnet") or {}).get("MagicDNSSuffix") or "").lower()
+        me = (((st.get("Self") or {}).get("DNSName")) or "").rstrip(".").lower()
+        if me:      # our own name is in the netmap too (the node resolves it)
+            names.update((me, me.split(".")[0]))
+        self._suffix = ((st.get("CurrentTailnet") or {}).get("MagicDNSSuffix") or "").rstrip(".").lower()
         self.exit_node_in_use = bool((st.get("ExitNodeStatus") or {}).get("ID"))
         self._at = time.monotonic()
 
     def is_tailnet_name(self, name: str) -> bool:
-        name = name.rstrip(".").lower()
-        return name in self._names or bool(self._suffix and name.endswith("." + self._suffix))
+        """A name in the netmap: a peer's MagicDNS name (FQDN or short name)."""
+        return name.rstrip(".").lower() in self._names
+
+    def unknown_under_suffix(self, name: str) -> bool:
+        """A name under the MagicDNS suffix that no peer has: it exists nowhere, and is never
+        to be asked of any resolver (docs/NAMES.md)."""
+        n = name.rstrip(".").lower()
+        return (bool(self._suffix) and (n == self._suffix or n.endswith("." + self._suffix))
+                and n not in self._names)
 
     @staticmethod
     def in_tailnet_range(ip) -> bool:
@@ -65,4 +79,9 @@ class TailnetView:
         return self._peers.get(ip)
 
     def in_routes(self, ip) -> bool:
-        return any(ip in net for net in self._routes if net.version == ip.version)
+        """Inside a subnet route this node accepted (never the exit routes)."""
+        return any(ip in net for net, _ in self._routes if net.version == ip.version)
+
+    def routes(self) -> list[tuple[str, str]]:
+        """The accepted subnet routes: (CIDR, the router's DNS name), in status order."""
+        return [(str(net), via) for net, via in self._routes]

@@ -1,9 +1,7 @@
 """Find (or build once) the pinned tailscaled, tailscale and headscale binaries.
 
-Order for the node (tailscaled + tailscale v1.94.1, pinned by tools/node-bin/go.mod):
-  1. the package's own tailproxy/_native/ (what `pip install .` builds),
-  2. <repo>/build/testnet-bin/, built there from tools/node-bin when missing or stale.
-headscale (v0.28.0, pinned by tools/testnet-bin/go.mod) always comes from
+tailscaled + tailscale v1.94.1 (the peers, exit nodes and benchmark anchors; pinned by
+tools/tailscale-bin/go.mod) and (v0.28.0, pinned by tools/testnet-bin/go.mod) come from
 <repo>/build/testnet-bin/, built when missing or stale. "Stale" means the go.mod/go.sum
 hash recorded next to the binary differs from the current pin. Builds go to a temp folder
 and are renamed into place under a file lock, so concurrent runs never see half a binary.
@@ -111,17 +109,12 @@ def find_binaries(build: bool = True) -> dict[str, str]:
     out_dir = os.path.join(root, "build", "testnet-bin") if root else None
     bins: dict[str, str] = {}
 
-    native = os.path.join(PKG_DIR, "_native")
     if "tailscaled" in override and "tailscale" in override:
         bins.update(tailscaled=override["tailscaled"], tailscale=override["tailscale"])
-    elif all(_executable(os.path.join(native, n)) for n in ("tailscaled", "tailscale")):
-        bins["tailscaled"] = os.path.join(native, "tailscaled")
-        bins["tailscale"] = os.path.join(native, "tailscale")
     elif out_dir and build:
-        env = dict(os.environ, CGO_ENABLED="0")
-        _build_cached("node", os.path.join(root, "tools", "node-bin"),
+        _build_cached("tailscale", os.path.join(root, "tools", "tailscale-bin"),
                       ["tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale"],
-                      ["tailscaled", "tailscale"], out_dir, env)
+                      ["tailscaled", "tailscale"], out_dir, dict(os.environ, CGO_ENABLED="0"))
     if "tailscaled" not in bins and out_dir:
         if all(_executable(os.path.join(out_dir, n)) for n in ("tailscaled", "tailscale")):
             bins["tailscaled"] = os.path.join(out_dir, "tailscaled")
@@ -138,7 +131,7 @@ def find_binaries(build: bool = True) -> dict[str, str]:
 
     missing = [n for n in ("tailscaled", "tailscale", "headscale") if n not in bins]
     if missing:
-        where = "no source checkout found (set TAILPROXY_REPO)" if not root else f"looked in {native} and {out_dir}"
+        where = "no source checkout found (set TAILPROXY_REPO)" if not root else f"looked in {out_dir}"
         raise PartFailed("binaries", f"missing {', '.join(missing)}; {where}")
     dt = time.monotonic() - t0
     if dt > 1:

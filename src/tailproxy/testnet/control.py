@@ -1,4 +1,4 @@
-"""The control host: headscale v0.28.0 config, start-up, user, pre-auth key, exit routes.
+"""The control host: headscale v0.28.0 config, start-up, user, pre-auth key, exit and subnet routes.
 
 DERP/TLS choice: headscale serves control, Noise and its embedded DERP on one TLS listener,
 https://198.18.0.1:443 (DERP requires TLS), with a per-run CA (tls.py). STUN listens on
@@ -141,9 +141,15 @@ class Control:
     def nodes(self) -> list[dict]:
         return self.cli_json("nodes", "list") or []
 
-    def approve_exit_routes(self, hostnames: list[str], timeout: float = 30) -> None:
-        """Approve 0.0.0.0/0 and ::/0 for each node once it has advertised them."""
-        todo = set(hostnames)
+    def approve_exit_routes(self, hostnames: list[str], timeout: float = 30,
+                            subnet_routes: dict[str, list[str]] | None = None) -> None:
+        """Approve 0.0.0.0/0 and ::/0 for each node once it has advertised them, and the
+        subnet routes of ``subnet_routes`` (host -> routes) for their routers (one approval per
+        node: headscale's approve-routes replaces the node's approved set)."""
+        want = {h: ["0.0.0.0/0", "::/0"] for h in hostnames}
+        for h, routes in (subnet_routes or {}).items():
+            want.setdefault(h, []).extend(routes)
+        todo = set(want)
         deadline = time.monotonic() + timeout
         while todo:
             for n in self.nodes():
@@ -151,13 +157,13 @@ class Control:
                 if name not in todo:
                     continue
                 avail = set(n.get("available_routes") or [])
-                if {"0.0.0.0/0", "::/0"} <= avail:
+                if set(want[name]) <= avail:
                     self.cli("nodes", "approve-routes", "--identifier", str(n["id"]),
-                             "--routes", "0.0.0.0/0,::/0")
+                             "--routes", ",".join(want[name]))
                     todo.discard(name)
             if not todo:
                 return
             if time.monotonic() > deadline:
-                raise PartFailed("headscale", f"exit routes never advertised by {', '.join(sorted(todo))}",
+                raise PartFailed("headscale", f"routes never advertised by {', '.join(sorted(todo))}",
                                  os.path.join(self.run_dir, "logs", "headscale.log"))
             time.sleep(0.2)

@@ -6,6 +6,8 @@ Topology (one network namespace per host, names `<run id>-<host>`, run id `tn<pi
       control .1 (headscale)   peer .2   exit .3   client .4   [exit2 .5]
     "internet": /32 point-to-point veths exit<->inet (198.19.0.1 <-> 198.19.0.2) and
       exit2<->inet (198.19.0.3 <-> 198.19.0.2); only exits can reach it.
+    subnet route: `exit` also advertises the internet segment 198.19.0.0/24 (approved), so a
+      node that accepts routes reaches the internet host through it without using an exit node.
 
 No namespace has a default route or any link to the root namespace. Each host's processes run
 in a private mount namespace with their own /etc/resolv.conf and /etc/hosts bound over the real
@@ -36,6 +38,8 @@ LAN_IP = {"control": "198.18.0.1", "peer": "198.18.0.2", "exit": "198.18.0.3",
           "client": "198.18.0.4", "exit2": "198.18.0.5"}
 INET_IP = "198.19.0.2"
 EGRESS_IP = {"exit": "198.19.0.1", "exit2": "198.19.0.3"}
+INET_ROUTE = "198.19.0.0/24"          # the internet segment, a subnet route through SUBNET_ROUTER
+SUBNET_ROUTER = "exit"
 INET_NAME = "internet.test"
 DOMAIN = "ts.test"
 ECHO_PORT = 7
@@ -179,12 +183,13 @@ class Testnet:
                     self.procs.procs[f"tailscaled-{node.name}"].log, 15)
                 raise PartFailed(f"tailscale up ({node.name})", f"failed ({rc})", logp, output=tail)
 
-    def _wait_mesh(self, nodes: list[Node], timeout: float) -> dict[str, dict]:
+    def _wait_mesh(self, nodes: list[Node], timeout: float,
+                   routes: dict[str, list[str]] | None = None) -> dict[str, dict]:
         deadline = time.monotonic() + timeout
         while True:
             self.procs.check_all()
             statuses = {n.name: n.status() for n in nodes}
-            problems = mesh_problems(statuses, self.exit_names)
+            problems = mesh_problems(statuses, self.exit_names, routes)
             if not problems:
                 return statuses
             if time.monotonic() > deadline:
@@ -235,16 +240,17 @@ class Testnet:
                       socks5=PEER_SOCKS5)]
         for h in self.exit_names:
             nodes.append(Node(h, self.ns.name(h), LAN_IP[h], self._host_dir(h) + "/ts", socks5=PEER_SOCKS5,
-                              exit_node=True))
+                              exit_node=True, routes=(INET_ROUTE,) if h == SUBNET_ROUTER else ()))
         for node in nodes:
             node.wrap = self._wrapper(node.name)
             node.env = env
             node.bins = bins
         self._join_nodes(nodes)
-        self.control.approve_exit_routes(self.exit_names)
+        subnet_routes = {SUBNET_ROUTER: [INET_ROUTE]}
+        self.control.approve_exit_routes(self.exit_names, subnet_routes=subnet_routes)
         self._wait_services()
         nodes[0].serve_http(PEER_HTTP_SERVE_PORT, f"http://127.0.0.1:{PEER_HTTP_PORT}")
-        statuses = self._wait_mesh(nodes, self.timeout)
+        statuses = self._wait_mesh(nodes, self.timeout, subnet_routes)
         log(f"tailnet ready ({time.monotonic() - t1:.1f}s; total {time.monotonic() - t0:.1f}s)")
         self.nodes = {n.name: n for n in nodes}
         self.info = self._describe(statuses, bins)
@@ -284,6 +290,11 @@ class Testnet:
             "exit_nodes": exits,
             "internet": {"name": INET_NAME, "ipv4": INET_IP, "http_port": INET_HTTP_PORT,
                          "dns": f"{INET_IP}:53", "netns": self.ns.name("inet")},
+            # the internet segment as a subnet route: its router, and the address the
+            # internet host sees for connections routed through it
+            "subnet_route": {"route": INET_ROUTE, "router": SUBNET_ROUTER,
+                             "router_fqdn": self_info(statuses[SUBNET_ROUTER])["fqdn"],
+                             "egress_ipv4": EGRESS_IP[SUBNET_ROUTER]},
             "client": {"netns": self.ns.name("client"), "ipv4": LAN_IP["client"], "resolver": CLIENT_RESOLVER},
             "lan": {"prefix": LAN_PREFIX, "switch_netns": self.ns.name("sw")},
             "dns_log": self.dns_log,

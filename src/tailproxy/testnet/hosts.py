@@ -24,6 +24,7 @@ class Node:
     dir: str             # statedir
     socks5: str | None = None
     exit_node: bool = False
+    routes: tuple[str, ...] = ()   # subnet routes it advertises (it is their router)
     wrap: object = None  # argv -> argv inside this host
     env: dict = field(default_factory=dict)
     bins: dict = field(default_factory=dict)
@@ -60,6 +61,8 @@ class Node:
                 f"--auth-key={authkey}", f"--hostname={self.name}", "--timeout=60s"]
         if self.exit_node:
             argv.append("--advertise-exit-node")
+        if self.routes:
+            argv.append("--advertise-routes=" + ",".join(self.routes))
         return self.wrap(argv)
 
     def serve_http(self, port: int, target: str) -> None:
@@ -80,8 +83,10 @@ def peers_by_host(status: dict) -> dict[str, dict]:
     return {p.get("HostName"): p for p in (status.get("Peer") or {}).values()}
 
 
-def mesh_problems(statuses: dict[str, dict | None], exit_names: list[str]) -> list[str]:
-    """What still keeps the tailnet from being ready (empty list: ready). Pure, for tests."""
+def mesh_problems(statuses: dict[str, dict | None], exit_names: list[str],
+                  routes: dict[str, list[str]] | None = None) -> list[str]:
+    """What still keeps the tailnet from being ready (empty list: ready). Pure, for tests.
+    ``routes``: host -> the subnet routes every other host must see it as the primary of."""
     problems = []
     names = list(statuses)
     for name, st in statuses.items():
@@ -102,6 +107,10 @@ def mesh_problems(statuses: dict[str, dict | None], exit_names: list[str]) -> li
                 problems.append(f"{name}: sees {other} offline")
             elif other in exit_names and not p.get("ExitNodeOption"):
                 problems.append(f"{name}: {other} not an exit node option yet")
+            else:
+                missing = set((routes or {}).get(other, ())) - set(p.get("PrimaryRoutes") or ())
+                if missing:
+                    problems.append(f"{name}: {other} not the router of {', '.join(sorted(missing))} yet")
     return problems
 
 
