@@ -161,7 +161,10 @@ def test_blocking_channel_closed_before_reply(env, ok):
     c.connect(env.path)
     socket.send_fds(c, [cp.encode_connect(cp.Address(4, *dst), blocking=True)], [s.fileno()])
     c.close()
-    wait_until(lambda: any(call[:2] == dst for call in env.dialer.calls), what="the dial")
+    # Kept as a sleep: what must have happened is that the proxy saw the channel close, which
+    # nothing shows. (Releasing the dial as soon as it starts makes a refused dial end as
+    # ECONNRESET instead of ECONNREFUSED about 1 run in 4; with this sleep, 1 in 12.)
+    time.sleep(0.05)
     gate.set()
     s.setblocking(False)
     # an unconnected socket polls POLLOUT|POLLHUP: wait for connected / POLLERR
