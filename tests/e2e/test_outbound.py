@@ -149,15 +149,15 @@ def test_proxy_killed_gives_prompt_distinct_error(tp_state, peer):
     code = f"""
         import os, signal, socket, errno, time
         print("RUNDIR", os.path.dirname(os.environ["TAILPROXY_SOCKET"]), flush=True)
-        ppid = os.getppid()
-        os.kill(ppid, signal.SIGKILL)    # the tailproxy process: proxy and all
-        while True:                      # until it is dead (a zombie, or reaped)
+        os.kill(os.getppid(), signal.SIGKILL)    # the tailproxy process: proxy and all
+        while True:     # until its channel is gone (its last thread exited, not just the first)
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                state = open(f"/proc/{{ppid}}/stat").read().rsplit(")", 1)[1].split()[0]
-            except OSError:
+                c.connect(os.environ["TAILPROXY_SOCKET"])
+            except (ConnectionRefusedError, FileNotFoundError):
                 break
-            if state in ("Z", "X"):
-                break
+            finally:
+                c.close()
             time.sleep(0.01)
         s = socket.socket(); t = time.monotonic()
         try:
