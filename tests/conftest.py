@@ -23,3 +23,14 @@ def testnet():
         pytest.fail("TESTNET_INFO is not set")
     with open(path) as f:
         return json.load(f)
+
+
+@pytest.fixture
+def short_tmp():
+    """A fresh directory with a short path (pytest's tmp_path can be too long a base for the
+    unix sockets a run keeps under XDG_RUNTIME_DIR: sun_path holds 107 bytes)."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="tp-", dir="/tmp")
+    yield __import__("pathlib").Path(d)
+    shutil.rmtree(d, ignore_errors=True)

@@ -152,6 +152,12 @@ static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 	s = open_channel(c);
 	if (s < 0) {
 		why = errno;
+		/* out of fds is the program's own limit, not a channel problem: its errno,
+		 * which a program understands, and no "channel down" line */
+		if (why == EMFILE || why == ENFILE) {
+			err = why;
+			goto out;
+		}
 		goto down;
 	}
 	n = send_msg(s, req, reqlen, sendfd);

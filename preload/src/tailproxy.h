@@ -95,7 +95,8 @@ HIDDEN void fdt_clear(int fd);
 #define FLAG_BLOCKING 1
 
 /* Result of a request: 0 with *err = reply err, or -1 with the local errno:
- * ENETDOWN (channel unreachable, already reported), EINTR, ETIMEDOUT (wait bound hit). */
+ * ENETDOWN (channel unreachable, already reported), EINTR, ETIMEDOUT (wait bound hit),
+ * EMFILE/ENFILE (no fd left for the channel: the program's own limit). */
 HIDDEN int chan_connect(const struct tp_addr *dst, int fd, int blocking, int wait_ms,
 			int *err, uint64_t *token);
 HIDDEN int chan_status(uint64_t token, int *err);

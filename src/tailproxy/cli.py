@@ -10,8 +10,10 @@ import sys
 
 from . import __version__
 from . import manage
-from .config import SETTINGS, ConfigError, resolve
+from .config import BY_KEY, SETTINGS, ConfigError, resolve
 from .manage import SUBCOMMANDS
+from .printable import printable
+from .secretargs import is_reference, reexec_without, take_handed_over
 
 _FLAGS = {}
 for _s in SETTINGS:
@@ -46,10 +48,18 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _note_argv_secret(meta: dict, key: str, value: str, indices: range) -> None:
+    moved, drop = meta.setdefault("argv_secrets", ({}, set()))
+    moved[key] = value
+    drop.update(indices)
+
+
 def parse_args(argv: list[str]) -> tuple[dict, dict, list[str]]:
     """(flag settings, meta options, command). Raises UsageError.
 
-    meta["explicit"] is set when `--` came before the command (never a subcommand then)."""
+    meta["explicit"] is set when `--` came before the command (never a subcommand then);
+    meta["argv_secrets"] = ({key: literal value}, {argv indices}) when a secret was given
+    literally (it is then moved off argv: secretargs.py)."""
     flags: dict = {}
     meta: dict = {}
     i = 0
@@ -83,6 +93,8 @@ def parse_args(argv: list[str]) -> tuple[dict, dict, list[str]]:
                     parsed = s.parse(value)
                 except ValueError as e:
                     raise UsageError(f"--{name}: {e}") from None
+                if s.secret and not is_reference(value):
+                    _note_argv_secret(meta, s.key, value, range(i - (not eq), i + 1))
                 if s.repeat:
                     flags[s.key] = list(flags.get(s.key, [])) + list(parsed)
                 else:
@@ -99,10 +111,27 @@ def parse_args(argv: list[str]) -> tuple[dict, dict, list[str]]:
     return flags, meta, []
 
 
+def _handed_over_secrets() -> dict:
+    """Secret flags a re-exec moved off argv, parsed as flags again (they keep flag precedence)."""
+    out = {}
+    for key, value in take_handed_over().items():
+        s = BY_KEY.get(key)
+        if s is not None and s.secret:
+            try:
+                out[key] = s.parse(value)
+            except ValueError as e:
+                raise UsageError(f"--{key.replace('_', '-')}: {e}") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     try:
         flags, meta, command = parse_args(argv)
+        if from_command_line and meta.get("argv_secrets"):
+            reexec_without(argv, meta["argv_secrets"][1], meta["argv_secrets"][0])
+        flags.update(_handed_over_secrets())
         if meta.get("help"):
             print(usage())
             return 0
@@ -117,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if command and settings["socks5"]:
             raise UsageError("--socks5 serves proxy clients and takes no command")
     except (UsageError, ConfigError) as e:
-        print(f"tailproxy: {e}", file=sys.stderr)
+        print(f"tailproxy: {printable(str(e))}", file=sys.stderr)
         return 2
     from .launcher.launch import run  # imported late: --help and usage errors stay instant
     return run(settings, command)

@@ -11,6 +11,8 @@ import os
 import tomllib
 from typing import Any, Callable
 
+from .secretargs import read_references, secret
+
 
 class ConfigError(Exception):
     """A bad setting; the message names the key and where it came from."""
@@ -143,14 +145,16 @@ class Setting:
     metavar: str | None = None    # None: a boolean flag
     repeat: bool = False          # flag may be given several times (values accumulate)
     aliases: tuple[str, ...] = ()
-    secret: bool = False
+    secret: bool = False          # kept off argv (secretargs.py)
 
 
 SETTINGS: list[Setting] = [
     Setting("hostname", _hostname, "tailproxy", ("TAILPROXY_HOSTNAME",),
             "name of this node on the tailnet", "NAME"),
-    Setting("authkey", _str, None, ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY"),
-            "auth key to join the tailnet without a browser", "KEY", secret=True,
+    Setting("authkey", secret(_str), None, ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY"),
+            "auth key to join the tailnet without a browser; file:PATH reads it from a file, - "
+            "from stdin (a key on the command line is visible to every local user)", "KEY",
+            secret=True,
             aliases=("auth-key",)),
     Setting("control_url", _url, None, ("TAILPROXY_CONTROL_URL",),
             "control server URL (default: Tailscale's)", "URL", aliases=("login-server",)),
@@ -191,8 +195,11 @@ SETTINGS: list[Setting] = [
             "dial destinations directly instead of through the tailnet (debugging, benchmarks)"),
     Setting("socks5", _hostport, None, ("TAILPROXY_SOCKS5",),
             "with no command: serve SOCKS5 and HTTP proxy clients on HOST:PORT", "HOST:PORT"),
-    Setting("socks5_auth", _userpass, None, ("TAILPROXY_SOCKS5_AUTH",),
-            "credentials for --socks5 (default: generated and printed)", "USER:PASS", secret=True),
+    Setting("socks5_auth", secret(_userpass), None, ("TAILPROXY_SOCKS5_AUTH",),
+            "credentials for --socks5 (default: generated; file:PATH or - read them from a file "
+            "or stdin)", "USER:PASS", secret=True),
+    Setting("show_password", _bool, False, (),
+            "with --socks5, print the proxy password in the start-up banner (hidden otherwise)"),
     Setting("socks5_no_auth", _bool, False, (),
             "serve --socks5 without credentials (any local user can then use your tailnet)"),
     Setting("dns", _dns_mode, "auto", ("TAILPROXY_DNS",),
@@ -276,6 +283,10 @@ def resolve(flags: dict, env: dict, config_path: str | None, profile: str | None
                             required=config_path is not None))
     values.update(from_env(env))
     values.update(flags)
+    try:
+        values = read_references(values)     # file:PATH and - (secretargs.py)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if values["state_dir"] is None:
         base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
         values["state_dir"] = os.path.join(base, "tailproxy", values["hostname"])

@@ -9,21 +9,18 @@ import asyncio
 import json
 import os
 import socket
+import stat
 from typing import Awaitable, Callable
+
+from .rundir import open_private_dir, user_runtime_dir
 
 Handler = Callable[[dict], Awaitable[dict]]
 _MAX_LINE = 64 * 1024
 
 
 def runtime_dir(env: dict | None = None) -> str:
-    env = os.environ if env is None else env
-    base = env.get("XDG_RUNTIME_DIR")
-    path = os.path.join(base, "tailproxy") if base else f"/tmp/tailproxy-{os.getuid()}"
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise PermissionError(f"{path} must be a private directory owned by you (mode 0700)")
-    return path
+    """The per-user runtime directory (see rundir.py); RunDirError when it is not safe."""
+    return user_runtime_dir(env)
 
 
 class ControlServer:
@@ -93,19 +90,29 @@ def running(env: dict | None = None) -> list[tuple[str, dict]]:
     """(socket path, info) of every live tailproxy of this user; stale sockets are removed."""
     out = []
     d = runtime_dir(env)
-    for name in sorted(os.listdir(d)):
-        if not name.endswith(".sock"):
-            continue
-        path = os.path.join(d, name)
-        try:
-            info = ask(path, {"cmd": "info"}, timeout=5)
-        except (ConnectionRefusedError, FileNotFoundError):
+    dir_fd = open_private_dir(d)
+    try:
+        for name in sorted(os.listdir(dir_fd)):
+            if not name.endswith(".sock"):
+                continue
+            path = os.path.join(d, name)
             try:
-                os.unlink(path)
-            except OSError:
-                pass
-            continue
-        except (OSError, ValueError):
-            continue
-        out.append((path, info))
+                info = ask(path, {"cmd": "info"}, timeout=5)
+            except (ConnectionRefusedError, FileNotFoundError):
+                _remove_stale_socket(dir_fd, name)
+                continue
+            except (OSError, ValueError):
+                continue
+            out.append((path, info))
+    finally:
+        os.close(dir_fd)
     return out
+
+
+def _remove_stale_socket(dir_fd: int, name: str) -> None:
+    """Unlink `name` in the verified directory only if it is a socket (never a link's target)."""
+    try:
+        if stat.S_ISSOCK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass

@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 
 from . import control
+from .printable import printable
+from .rundir import RunDirError
 
 SUBCOMMANDS = ("ps", "exit-node")
 USAGE = """usage: tailproxy ps
@@ -14,7 +16,7 @@ USAGE = """usage: tailproxy ps
 
 
 def _err(msg: str) -> int:
-    print(f"tailproxy: {msg}", file=sys.stderr)
+    print(f"tailproxy: {printable(msg, keep_newlines=True)}", file=sys.stderr)
     return 1
 
 
@@ -73,6 +75,13 @@ def _list_with_own_node(settings: dict) -> int:
 
 
 def main(args: list[str], settings: dict, hostname_flag: str | None) -> int:
+    try:
+        return _run_subcommand(args, settings, hostname_flag)
+    except RunDirError as e:
+        return _err(str(e))
+
+
+def _run_subcommand(args: list[str], settings: dict, hostname_flag: str | None) -> int:
     if args[0] == "ps":
         if len(args) != 1:
             return _err("ps takes no arguments\n" + USAGE)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from timedio import readline  # noqa: F401  (tests/timedio.py; re-exported for the e2e tests)
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -31,5 +33,21 @@ def py(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
 
+def procs_mentioning(text: str) -> list[int]:
+    """pids of the processes whose command line contains `text`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 def in_netns(netns: str, argv: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", netns, *argv], **kw)
+

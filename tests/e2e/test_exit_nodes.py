@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import py, run_tp, tailproxy_argv
+from helpers import py, readline, run_tp, tailproxy_argv
 from tailproxy import control
 
 pytestmark = pytest.mark.tailnet
@@ -134,12 +134,12 @@ def test_failover_to_the_next_exit_node(testnet, state):
         url = inet_urls(testnet)[0] + "\n"
         p.stdin.write(url)
         p.stdin.flush()
-        assert p.stdout.readline().split()[0] == e2["egress_ipv4"]
+        assert readline(p.stdout).split()[0] == e2["egress_ipv4"]
         kill_exit2(testnet)
         t = time.monotonic()
         p.stdin.write(url)
         p.stdin.flush()
-        client, took = p.stdout.readline().split()
+        client, took = readline(p.stdout).split()
         took = time.monotonic() - t
         assert client == e1["egress_ipv4"]
         print(f"failover: next connection through the second exit node after {took:.1f}s")
@@ -176,7 +176,7 @@ def test_runtime_set_clear_list_and_ps(testnet, state):
     def fetch():
         p.stdin.write(url)
         p.stdin.flush()
-        return p.stdout.readline().strip()
+        return readline(p.stdout).strip()
 
     def tp(*args):
         return subprocess.run(tailproxy_argv("--hostname", "switcher", *args),

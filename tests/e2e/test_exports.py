@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import tailproxy_argv
+from helpers import readline, tailproxy_argv
 from tailproxy import control
 from tailproxy.proxyproto import decode
 
@@ -61,7 +61,7 @@ class Server:
     def do(self, line):
         self.p.stdin.write(line + "\n")
         self.p.stdin.flush()
-        return self.p.stdout.readline().strip()
+        return readline(self.p.stdout).strip()
 
     def info(self):
         for _ in range(200):
@@ -122,7 +122,7 @@ def start_cmd(hostname, state, argv, ready, *extra):
     deadline = time.monotonic() + 60
     lines = []
     while time.monotonic() < deadline:
-        line = p.stderr.readline()
+        line = readline(p.stderr)
         lines.append(line)
         if ready in line or not line:
             break
@@ -221,10 +221,10 @@ def test_lifetimes(testnet, state):
         s.p.stdin.flush()
         cp = peer_nc(testnet, "exp-life", 8101, b"hello")
         assert cp.stdout.startswith(b"got:hello"), cp
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
         # port 0 and listen() without bind export the kernel's choice, on loopback
         port = int(s.do("listen0 z"))
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
         assert port in s.wait_exports(sorted([8101, port]))
         loopback_only(port)
     finally:
@@ -236,7 +236,7 @@ def test_kill_9_removes_export(testnet, state):
     try:
         s.info()
         pid = int(s.do("spawn 8110"))
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
         assert s.wait_exports([8110], within=5) == [8110]
         os.kill(pid, signal.SIGKILL)
         t = time.monotonic()
@@ -259,13 +259,13 @@ def test_reuseport_two_processes_refcounted(testnet, state):
             text=True, env=dict(os.environ, **_child_env_of(s.p.pid)))
         second.stdin.write("reuse b 8120\n")
         second.stdin.flush()
-        assert second.stdout.readline().strip() == "ok"
+        assert readline(second.stdout).strip() == "ok"
         s.do("close a")
         time.sleep(0.6)
         assert s.exports() == [8120], "export ended while another process still listens"
         second.stdin.write("close b\n")
         second.stdin.flush()
-        second.stdout.readline()
+        readline(second.stdout)
         assert s.wait_exports([], within=1.0) == []
         second.stdin.close()
         second.wait(5)
@@ -321,7 +321,7 @@ def test_proxy_protocol_header_carries_the_peer(testnet, state):
         s.p.stdin.write("serve a\n")
         s.p.stdin.flush()
         cp = peer_nc(testnet, "exp-pp", 8400, b"hello")
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
     finally:
         s.stop()
     reply = cp.stdout
@@ -339,7 +339,7 @@ def test_verbose_logs_each_inbound_connection_with_the_peer_identity(testnet, st
         s.p.stdin.write("serve a\n")
         s.p.stdin.flush()
         cp = peer_nc(testnet, "exp-verbose", 8500, b"hello")
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
         time.sleep(0.5)             # the node reports a connection when it has ended
     finally:
         err = s.stop()
@@ -372,7 +372,7 @@ def test_ipv6_only_listener_is_forwarded_to_ipv6_loopback(testnet, state):
         cp = peer_nc(testnet, "exp-v6", 8600, b"hello")
         if not cp.stdout.startswith(b"got:"):
             _release_accept(("::1", 8600))              # so the driver answers and stops
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
         time.sleep(0.5)             # the node reports a connection when it has ended
     finally:
         err = s.stop()
@@ -400,7 +400,7 @@ def test_export_follows_the_loopback_address_still_listening(testnet, state):
         cp = peer_nc(testnet, "exp-follow", 8610, b"hello")
         if not cp.stdout.startswith(b"got:"):
             _release_accept(("::1", 8610))
-        assert s.p.stdout.readline().strip() == "ok"
+        assert readline(s.p.stdout).strip() == "ok"
     finally:
         err = s.stop()
     assert "(forwarded to 127.0.0.1:8610)" in err and "port 8610 is now forwarded to [::1]:8610" in err, err

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import py, run_tp, tailproxy_argv
+from helpers import py, readline, run_tp, tailproxy_argv
 
 
 def test_exit_status_passes_through():
@@ -55,25 +55,48 @@ def test_sigterm_is_forwarded_and_status_passes(tmp_path):
         time.sleep(30)
     """
     p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py(code)), stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "ready"
+    assert readline(p.stdout).strip() == "ready"
     p.send_signal(signal.SIGTERM)
     assert p.wait(15) == 42
     assert marker.read_text() == str(int(signal.SIGTERM))
 
 
-def test_second_interrupt_forces_shutdown():
-    code = """
-        import signal, time
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("ready", flush=True)
+REPORTER = """
+    import signal, sys, time
+    def h(sig, frm):
+        print("got", signal.Signals(sig).name, flush=True)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, h)
+    print("ready", flush=True)
+    while True:
         time.sleep(60)
-    """
-    p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py(code)), stdout=subprocess.PIPE,
+"""
+
+
+def _reporter():
+    p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py(REPORTER)), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
-    assert p.stdout.readline().strip() == "ready"
+    assert readline(p.stdout).strip() == "ready"
+    return p
+
+
+def test_sighup_and_sigquit_are_forwarded():
+    p = _reporter()
+    try:
+        for sig in (signal.SIGHUP, signal.SIGQUIT):
+            p.send_signal(sig)
+            assert readline(p.stdout, 15).strip() == f"got {sig.name}"
+        assert p.poll() is None                     # tailproxy itself carried on
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)            # tailproxy and the program (own session)
+        p.wait(10)
+
+
+def test_first_interrupt_reaches_the_program_second_forces_shutdown():
+    p = _reporter()
     p.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    assert p.poll() is None       # the program ignores the first one
+    assert readline(p.stdout, 15).strip() == "got SIGINT"      # the program saw the first
+    assert p.poll() is None
     t = time.monotonic()
     p.send_signal(signal.SIGINT)
     status = p.wait(10)
@@ -104,3 +127,39 @@ def test_missing_authkey_with_dead_control_is_clear(tmp_path):
                 "--timeout", "4", "true", env={"TS_AUTHKEY": "", "TS_AUTH_KEY": ""}, timeout=30)
     assert cp.returncode == 1
     assert "cannot join the tailnet" in cp.stderr
+
+
+def test_a_killed_runs_directory_is_removed_at_the_next_start(short_tmp):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(short_tmp))
+    p = subprocess.Popen(tailproxy_argv("--no-tailnet", *py("print('ready', flush=True); "
+                                                               "import time; time.sleep(60)")),
+                         stdout=subprocess.PIPE, text=True, env=env)
+    assert readline(p.stdout) == "ready\n"
+    runs = [d for d in os.listdir(short_tmp / "tailproxy") if d.startswith("tailproxy-")]
+    assert len(runs) == 1 and (short_tmp / "tailproxy" / runs[0] / "channel.sock").exists()
+    p.kill()        # tailproxy cannot clean up after SIGKILL
+    p.wait(10)
+    assert (short_tmp / "tailproxy" / runs[0]).exists()
+    assert run_tp("--no-tailnet", "true", env={"XDG_RUNTIME_DIR": str(short_tmp)}).returncode == 0
+    assert not (short_tmp / "tailproxy" / runs[0]).exists()
+
+
+@pytest.mark.parametrize("flag, env, profile, want", [
+    ("flaghost", "envhost", "p", "flaghost"),
+    (None, "envhost", "p", "envhost"),
+    (None, "", "p", "profhost"),
+    (None, "", None, "filehost"),
+])
+def test_precedence_flags_env_profile_file_through_the_cli(tmp_path, short_tmp, flag, env, profile, want):
+    """What a run really uses, as `tailproxy ps` (run by the program itself) reports it."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('hostname = "filehost"\n[profiles.p]\nhostname = "profhost"\n')
+    args = ["--config", str(cfg), "--no-tailnet"]
+    args += ["--hostname", flag] if flag else []
+    args += ["--profile", profile] if profile else []
+    cp = run_tp(*args, sys.executable, "-m", "tailproxy", "ps",
+                env={"XDG_RUNTIME_DIR": str(short_tmp), "TAILPROXY_HOSTNAME": env})
+    assert cp.returncode == 0, cp.stderr
+    rows = [line.split() for line in cp.stdout.splitlines()]
+    assert rows[0][:2] == ["PID", "HOSTNAME"] and len(rows) == 2, cp.stdout
+    assert rows[1][1] == want

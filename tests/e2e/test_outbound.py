@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import in_netns, py, run_tp
+from helpers import in_netns, py, readline, run_tp
 
 pytestmark = pytest.mark.tailnet
 
@@ -150,7 +150,15 @@ def test_proxy_killed_gives_prompt_distinct_error(tp_state, peer):
         import os, signal, socket, errno, time
         print("RUNDIR", os.path.dirname(os.environ["TAILPROXY_SOCKET"]), flush=True)
         os.kill(os.getppid(), signal.SIGKILL)    # the tailproxy process: proxy and all
-        time.sleep(0.3)
+        while True:     # until its channel is gone (its last thread exited, not just the first)
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                c.connect(os.environ["TAILPROXY_SOCKET"])
+            except (ConnectionRefusedError, FileNotFoundError):
+                break
+            finally:
+                c.close()
+            time.sleep(0.01)
         s = socket.socket(); t = time.monotonic()
         try:
             s.connect(({peer['ipv4']!r}, {peer['echo_port']})); print("connected?")
@@ -224,7 +232,7 @@ def test_banner_first_server_loses_nothing(tp_state, testnet, peer):
             c, _ = l.accept(); c.sendall(b"SSH-2.0-tailproxy-test\\r\\n"); c.recv(10); c.close()
     """), stdout=subprocess.PIPE, text=True)
     try:
-        assert banner.stdout.readline().strip() == "ready"
+        assert readline(banner.stdout).strip() == "ready"
         code = f"""
             import socket, time
             s = socket.create_connection(({peer['ipv4']!r}, 2222), timeout=20)
@@ -254,7 +262,7 @@ def test_half_close_through_tailnet(tp_state, peer):
             c.sendall(b"got %d\\n" % n); c.close()
     """), stdout=subprocess.PIPE, text=True)
     try:
-        assert server.stdout.readline().strip() == "ready"
+        assert readline(server.stdout).strip() == "ready"
         code = f"""
             import socket
             s = socket.create_connection(({peer['ipv4']!r}, 2223), timeout=20)
@@ -316,7 +324,7 @@ def test_proxy_only_mode_requires_password(tp_state, peer):
     try:
         deadline = time.monotonic() + 60
         while True:
-            line = proc.stderr.readline()
+            line = readline(proc.stderr)
             if "proxy on" in line or not line or time.monotonic() > deadline:
                 break
         target = f"http://peer:{peer['http_port']}/"
@@ -376,7 +384,7 @@ def test_upload_then_exit_arrives_whole(tp_state, peer, size, how):
         print(n, flush=True)
     """), stdout=subprocess.PIPE, text=True)
     try:
-        assert server.stdout.readline().strip() == "ready"
+        assert readline(server.stdout).strip() == "ready"
         if how == "nc":      # nc -N: half-close, then wait for the server to close
             argv = ["sh", "-c", f"head -c {size} /dev/zero | nc -N {peer['ipv4']} 2323"]
         elif how == "python":  # send, close and exit at once
@@ -401,7 +409,7 @@ def test_upload_then_exit_arrives_whole(tp_state, peer, size, how):
         import select
         ready, _, _ = select.select([server.stdout], [], [], 30)
         assert ready, "the server never saw the connection end (the node went away mid-stream)"
-        assert server.stdout.readline().strip() == str(size)
+        assert readline(server.stdout).strip() == str(size)
     finally:
         server.kill()
         server.wait()

@@ -22,6 +22,8 @@ import pytest
 import tailproxy.testnet
 from tailproxy.testnet import netns
 
+from helpers import procs_mentioning
+
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(tailproxy.testnet.__file__))))
 
 needs_root = pytest.mark.skipif(
@@ -49,23 +51,9 @@ def _netns_with_prefix(prefix):
     return [ln.split()[0] for ln in out.splitlines() if ln.startswith(prefix + "-")]
 
 
-def _procs_mentioning(text):
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def _assert_gone(info):
     assert _netns_with_prefix(info["run_id"]) == []
-    assert _procs_mentioning(info["run_dir"]) == []
+    assert procs_mentioning(info["run_dir"]) == []
     assert not os.path.exists(info["run_dir"])
 
 
@@ -163,12 +151,12 @@ def test_sigterm_tears_everything_down(tmp_path):
                          stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
-        while len(_procs_mentioning(marker)) < 2 or not out.exists():
+        while len(procs_mentioning(marker)) < 2 or not out.exists():
             assert p.poll() is None, p.communicate()[1]
             assert time.monotonic() < deadline
             time.sleep(0.1)
         info = json.loads(out.read_text())
-        assert _procs_mentioning(info["run_dir"])  # tailscaled and friends are running
+        assert procs_mentioning(info["run_dir"])  # tailscaled and friends are running
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
     finally:
@@ -176,7 +164,7 @@ def test_sigterm_tears_everything_down(tmp_path):
             p.kill()
     assert p.returncode == 128 + signal.SIGTERM, err
     _assert_gone(info)
-    assert _procs_mentioning(marker) == []
+    assert procs_mentioning(marker) == []
 
 
 @needs_root

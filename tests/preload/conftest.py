@@ -30,6 +30,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from preload_env import SETUP  # noqa: E402
+from timedio import readline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRELOAD = os.path.join(ROOT, "preload")
@@ -102,7 +103,7 @@ class Proxy:
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.prefix + argv, stdout=subprocess.PIPE, stderr=self.logf,
                                      env=env)
-        line = self.proc.stdout.readline()
+        line = readline(self.proc.stdout, 60)
         # "ready park=P4,P6": the parking ports for the preload's non-blocking fast path
         self.park = line.split(b"park=", 1)[1].strip().decode() if b"park=" in line else None
         if b"ready" not in line:

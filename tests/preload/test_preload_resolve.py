@@ -20,6 +20,7 @@ import pytest
 
 from conftest import ROOT, Runner
 from preload_env import V4
+from timedio import readline
 
 PEER4, PEER6 = "100.64.0.2", "fd7a:115c:a1e0::2"
 ME4 = "100.64.0.9"
@@ -43,7 +44,7 @@ class NamesProxy:
                 "--upstream", f"far.test={V4}", "--server-file", self.server_file, *extra]
         self.log = open(os.path.join(self.dir, "log"), "ab")
         self.proc = subprocess.Popen(prefix + argv, stdout=subprocess.PIPE, stderr=self.log, env=env)
-        line = self.proc.stdout.readline()
+        line = readline(self.proc.stdout, 60)
         if b"ready" not in line:
             self.proc.kill()
             raise RuntimeError("name service proxy did not start: "

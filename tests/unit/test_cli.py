@@ -60,6 +60,35 @@ def test_socks5_with_command_is_an_error(capsys):
     assert "takes no command" in capsys.readouterr().err
 
 
+def test_a_literal_secret_on_argv_is_noted_for_moving_off_it():
+    flags, meta, cmd = parse_args(["--verbose", "--authkey", "tskey-x", "--socks5-auth=u:p", "c"])
+    assert flags["authkey"] == "tskey-x" and flags["socks5_auth"] == ("u", "p")
+    moved, drop = meta["argv_secrets"]
+    assert moved == {"authkey": "tskey-x", "socks5_auth": "u:p"} and drop == {1, 2, 3}
+    assert cmd == ["c"]
+
+
+def test_secret_references_stay_on_argv():
+    _, meta, _ = parse_args(["--authkey", "file:/k", "--socks5-auth", "-", "c"])
+    assert "argv_secrets" not in meta
+
+
+def test_handed_over_secrets_count_as_flags(monkeypatch, tmp_path):
+    import os
+    from tailproxy import cli
+    r, w = os.pipe()
+    os.write(w, b'{"authkey": "tskey-moved", "hostname": "not-a-secret"}')
+    os.close(w)
+    monkeypatch.setenv("_TAILPROXY_SECRETS_FD", str(r))
+    assert cli._handed_over_secrets() == {"authkey": "tskey-moved"}
+    assert "_TAILPROXY_SECRETS_FD" not in os.environ
+    try:
+        os.fstat(r)
+        raise AssertionError("the handover pipe was left open")
+    except OSError:
+        pass
+
+
 def test_accept_routes_flag_env_and_config_key(tmp_path):
     from tailproxy.config import resolve
     base = {"XDG_CONFIG_HOME": str(tmp_path)}

@@ -1,6 +1,6 @@
 import pytest
 
-from tailproxy.config import ConfigError, resolve
+from tailproxy.config import BY_KEY, ConfigError, resolve
 
 
 def write(tmp_path, text):
@@ -63,3 +63,20 @@ def test_unknown_profile_lists_profiles(tmp_path):
 def test_bad_env_value_names_variable(tmp_path):
     with pytest.raises(ConfigError, match="TAILPROXY_TIMEOUT"):
         resolve({}, {"TAILPROXY_TIMEOUT": "x", "XDG_CONFIG_HOME": str(tmp_path)}, None, None)
+
+
+def test_secrets_by_reference_from_a_file_anywhere(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("tskey-from-file\n")
+    path = write(tmp_path, f'authkey = "file:{key}"\nsocks5_auth = "file:{key}"\n')
+    with pytest.raises(ConfigError, match="socks5-auth: expected USER:PASSWORD"):
+        resolve({}, {}, path, None)
+    (tmp_path / "cred").write_text("u:p")
+    s = resolve({"socks5_auth": BY_KEY["socks5_auth"].parse(f"file:{tmp_path / 'cred'}")}, {},
+                path, None)
+    assert s["authkey"] == "tskey-from-file" and s["socks5_auth"] == ("u", "p")
+
+
+def test_a_missing_secret_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="authkey: cannot read /nonexistent/k"):
+        resolve({}, {"TS_AUTHKEY": "file:/nonexistent/k"}, None, None)

@@ -48,6 +48,16 @@ def assert_no_fd_leak(before: int, wait: float = 2.0) -> None:
         time.sleep(0.02)
 
 
+def wait_until(condition, timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll `condition()` until true; fail after `timeout` s (instead of sleeping a fixed time
+    and hoping the state was reached)."""
+    t_end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > t_end:
+            raise AssertionError(f"{what} not reached within {timeout:g}s")
+        time.sleep(0.005)
+
+
 class FakeDialer:
     """Scripted dialer. ``script[(host, port)] = outcome`` where outcome is
     ``"echo"`` (an AF_UNIX socketpair whose far end echoes), an errno (int),

@@ -103,6 +103,15 @@ def test_407_wrong_credentials(env, value):
     assert out.startswith(b"HTTP/1.1 407 ")
 
 
+@pytest.mark.parametrize("host", [b"a\x00b", b"a\x1b[2Jb", b"a\x7fb", b"caf\xc3\xa9"])
+def test_hostile_bytes_in_the_host_are_400_and_never_dialled(env, host):
+    for line in (b"CONNECT " + host + b":17007 HTTP/1.1\r\n",
+                 b"GET http://" + host + b":17007/ HTTP/1.1\r\n"):
+        out = exchange(env, line + f"Proxy-Authorization: {GOOD}\r\n\r\n".encode())
+        assert out.startswith(b"HTTP/1.1 400 "), out
+    assert env.dialer.calls == []
+
+
 def test_connect_tunnel(env):
     s = socket.create_connection(env.proxy.socks_address, timeout=5)
     s.sendall(f"CONNECT 100.64.0.5:22 HTTP/1.1\r\nHost: 100.64.0.5:22\r\n"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from test_proxy_harness import channel_request, connect_via_channel, cp
+from timedio import readline
 
 SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 
@@ -17,7 +18,7 @@ def start(*args):
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.Popen([sys.executable, "-m", "tailproxy.proxy", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
-    line = p.stdout.readline()
+    line = readline(p.stdout, 60)
     assert re.fullmatch(r"ready park=\d+,\d+\n", line), \
         (line, p.stderr.read() if p.poll() is not None else "")
     return p

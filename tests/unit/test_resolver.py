@@ -11,7 +11,8 @@ import pytest
 from test_proxy_harness import cp  # noqa: F401  (sets sys.path)
 from tailproxy.resolver import DNSResponder, HostsFile, NameService, PlaceholderMap, check_range
 from tailproxy.resolver import dnsmsg
-from tailproxy.resolver.responder import socket_uid
+from tailproxy.resolver.placeholders import ENTRY_OVERHEAD, RECENT_S, PlaceholdersFull
+from tailproxy.peeruid import socket_uid
 from tailproxy.resolver.tailnet import TailnetNames
 
 STATUS = {
@@ -73,20 +74,53 @@ def test_placeholders_stable_distinct_and_reversible():
     assert not m.contains("10.0.0.1") and m.name_of("not an ip") is None
 
 
-def test_placeholders_evict_least_recently_used():
-    m = PlaceholderMap(max_names=2)
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_placeholders_evict_least_recently_used_once_not_recent():
+    clock = Clock()
+    m = PlaceholderMap(max_bytes=2 * (ENTRY_OVERHEAD + 1), clock=clock)
     a = m.get("a", 4)
     m.get("b", 4)
+    clock.t += RECENT_S
     m.name_of(a)                   # a used again
-    m.get("c", 4)                  # evicts b
+    m.get("c", 4)                  # evicts b, answered long ago
     assert m.name_of(a) == "a" and len(m) == 2
     assert "b" not in [m.name_of(f"240.0.0.{i}") for i in range(1, 5)]
 
 
+def test_placeholders_recent_or_held_are_never_evicted_new_names_are_refused():
+    clock = Clock()
+    m = PlaceholderMap(max_bytes=2 * (ENTRY_OVERHEAD + 1), clock=clock)
+    a, b = m.get("a", 4), m.get("b", 4)
+    with pytest.raises(PlaceholdersFull):
+        m.get("c", 4)              # a and b were answered just now
+    m.hold("a")
+    clock.t += RECENT_S
+    m.get("c", 4)                  # b was old and not held: evicted
+    clock.t += RECENT_S
+    m.get("d", 4)                  # c old now too; a is held by a live connection
+    assert m.name_of(a) == "a" and m.name_of(b) != "b"
+    m.release("a")                 # the connection ended: a is recent, then old
+    clock.t += RECENT_S
+    m.get("e", 4)
+    m.get("f", 4)
+    assert m.name_of(a) != "a"
+
+
 def test_placeholder_range_reuses_freed_addresses():
-    m = PlaceholderMap("240.1.0.0/24", max_names=1000)
+    clock = Clock()
+    m = PlaceholderMap("240.1.0.0/24", clock=clock)
     got = {m.get(f"n{i}", 4) for i in range(254)}
     assert len(got) == 254 and "240.1.0.255" not in got and "240.1.0.0" not in got
+    with pytest.raises(PlaceholdersFull):
+        m.get("one-more", 4)       # all answered just now
+    clock.t += RECENT_S
     assert m.get("one-more", 4) in got      # oldest evicted, its address reused
 
 
@@ -319,6 +353,40 @@ def test_responder_answers_own_user_and_drops_others(hosts):
     run(main())
 
 
+def test_responder_tcp_idle_connections_are_closed_and_capped(hosts):
+    """DNS over TCP: a connection that asks nothing is closed at the deadline (it used to be
+    held forever), and it goes through the same admission as the proxy port."""
+    async def main():
+        r = DNSResponder(service(hosts).query)
+        r.gate.deadline = 0.3
+        await r.start()
+        try:
+            loop = asyncio.get_running_loop()
+            s = socket.socket()
+            s.setblocking(False)
+            await loop.sock_connect(s, r.addresses[0])
+            q = dnsmsg.build_query("peer", dnsmsg.A, 7)
+            await loop.sock_sendall(s, len(q).to_bytes(2, "big") + q)
+            n = int.from_bytes(await asyncio.wait_for(loop.sock_recv(s, 2), 5), "big")
+            assert n > 0
+            while n:
+                n -= len(await loop.sock_recv(s, n))
+            t0 = loop.time()
+            assert await asyncio.wait_for(loop.sock_recv(s, 10), 5) == b""     # idle: closed
+            assert loop.time() - t0 < 2
+            s.close()
+            r.gate.headroom = 1 << 30           # no fds to spare: refused at once
+            s = socket.socket()
+            s.setblocking(False)
+            await loop.sock_connect(s, r.addresses[0])
+            assert await asyncio.wait_for(loop.sock_recv(s, 10), 5) == b""
+            s.close()
+            assert r.gate.refused == 1
+        finally:
+            await r.close()
+    run(main())
+
+
 def test_query_with_edns_opt_record_parses():
     from tailproxy.resolver import dnsmsg
     q = dnsmsg.build_query("peer.ts.test", dnsmsg.A, qid=7)
@@ -328,6 +396,17 @@ def test_query_with_edns_opt_record_parses():
     opt = b"\x00" + struct.pack("!HHIH", dnsmsg.OPT, 1232, 0, 0)
     parsed = dnsmsg.parse_query(bytes(hdr) + q[12:] + opt)
     assert parsed.name == "peer.ts.test" and parsed.edns_size == 1232
+
+
+def test_tcp_peer_uid_by_sock_diag_agrees_with_the_tables():
+    from tailproxy.peeruid import tcp_peer_uid
+    with socket.create_server(("127.0.0.1", 0)) as l:
+        c = socket.create_connection(l.getsockname())
+        a, peer = l.accept()
+        with a, c:
+            assert tcp_peer_uid(peer, a.getsockname()) == os.getuid() == \
+                socket_uid("tcp", *peer)
+            assert tcp_peer_uid(("127.0.0.1", 1), a.getsockname()) is None
 
 
 @pytest.mark.parametrize("exit_node", [False, True])

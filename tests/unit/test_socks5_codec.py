@@ -84,11 +84,13 @@ def test_request_bad_atyp():
     assert ei.value.reply == 0x08
 
 
-@pytest.mark.parametrize("name", [b"", b"a b", b"a\0b", b"-x", b"\xff\xfe"])
-def test_request_bad_domain(name):
+@pytest.mark.parametrize("name", [b"", b"a b", b"a\0b", b"-x", b"\xff\xfe", b"a\x1b[2Jb",
+                                  b"a\rb", b"a\x7fb", b"a/b"])
+def test_request_bad_domain_is_host_unreachable(name):
+    # 0x04: no resolver could find such a name (it used to be 0x01, a "general failure")
     with pytest.raises(s5.SocksError) as ei:
         s5.parse_request(req(1, 3, bytes([len(name)]) + name, 80))
-    assert ei.value.reply == 0x01
+    assert ei.value.reply == 0x04
 
 
 def test_request_bad_version():

@@ -7,18 +7,20 @@ import secrets
 import shutil
 import signal
 import sys
-import tempfile
 
 from ..control import ControlServer
 from ..exporter.exporter import Exporter
+from ..fdlimit import programs_own_limit, raise_soft_limit
 from ..exporter.ports import PortFilter
 from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
+from ..policy import RouteDialer, TailnetView
+from ..printable import printable
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
-from ..policy import RouteDialer, TailnetView
 from ..resolver import DNSResponder, NameService, PlaceholderMap, node_dns_query
+from ..rundir import RunDirError, create_run_dir
 from .childenv import child_env
 from .exitnodes import ExitNodes
 from .lan import local_networks
@@ -30,14 +32,15 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def _say(msg: str) -> None:
-    print(f"tailproxy: {msg}", file=sys.stderr, flush=True)
+    print(f"tailproxy: {printable(msg)}", file=sys.stderr, flush=True)
 
 
 def _log_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(printable(line), file=sys.stderr, flush=True)
 
 
 def run(settings: dict, command: list[str]) -> int:
+    raise_soft_limit()      # fds for every connection of the program (fdlimit.py)
     verbose = settings["verbose"]
     log = _say if verbose else (lambda msg: None)
     program = None
@@ -71,7 +74,11 @@ def run(settings: dict, command: list[str]) -> int:
         _say("--dns=tailnet needs the tailnet; it cannot be combined with --no-tailnet")
         return 2
 
-    rundir = tempfile.mkdtemp(prefix="tailproxy-")  # 0700: only we can reach the channel
+    try:
+        rundir = create_run_dir()  # 0700 in the per-user runtime dir: only we reach the channel
+    except RunDirError as e:
+        _say(str(e))
+        return 1
     node = exits = view = None
     try:
         if not settings["no_tailnet"]:
@@ -234,7 +241,7 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
         exits.start_monitor()
     try:
         if proxy_only:
-            return await _serve_proxy_only(proxy, auth)
+            return await _serve_proxy_only(proxy, auth, settings["show_password"])
         bypass = list(settings["bypass"])
         if settings["exit_node_allow_lan_access"]:
             bypass += [n for n in local_networks() if n not in bypass]
@@ -262,12 +269,19 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
             await exporter.close()
 
 
-async def _serve_proxy_only(proxy, auth) -> int:
+async def _serve_proxy_only(proxy, auth, show_password: bool) -> int:
     host, port = proxy.socks_address
     hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    cred = f"{auth[0]}:{auth[1]}@" if auth else ""
-    _say(f"SOCKS5 and HTTP proxy on {hp}" + (f" (user {auth[0]}, password {auth[1]})" if auth else
-                                             " (no authentication)"))
+    # stderr often ends up in logs and terminal scrollback: the password only on request.
+    password = auth[1] if show_password else "PASSWORD"
+    cred = f"{auth[0]}:{password}@" if auth else ""
+    if not auth:
+        how = " (no authentication)"
+    elif show_password:
+        how = f" (user {auth[0]}, password {auth[1]})"
+    else:
+        how = f" (user {auth[0]}, password hidden: --show-password prints it)"
+    _say(f"SOCKS5 and HTTP proxy on {hp}{how}")
     _say(f"e.g. curl --proxy socks5h://{cred}{hp} http://HOST/   — Ctrl-C to stop")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -287,8 +301,9 @@ def _in_terminal_foreground() -> bool:
 async def _run_child(program: str, command: list[str], env: dict) -> int:
     loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(program, *command[1:], env=env,
-                                                    executable=program)
+        with programs_own_limit():
+            proc = await asyncio.create_subprocess_exec(program, *command[1:], env=env,
+                                                        executable=program)
     except FileNotFoundError:
         _say(f"{command[0]}: command not found")
         return 127

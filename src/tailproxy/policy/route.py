@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..node import DialFailed, Node
 from ..proxy.dialer import DialError, Dialer, Outbound
+from ..resolver.held import held_while_connected
 from ..resolver.placeholders import PlaceholderMap
 from .upstream import NodeUpstream
 from .view import TailnetView
@@ -52,8 +53,10 @@ class RouteDialer:
                                 f"{host}: a placeholder address that stands for no name in this run")
             self.log(f"{host} is {name}")
             if self.node is None:        # --no-tailnet: this host resolves it
-                return self.direct.start_dial(name, port, timeout)
-            return self._via_node(name, port, timeout, None)
+                start = lambda: self.direct.start_dial(name, port, timeout)  # noqa: E731
+            else:
+                start = lambda: self._via_node(name, port, timeout, None)  # noqa: E731
+            return held_while_connected(self.placeholders, name, start)
         if self.node is None:
             return self.direct.start_dial(host, port, timeout)
         if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:

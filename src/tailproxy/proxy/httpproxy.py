@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 from .dialer import DialError, errno_name
+from .hostname import is_visible_ascii
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 200
@@ -111,7 +112,7 @@ def split_hostport(authority: str, default_port: int | None) -> tuple[str, int]:
             host, port_s = authority, ""
         if ":" in host:
             raise HttpError(400, "IPv6 literal needs brackets")
-    if not host or any(c in host for c in "/@ \t?#\\"):
+    if not host or any(c in host for c in "/@ \t?#\\") or not is_visible_ascii(host):
         raise HttpError(400, "bad host")
     if port_s == "":
         if default_port is None:
@@ -206,9 +207,10 @@ def status_for_errno(err: int) -> int:
     return 502
 
 
-async def handshake(server, rd, t0):
+async def handshake(server, rd, t0, asked):
     """Read one request head; returns (remote, label, bytes to send upstream
-    first) or (None, label, b"") after an error response."""
+    first) or (None, label, b"") after an error response. ``asked()`` is
+    called once the client authenticated and its request is understood."""
     try:
         head = await rd.parse(parse_head, MAX_HEAD)
     except ValueError:
@@ -236,6 +238,7 @@ async def handshake(server, rd, t0):
         server._report("http", "-", "bad-request", 0, 0, t0)
         return None, "-", b""
     label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    asked()
     try:
         remote = await server._dial(host, port)
     except DialError as exc:

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Callable
 
+from ..printable import printable
 from .channel import ChannelServer
 from .dialer import Dialer
 from .loopback import LoopbackEndpoints
@@ -52,7 +53,7 @@ class Proxy:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.verbose = verbose
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.log = log or (lambda line: print(printable(line), file=sys.stderr, flush=True))
         self.make_channel_dir = make_channel_dir
         self.on_listen = on_listen          # async callable(ListenReq): export-listeners notices
         self.on_names = on_names            # async callable(Resolve/Reverse/QueryReq) -> reply bytes

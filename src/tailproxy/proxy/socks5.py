@@ -38,6 +38,8 @@ from typing import Callable
 
 from .accept import accepted
 from .dialer import DialError, Dialer, Outbound, guarded_dial
+from .hostname import is_visible_ascii
+from .preauth import AUTH_DEADLINE_S, PreAuthGate, Ticket
 from .relay import DEFAULT_BUFSIZE, relay_outbound, relay_outcome
 from .relay import drain as drain_relays
 from .sockreader import HandshakeEOF, SockReader
@@ -180,8 +182,9 @@ def parse_request(buf: bytes):
         end = 5 + n + 2
         if len(buf) < end:
             return None
+        # A name no resolver could find (empty, control bytes, not IDNA) is an unreachable host.
         if n == 0:
-            raise SocksError("empty domain name", REP_FAILURE)
+            raise SocksError("empty domain name", REP_HOST_UNREACH)
         raw = bytes(buf[5:5 + n])
         try:
             host = raw.decode("ascii")
@@ -189,9 +192,9 @@ def parse_request(buf: bytes):
             try:
                 host = raw.decode("utf-8").encode("idna").decode("ascii")
             except (UnicodeError, ValueError):
-                raise SocksError("bad domain name", REP_FAILURE) from None
-        if any(c in host for c in "\0/ \t\r\n") or host.startswith("-"):
-            raise SocksError("bad domain name", REP_FAILURE)
+                raise SocksError("bad domain name", REP_HOST_UNREACH) from None
+        if not is_visible_ascii(host) or "/" in host or host.startswith("-"):
+            raise SocksError("bad domain name", REP_HOST_UNREACH)
     else:
         raise SocksError(f"address type {atyp} not supported", REP_ATYP_UNSUPPORTED)
     (port,) = struct.unpack_from("!H", buf, end - 2)
@@ -243,7 +246,8 @@ class SocksServer:
 
     def __init__(self, dialer: Dialer, listen: tuple[str, int], *,
                  auth: tuple[str, str] | None = None, connect_timeout: float = 30.0,
-                 idle_timeout: float | None = None, handshake_timeout: float = 30.0,
+                 idle_timeout: float | None = None, handshake_timeout: float = AUTH_DEADLINE_S,
+                 gate: PreAuthGate | None = None,
                  on_conn: ConnLog | None = None, log: Callable[[str], None] | None = None,
                  bufsize: int = DEFAULT_BUFSIZE):
         self.dialer = dialer
@@ -251,7 +255,8 @@ class SocksServer:
         self.auth = (auth[0].encode(), auth[1].encode()) if auth else None
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self.handshake_timeout = handshake_timeout
+        self.handshake_timeout = handshake_timeout   # to authenticate and ask (preauth.py)
+        self.gate = gate or PreAuthGate()
         self.on_conn = on_conn
         self.log = log or (lambda m: None)
         self.bufsize = bufsize
@@ -309,8 +314,12 @@ class SocksServer:
 
     async def _accept_loop(self, loop, lsock) -> None:
         async for conn, _ in accepted(loop, lsock, "socks", self.log):
+            ticket = self.gate.admit(conn)
+            if ticket is None:      # over the per-uid cap or into the fd headroom
+                conn.close()
+                continue
             self._conns.add(conn)
-            self._spawn(self._serve(conn))
+            self._spawn(self._serve(conn, ticket))
 
     def _report(self, source, label, outcome, up, down, t0) -> None:
         if self.on_conn is not None:
@@ -322,7 +331,7 @@ class SocksServer:
     async def _dial(self, host: str, port: int) -> Outbound:
         return await guarded_dial(self.dialer, host, port, self.connect_timeout, self.log)
 
-    async def _serve(self, conn: socket.socket) -> None:
+    async def _serve(self, conn: socket.socket, ticket: Ticket) -> None:
         from . import httpproxy
         t0 = time.monotonic()
         remote = None
@@ -334,13 +343,17 @@ class SocksServer:
                 pass
             rd = SockReader(conn)
             try:
-                async with asyncio.timeout(self.handshake_timeout):
+                async with asyncio.timeout(self.handshake_timeout) as deadline:
+                    def asked() -> None:
+                        """Authenticated and asked: the dial has its own timeout."""
+                        ticket.release()
+                        deadline.reschedule(None)
                     await rd.fill(1)
                     if rd.buf[0] == VER:
-                        remote, label = await self._socks_handshake(rd, t0)
+                        remote, label = await self._socks_handshake(rd, t0, asked)
                     else:
                         source = "http"
-                        remote, label, initial = await httpproxy.handshake(self, rd, t0)
+                        remote, label, initial = await httpproxy.handshake(self, rd, t0, asked)
             except (HandshakeEOF, TimeoutError, OSError, ValueError) as exc:
                 if remote is not None:
                     remote.close()
@@ -358,12 +371,13 @@ class SocksServer:
                 track=self._relays)
             self._report(source, label, relay_outcome(error, reason), up, down, t0)
         finally:
+            ticket.release()
             if remote is not None:
                 remote.close()
             self._conns.discard(conn)
             conn.close()
 
-    async def _socks_handshake(self, rd: SockReader, t0):
+    async def _socks_handshake(self, rd: SockReader, t0, asked: Callable[[], None]):
         """Returns (remote socket, label) or (None, label) after an error reply."""
         try:
             methods = await rd.parse(parse_greeting, MAX_GREETING)
@@ -395,6 +409,7 @@ class SocksServer:
                 await rd.sendall(encode_reply(exc.reply))
             self._report("socks", "-", f"bad-request ({exc})", 0, 0, t0)
             return None, "-"
+        asked()
         try:
             remote = await self._dial(req.host, req.port)
         except DialError as exc:

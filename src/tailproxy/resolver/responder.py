@@ -8,62 +8,16 @@ the 0600 channel in the 0700 run directory. Anything else is dropped unanswered.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import socket
 import struct
-import sys
 from typing import Awaitable, Callable
 
+from ..peeruid import socket_uid, tcp_peer_uid
+from ..proxy.preauth import PreAuthGate
 from . import dnsmsg
 
 Answerer = Callable[[bytes], Awaitable[bytes]]
-
-
-def _parse_hex_addr(h: str) -> tuple[ipaddress._BaseAddress, int]:
-    ip_hex, port_hex = h.split(":")
-    raw = bytes.fromhex(ip_hex)
-    if sys.byteorder == "little":
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    ip = ipaddress.ip_address(raw)
-    return ip, int(port_hex, 16)
-
-
-def _norm(ip: ipaddress._BaseAddress) -> ipaddress._BaseAddress:
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def socket_uid(proto: str, ip: str, port: int) -> int | None:
-    """uid owning the local socket bound to ip:port (a wildcard bind matches too), from
-    /proc/net/<proto>{,6}; None when there is none."""
-    want = _norm(ipaddress.ip_address(ip.split("%", 1)[0]))
-    wildcard = None
-    for name in (proto, proto + "6"):
-        try:
-            with open(f"/proc/net/{name}") as f:
-                next(f, None)
-                for line in f:
-                    p = line.split()
-                    if len(p) < 8:
-                        continue
-                    try:
-                        lip, lport = _parse_hex_addr(p[1])
-                    except ValueError:
-                        continue
-                    if lport != port:
-                        continue
-                    lip = _norm(lip)
-                    if proto == "tcp" and p[3] == "0A":     # a listener, not the client
-                        continue
-                    if lip == want:
-                        return int(p[7])
-                    if lip.is_unspecified and wildcard is None:
-                        wildcard = int(p[7])
-        except OSError:
-            continue
-    return wildcard
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -92,6 +46,7 @@ class DNSResponder:
         self._servers = []
         self._tasks: set[asyncio.Task] = set()
         self.refused = 0
+        self.gate = PreAuthGate()    # TCP: per-uid cap, fd headroom, idle deadline
 
     def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -156,9 +111,10 @@ class DNSResponder:
     def env_value(self) -> str:
         return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
 
-    def _allowed(self, proto: str, addr) -> bool:
+    def _allowed(self, proto: str, addr, local=None) -> bool:
         try:
-            ok = socket_uid(proto, addr[0], addr[1]) == self.uid
+            uid = tcp_peer_uid(addr, local) if local else socket_uid(proto, addr[0], addr[1])
+            ok = uid == self.uid
         except (ValueError, IndexError):
             ok = False
         if not ok:
@@ -186,14 +142,18 @@ class DNSResponder:
             pass
 
     async def _serve_tcp(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ticket = self.gate.admit(w.get_extra_info("socket"))
         try:
-            if not self._allowed("tcp", w.get_extra_info("peername")):
+            if ticket is None or not self._allowed("tcp", w.get_extra_info("peername"),
+                                                   w.get_extra_info("sockname")):
                 return
+            ticket.release()        # our uid: trusted, but still held to the idle deadline
             while True:
                 try:
-                    n = struct.unpack("!H", await r.readexactly(2))[0]
-                    data = await r.readexactly(n)
-                except (asyncio.IncompleteReadError, ConnectionError):
+                    async with asyncio.timeout(self.gate.deadline):
+                        n = struct.unpack("!H", await r.readexactly(2))[0]
+                        data = await r.readexactly(n)
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                     return
                 ans = await self.answer(data)
                 if not ans:
@@ -203,4 +163,6 @@ class DNSResponder:
         except Exception as e:
             self.log(f"dns responder (tcp): {e!r}")
         finally:
+            if ticket is not None:
+                ticket.release()
             w.close()

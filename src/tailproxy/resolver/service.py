@@ -21,7 +21,7 @@ from typing import Callable
 from ..proxy import channel_proto as cp
 from . import dnsmsg
 from .hosts import HostsFile
-from .placeholders import PlaceholderMap
+from .placeholders import PlaceholderMap, PlaceholdersFull
 from .system import SystemResolver
 from .tailnet import TailnetNames
 
@@ -74,7 +74,8 @@ class NameService:
         self._tn: TailnetNames | None = None if status else TailnetNames()
         self._tn_at = 0.0
         self._refreshing: asyncio.Task | None = None
-        self.stats = {"resolve": 0, "reverse": 0, "query": 0, "placeholder": 0}
+        self.stats = {"resolve": 0, "reverse": 0, "query": 0, "placeholder": 0,
+                      "placeholders_full": 0}
 
     # ------------------------------------------------------------ tailnet snapshot
     async def refresh(self) -> None:
@@ -136,7 +137,11 @@ class NameService:
         canon = text.rstrip(".")
         if self.tailnet_dns(tn):
             self.stats["placeholder"] += 1
-            addr = self.placeholders.get(canon, 6 if version == 6 else 4)
+            try:
+                addr = self.placeholders.get(canon, 6 if version == 6 else 4)
+            except PlaceholdersFull:
+                self.stats["placeholders_full"] += 1
+                return Result(errno.EAGAIN)      # a temporary failure: programs retry
             return Result(0, [addr], cp.RES_PLACEHOLDER, canon.lower())
         err, addrs, cn = await self.system.getaddrinfo(raw, version)
         return Result(err, addrs, 0, cn or canon)
