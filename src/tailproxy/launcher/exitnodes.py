@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable
 
 from ..node import Node
 from ..node.exitnode import ExitNodeError, peer_label
+
+
+PING_TIMEOUT_S = 0.75
+PING_MISSES = 2
+SUSPECT_S = 30.0
 
 
 class ExitNodes:
@@ -21,6 +27,8 @@ class ExitNodes:
         # (policy.RouteDialer.exit_node_changed).
         self.on_change = on_change or (lambda: None)
         self.current: dict | None = None
+        self._misses = 0                           # pings in a row the exit node did not answer
+        self._suspects: dict[str, float] = {}      # peer ID -> until when it is passed over
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
@@ -77,19 +85,38 @@ class ExitNodes:
     async def _check(self) -> None:
         st = await asyncio.to_thread(self.node.localapi.status)
         ens = st.get("ExitNodeStatus") or {}
-        if ens.get("Online"):
+        if ens.get("Online") and await self._answers(ens):
             return
         old = peer_label(self.current) if self.current else "none"
+        now = time.monotonic()
+        self._suspects = {k: t for k, t in self._suspects.items() if t > now}
         for name in self.choices:
             try:
-                peer = await asyncio.to_thread(self.node.set_exit_node, name, self.allow_lan, 10.0)
+                peer = await asyncio.to_thread(self.node.set_exit_node, name, self.allow_lan, 10.0,
+                                               frozenset(self._suspects))
             except ExitNodeError:
                 continue
             finally:
                 self.on_change()
+            self._misses = 0
             if self.current and peer.get("ID") == self.current.get("ID"):
                 return  # it came back
             self.current = peer
             self.say(f"exit node {old} is offline; now using {peer_label(peer)}")
             return
         self.say(f"exit node {old} is offline and no other choice is usable; waiting")
+
+    async def _answers(self, ens: dict) -> bool:
+        """Does the exit node in use answer disco pings? The control server may take ~10 s to
+        call a node that died offline; missing PING_MISSES pings in a row (about 2 s) is enough
+        to move on, and the silent node is passed over for SUSPECT_S."""
+        ips = [p.split("/")[0] for p in ens.get("TailscaleIPs") or []]
+        if not ips or await asyncio.to_thread(self.node.localapi.ping, ips[0], PING_TIMEOUT_S):
+            self._misses = 0
+            return True
+        self._misses += 1
+        if self._misses < PING_MISSES:
+            return True
+        if ens.get("ID"):
+            self._suspects[ens["ID"]] = time.monotonic() + SUSPECT_S
+        return False

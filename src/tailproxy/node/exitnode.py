@@ -60,10 +60,11 @@ def find_peer(status: dict, name: str) -> dict:
     return hits[0]
 
 
-def pick_auto(status: dict) -> dict:
-    """An online exit node: the current one if still fine, else the first by name."""
+def pick_auto(status: dict, avoid: frozenset = frozenset()) -> dict:
+    """An online exit node (none whose ID is in `avoid`): the current one if still fine, else
+    the first by name."""
     peers = [p for p in (status.get("Peer") or {}).values()
-             if p.get("ExitNodeOption") and p.get("Online")]
+             if p.get("ExitNodeOption") and p.get("Online") and p.get("ID") not in avoid]
     if not peers:
         raise ExitNodeError("--exit-node=auto: no online exit node on the tailnet")
     current = [p for p in peers if p.get("ExitNode")]

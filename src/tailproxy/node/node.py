@@ -273,16 +273,19 @@ class Node:
 
     # -- exit node --------------------------------------------------------------------------
     def set_exit_node(self, name: str, allow_lan_access: bool = False,
-                      timeout: float = 20.0) -> dict:
+                      timeout: float = 20.0, avoid: frozenset = frozenset()) -> dict:
         """Route non-tailnet traffic through the peer `name` ("auto": any online exit node).
 
         Checks the peer exists, is online and is an approved exit node, sets the pref and waits
-        until the node reports the exit node online. Returns the peer's status entry.
+        until the node reports the exit node online. Returns the peer's status entry. Peers
+        whose ID is in `avoid` (found not answering) are refused, or passed over by "auto".
         """
         self._require_running()
         api = self.localapi
         st = api.status()
-        peer = pick_auto(st) if name == "auto" else find_peer(st, name)
+        peer = pick_auto(st, avoid) if name == "auto" else find_peer(st, name)
+        if peer.get("ID") in avoid:
+            raise ExitNodeError(f"exit node {peer_label(peer)!r} does not answer")
         whois = None
         if not peer.get("ExitNodeOption") and peer.get("TailscaleIPs"):
             whois = api.whois(peer["TailscaleIPs"][0])
