@@ -5,9 +5,10 @@ import errno
 import socket
 import threading
 
+import h11
 import pytest
 
-from test_proxy_harness import FakeDialer, ProxyThread
+from test_proxy_harness import FakeDialer, ProxyThread, wait_until
 from tailproxy.proxy import httpproxy as hp
 
 USER, PW = "tp-user", "s3cret:with:colons"
@@ -73,8 +74,11 @@ def env():
 
 
 def exchange(env, data: bytes) -> bytes:
+    """Send ``data``, end our side (else the proxy keeps the connection for more requests),
+    read all."""
     s = socket.create_connection(env.proxy.socks_address, timeout=5)
     s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
     out = b""
     while True:
         chunk = s.recv(65536)
@@ -160,8 +164,8 @@ def test_get_forwarding(env):
     assert lines[0] == "GET /a/b?x=1 HTTP/1.1"
     assert "Host: web.tailnet.example" in lines
     assert "User-Agent: t" in lines
-    assert "Connection: close" in lines
     low = head.lower()
+    assert "connection:" not in low     # keep-alive is the default; the client's is hop-by-hop
     assert "proxy-authorization" not in low and "proxy-connection" not in low
     assert "x-hop" not in low and "keep-alive" not in low
 
@@ -198,23 +202,27 @@ def test_head_too_large(env):
 
 # ---------------------------------------------------------------- codec
 
-def test_parse_head_incomplete_and_ok():
-    data = b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\nBODY"
-    for n in range(len(data) - 4):
-        assert hp.parse_head(data[:n]) is None
-    head, used = hp.parse_head(data)
-    assert head.method == "GET" and head.get("host") == "h" and data[used:] == b"BODY"
-
-
 @pytest.mark.parametrize("data", [
-    b"GET  http://h/ HTTP/1.1\r\n\r\n",
-    b"G@T http://h/ HTTP/1.1\r\n\r\n",
-    b"GET http://h/ HTTP/1.1\r\nBad Header: x\r\n\r\n",
-    b"GET http://h/ HTTP/1.1\r\nA: b\r\n folded\r\n\r\n",
+    b"GET  http://h/ HTTP/1.1\r\n",
+    b"G@T http://h/ HTTP/1.1\r\n",
+    b"GET http://h/ HTTP/1.1\r\nBad Header: x\r\n",
+    b"GET http://h/ HTTP/1.1\r\nA: b\r\nA: b\r\nHost: a\r\nHost: b\r\n",
 ])
-def test_parse_head_malformed(data):
-    with pytest.raises(hp.HttpError):
-        hp.parse_head(data)
+def test_malformed_heads_are_400(env, data):
+    out = exchange(env, data + f"Proxy-Authorization: {GOOD}\r\n\r\n".encode())
+    assert out.startswith(b"HTTP/1.1 400 "), out
+    assert env.dialer.calls == []
+
+
+def test_request_headers():
+    got = hp.request_headers([(b"Host", b"h"), (b"Connection", b"keep-alive, X-Hop"),
+                              (b"X-Hop", b"1"), (b"Proxy-Authorization", b"x"),
+                              (b"Keep-Alive", b"5"), (b"Content-Length", b"3"), (b"A", b"b")],
+                             "h", 80)
+    assert got == [(b"Host", b"h"), (b"Content-Length", b"3"), (b"A", b"b")]
+    assert hp.request_headers([], "fd7a::1", 81, close=True) == [
+        (b"Host", b"[fd7a::1]:81"), (b"Connection", b"close")]
+    assert hp.request_headers([(b"Host", b"x")], "h", 82, keep_host=False) == [(b"Host", b"h:82")]
 
 
 def test_split_hostport():
@@ -230,3 +238,330 @@ def test_parse_absolute_uri():
     assert hp.parse_absolute_uri("http://h") == ("h", 80, "/")
     assert hp.parse_absolute_uri("http://u:p@h:81?q") == ("h", 81, "/?q")
     assert hp.parse_absolute_uri("HTTP://[fd7a::1]:8/x") == ("fd7a::1", 8, "/x")
+
+
+# ---------------------------------------------------------------- keep-alive
+
+class KeepAliveOrigin:
+    """Loopback HTTP/1.1 origin on h11 that serves many requests per connection. It records
+    (connection number, method, target, headers, body) per request. ``/chunked`` answers
+    chunked, ``/close`` answers and closes, ``/big`` sends 1 MiB; others Content-Length."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.requests = []
+        self.conns = 0
+        self.closed = threading.Event()     # a connection of ours saw its client go away
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.conns += 1
+            threading.Thread(target=self.serve, args=(c, self.conns), daemon=True).start()
+
+    def serve(self, c, n):
+        h = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                req, body = None, b""
+                while True:
+                    ev = h.next_event()
+                    if ev is h11.NEED_DATA:
+                        h.receive_data(c.recv(65536))
+                        continue
+                    if isinstance(ev, h11.Request):
+                        req = ev
+                    elif isinstance(ev, h11.Data):
+                        body += ev.data
+                    elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)):
+                        break
+                if req is None:
+                    return
+                if not isinstance(ev, h11.EndOfMessage):
+                    return
+                target = req.target.decode()
+                self.requests.append((n, req.method.decode(), target,
+                                      dict(req.headers.raw_items()), body))
+                payload = f"{self.name} {req.method.decode()} {target} {len(body)}".encode()
+                if target == "/chunked":
+                    out = h.send(h11.Response(status_code=200,
+                                              headers=[("Transfer-Encoding", "chunked")]))
+                    for part in (payload, b"-part2", b"-part3"):
+                        out += h.send(h11.Data(data=part))
+                elif target == "/big":
+                    out = h.send(h11.Response(status_code=200,
+                                              headers=[("Content-Length", str(1 << 20))]))
+                    out += h.send(h11.Data(data=b"x" * (1 << 20)))
+                else:
+                    hdrs = [("Content-Length", str(len(payload)))]
+                    if target == "/close":
+                        hdrs.append(("Connection", "close"))
+                    if target == "/silent-close":     # keep-alive, then closes when idle
+                        c.sendall(h.send(h11.Response(status_code=200, headers=hdrs))
+                                  + h.send(h11.Data(data=payload)) + h.send(h11.EndOfMessage()))
+                        return
+                    out = h.send(h11.Response(status_code=200, headers=hdrs))
+                    out += h.send(h11.Data(data=payload))
+                out += h.send(h11.EndOfMessage())
+                c.sendall(out)
+                if h.our_state is h11.MUST_CLOSE:
+                    return
+                h.start_next_cycle()
+        except (OSError, h11.ProtocolError):
+            pass
+        finally:
+            self.closed.set()
+            c.close()
+
+    def close(self):
+        self.lsock.close()
+
+
+class Client:
+    """A keep-alive client of the proxy (h11)."""
+
+    def __init__(self, env):
+        self.sock = socket.create_connection(env.proxy.socks_address, timeout=5)
+        self.h = h11.Connection(h11.CLIENT)
+
+    def request(self, url: str, method="GET", body: bytes | None = None, chunked=False,
+                headers=()):
+        hdrs = [("Host", url.split("/")[2]), ("Proxy-Authorization", GOOD), *headers]
+        if body is not None:
+            hdrs.append(("Transfer-Encoding", "chunked") if chunked
+                        else ("Content-Length", str(len(body))))
+        out = self.h.send(h11.Request(method=method, target=url, headers=hdrs))
+        if body is not None:
+            for i in range(0, len(body), 5000):
+                out += self.h.send(h11.Data(data=body[i:i + 5000]))
+        out += self.h.send(h11.EndOfMessage())
+        self.sock.sendall(out)
+        return self.response()
+
+    def response(self):
+        resp, data = None, b""
+        while True:
+            ev = self.h.next_event()
+            if ev is h11.NEED_DATA:
+                self.h.receive_data(self.sock.recv(65536))
+            elif isinstance(ev, h11.Response):
+                resp = ev
+            elif isinstance(ev, h11.Data):
+                data += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(ev)
+        if self.h.our_state is h11.DONE and self.h.their_state is h11.DONE:
+            self.h.start_next_cycle()
+        return resp, data
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def ka(env):
+    a, b = KeepAliveOrigin("A"), KeepAliveOrigin("B")
+    env.dialer.script[("a.example", 80)] = ("tcp", "127.0.0.1", a.port)
+    env.dialer.script[("b.example", 8080)] = ("tcp", "127.0.0.1", b.port)
+    env.a, env.b = a, b
+    yield env
+    a.close()
+    b.close()
+
+
+def _accepted(env) -> int:
+    """Client connections the proxy served: one --verbose line each request; count the
+    ones from a first request (no 'request N on the connection' note)."""
+    return sum(1 for line in env.logs if " http " in line and "on the connection" not in line)
+
+
+def test_keepalive_two_requests_same_origin_reuse_it(ka):
+    c = Client(ka)
+    r1, d1 = c.request("http://a.example/one")
+    r2, d2 = c.request("http://a.example/two?x=1")
+    c.close()
+    assert (r1.status_code, d1) == (200, b"A GET /one 0")
+    assert (r2.status_code, d2) == (200, b"A GET /two?x=1 0")
+    assert [r[0] for r in ka.a.requests] == [1, 1]      # one origin connection for both
+    assert [d[:2] for d in ka.dialer.calls] == [("a.example", 80)]
+    for _, _, _, headers, _ in ka.a.requests:
+        assert b"Proxy-Authorization" not in headers and headers[b"Host"] == b"a.example"
+    wait_until(lambda: any("request 2 on the connection, origin reused" in l for l in ka.logs),
+             what="the second request's log line")
+
+
+def test_keepalive_three_requests_different_origins_and_chunked(ka):
+    c = Client(ka)
+    r1, d1 = c.request("http://a.example/chunked")
+    r2, d2 = c.request("http://b.example:8080/x")
+    r3, d3 = c.request("http://a.example/y")
+    c.close()
+    assert d1 == b"A GET /chunked 0-part2-part3"
+    assert (r2.status_code, d2) == (200, b"B GET /x 0")
+    assert d3 == b"A GET /y 0"
+    assert [d[:2] for d in ka.dialer.calls] == [("a.example", 80), ("b.example", 8080),
+                                                 ("a.example", 80)]
+    assert len(ka.a.requests) == 2 and len(ka.b.requests) == 1
+    wait_until(lambda: any("request 3 on the connection)" in l for l in ka.logs),
+             what="the third request's log line")
+
+
+def test_keepalive_post_bodies_content_length_and_chunked(ka):
+    c = Client(ka)
+    body = bytes(range(256)) * 400
+    r1, d1 = c.request("http://a.example/p", "POST", body)
+    r2, d2 = c.request("http://a.example/q", "POST", body, chunked=True)
+    r3, d3 = c.request("http://a.example/big")
+    c.close()
+    assert d1 == f"A POST /p {len(body)}".encode()
+    assert d2 == f"A POST /q {len(body)}".encode()
+    assert [r[4] for r in ka.a.requests[:2]] == [body, body]
+    assert len(d3) == 1 << 20 and r3.status_code == 200
+    assert [r[0] for r in ka.a.requests] == [1, 1, 1]
+
+
+def test_keepalive_origin_closing_is_redialled(ka):
+    c = Client(ka)
+    _, d1 = c.request("http://a.example/close")
+    _, d2 = c.request("http://a.example/again")
+    c.close()
+    assert (d1, d2) == (b"A GET /close 0", b"A GET /again 0")
+    assert [r[0] for r in ka.a.requests] == [1, 2]
+
+
+def test_keepalive_origin_gone_idle_is_redialled(ka):
+    c = Client(ka)
+    _, d1 = c.request("http://a.example/silent-close")
+    assert ka.a.closed.wait(5)
+    _, d2 = c.request("http://a.example/again")
+    c.close()
+    assert (d1, d2) == (b"A GET /silent-close 0", b"A GET /again 0")
+    assert [r[0] for r in ka.a.requests] == [1, 2]
+
+
+def test_keepalive_pipelined_requests(ka):
+    s = socket.create_connection(ka.proxy.socks_address, timeout=5)
+    auth = f"Proxy-Authorization: {GOOD}\r\n"
+    s.sendall((f"GET http://a.example/1 HTTP/1.1\r\nHost: a.example\r\n{auth}\r\n"
+               f"GET http://b.example:8080/2 HTTP/1.1\r\nHost: b.example\r\n{auth}"
+               f"Connection: close\r\n\r\n").encode())
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    assert out.count(b"HTTP/1.1 200 ") == 2
+    assert b"A GET /1 0" in out and out.endswith(b"B GET /2 0")
+    assert ka.b.requests[0][3][b"Connection"] == b"close"
+
+
+def test_keepalive_http10_client_gets_a_close_delimited_answer(ka):
+    out = exchange(ka, f"GET http://a.example/chunked HTTP/1.0\r\nProxy-Authorization: {GOOD}\r\n\r\n".encode())
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert out.endswith(b"\r\n\r\nA GET /chunked 0-part2-part3")
+
+
+def test_keepalive_later_request_needs_auth_and_errors_close(ka):
+    c = Client(ka)
+    c.request("http://a.example/1")
+    c.sock.sendall(b"GET http://a.example/2 HTTP/1.1\r\nHost: a.example\r\n\r\n")
+    resp, _ = c.response()
+    assert resp.status_code == 407
+    assert c.sock.recv(100) == b""
+    c.close()
+    c = Client(ka)
+    c.request("http://a.example/1")
+    resp, _ = c.request("http://100.64.0.8/")
+    assert resp.status_code == 504 and dict(resp.headers)[b"x-tailproxy-errno"] == b"ETIMEDOUT"
+    assert c.sock.recv(100) == b""
+    c.close()
+
+
+def test_client_closing_mid_body_closes_the_origin_connection(ka):
+    s = socket.create_connection(ka.proxy.socks_address, timeout=5)
+    s.sendall((f"POST http://a.example/p HTTP/1.1\r\nHost: a.example\r\n"
+               f"Proxy-Authorization: {GOOD}\r\nContent-Length: 100000\r\n\r\n").encode()
+              + b"x" * 5000)
+    wait_until(lambda: ka.a.conns == 1, what="the origin connection")
+    s.close()
+    assert ka.a.closed.wait(5)          # the proxy ended the origin connection too
+    assert ka.a.requests == []
+    wait_until(lambda: any("a.example:80 failed" in l for l in ka.logs), what="the log line")
+
+
+def test_connect_after_forwarded_request_tunnels(ka):
+    c = Client(ka)
+    c.request("http://a.example/1")
+    c.sock.sendall(f"CONNECT 100.64.0.5:22 HTTP/1.1\r\nProxy-Authorization: {GOOD}\r\n\r\nearly".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += c.sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    got = b""
+    while len(got) < 5:
+        got += c.sock.recv(100)
+    assert got == b"early"
+    c.close()
+
+
+class PyUpstream:
+    """An Upstream (relays itself once joined) over a loopback TCP connection, as the
+    tailnet node's are."""
+
+    def __init__(self, port):
+        self.remote = socket.create_connection(("127.0.0.1", port))
+        self.local_address = None
+
+    def join(self, local, done, initial=b""):
+        remote = self.remote
+
+        def pump(a, b):
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+                b.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        local.setblocking(True)
+        t1 = threading.Thread(target=pump, args=(local, remote), daemon=True)
+        t2 = threading.Thread(target=pump, args=(remote, local), daemon=True)
+        t1.start()
+        t2.start()
+        return self
+
+    finished = False
+
+    def delivering(self):
+        return False
+
+    def abort(self):
+        pass
+
+    def close(self):
+        self.remote.close()
+
+
+def test_keepalive_through_an_upstream(ka):
+    plain = ka.dialer.dial
+
+    async def dial(host, port, timeout):
+        if host == "up.example":
+            return PyUpstream(ka.a.port)
+        return await plain(host, port, timeout)
+    ka.dialer.dial = dial
+    c = Client(ka)
+    _, d1 = c.request("http://up.example/1")
+    _, d2 = c.request("http://up.example/2", "POST", b"abc" * 1000)
+    _, d3 = c.request("http://up.example/chunked")
+    c.close()
+    assert (d1, d2, d3) == (b"A GET /1 0", b"A POST /2 3000", b"A GET /chunked 0-part2-part3")
+    assert [r[0] for r in ka.a.requests] == [1, 1, 1]
+    assert [r[3][b"Host"] for r in ka.a.requests] == [b"up.example"] * 3

@@ -363,6 +363,11 @@ class SocksServer:
             if remote is None:
                 await _lingering_close(conn)   # replied with an error already
                 return
+            if isinstance(remote, httpproxy.Forwarding):   # absolute-URI requests, keep-alive
+                fwd, remote = remote, None
+                if await fwd.run():
+                    await _lingering_close(conn)
+                return
             pre = initial + rd.leftover()     # rewritten head + bytes read past it
             self._conns.discard(conn)
             r, remote = remote, None
