@@ -330,6 +330,20 @@ def test_proxy_protocol_header_carries_the_peer(testnet, state):
     assert src[0] in (testnet["peers"]["peer"]["ipv4"], testnet["peers"]["peer"]["ipv6"])
 
 
+def stderr_until(p, word: str, within: float) -> str:
+    """What p wrote to stderr until a line with `word` (or `within` seconds passed)."""
+    import select
+    fd, got = p.stderr.fileno(), b""
+    deadline = time.monotonic() + within
+    while word.encode() not in got and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            got += chunk
+    return got.decode(errors="replace")
+
+
 def test_verbose_logs_each_inbound_connection_with_the_peer_identity(testnet, state):
     s = Server("exp-verbose", state, "--verbose", "--export-proxy-protocol")
     try:
@@ -340,9 +354,10 @@ def test_verbose_logs_each_inbound_connection_with_the_peer_identity(testnet, st
         s.p.stdin.flush()
         cp = peer_nc(testnet, "exp-verbose", 8500, b"hello")
         assert readline(s.p.stdout).strip() == "ok"
-        time.sleep(0.5)             # the node reports a connection when it has ended
+        early = stderr_until(s.p, "inbound", 15)  # the node reports a connection when it ended
     finally:
         err = s.stop()
+    err = early + err
     peer = testnet["peers"]["peer"]
     assert cp.stdout.startswith(b"got:"), cp
     src, _ = decode(cp.stdout[4:])                     # PROXY v2 still carries the peer
