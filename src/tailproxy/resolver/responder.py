@@ -13,6 +13,8 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
+import dns.rcode
+
 from ..peeruid import socket_uid, tcp_peer_uid
 from ..proxy.preauth import PreAuthGate
 from . import dnsmsg
@@ -128,16 +130,13 @@ class DNSResponder:
             ans = await self.answer(data)
         except Exception as e:
             self.log(f"dns responder: {e!r}")
-            ans = dnsmsg.error_answer(data, dnsmsg.SERVFAIL)
+            ans = dnsmsg.error_answer(data, dns.rcode.SERVFAIL)
         if not ans:
             return
-        limit = 512
+        if len(ans) > 512:          # what the query allows over UDP (EDNS), else TC
+            ans = dnsmsg.truncate(ans, dnsmsg.udp_limit(data))
         try:
-            limit = max(512, min(dnsmsg.parse_query(data).edns_size, 4096))
-        except dnsmsg.DNSFormatError:
-            pass
-        try:
-            transport.sendto(dnsmsg.truncate(ans, limit), addr)
+            transport.sendto(ans, addr)
         except OSError:
             pass
 

@@ -18,6 +18,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+from dns.rdtypes.ANY.CNAME import CNAME
+from dns.rdtypes.ANY.PTR import PTR
+from dns.rdtypes.IN.A import A
+from dns.rdtypes.IN.AAAA import AAAA
+
 from ..proxy import channel_proto as cp
 from . import dnsmsg
 from .hosts import HostsFile
@@ -28,7 +40,9 @@ from .tailnet import TailnetNames
 MODES = ("auto", "tailnet")
 TTL = 60          # seconds, in DNS answers we build
 
-_RCODE = {errno.ENOENT: dnsmsg.NXDOMAIN, errno.ENODATA: dnsmsg.NOERROR}
+_RCODE = {errno.ENOENT: dns.rcode.NXDOMAIN, errno.ENODATA: dns.rcode.NOERROR}
+IN = dns.rdataclass.IN
+T = dns.rdatatype
 
 
 @dataclass
@@ -168,13 +182,15 @@ class NameService:
             if ans is None:
                 return errno.EAGAIN, "", []
             try:
-                a = dnsmsg.parse_answer(ans)
-            except dnsmsg.DNSFormatError:
+                a = dns.message.from_wire(ans)
+            except dnsmsg.ERRORS:
                 return errno.EIO, "", []
-            names = a.values(dnsmsg.PTR)
+            names = [dnsmsg.name_text(rd.target) for rrset in a.answer if rrset.rdtype == T.PTR
+                     for rd in rrset]
             if names:
                 return 0, names[0], names[1:]
-            return (errno.ENOENT if a.rcode in (dnsmsg.NXDOMAIN, dnsmsg.NOERROR) else errno.EAGAIN), "", []
+            return (errno.ENOENT if a.rcode() in (dns.rcode.NXDOMAIN, dns.rcode.NOERROR)
+                    else errno.EAGAIN), "", []
         return await self.system.gethostbyaddr(ip)
 
     async def _node_query(self, name: str, qtype: str) -> bytes | None:
@@ -190,44 +206,63 @@ class NameService:
         """Answer a DNS query message (res_query & co., UDP/TCP port 53)."""
         self.stats["query"] += 1
         try:
-            q = dnsmsg.parse_query(raw)
-        except dnsmsg.DNSFormatError:
-            return dnsmsg.error_answer(raw, dnsmsg.FORMERR)
-        if q.opcode != 0:
-            return dnsmsg.build_answer(q, dnsmsg.NOTIMP)
-        if q.qclass != dnsmsg.CLASS_IN:
-            return dnsmsg.build_answer(q, dnsmsg.REFUSED)
-        if q.qtype in (dnsmsg.A, dnsmsg.AAAA):
-            version = 4 if q.qtype == dnsmsg.A else 6
-            r = await self.resolve(q.name, version)
+            q = dnsmsg.read_query(raw)
+        except dnsmsg.ERRORS:
+            return dnsmsg.error_answer(raw, dns.rcode.FORMERR)
+        ans = await self._answer(q, raw, search)
+        return ans if isinstance(ans, bytes) else ans.to_wire(max_size=65535)
+
+    async def _answer(self, q: dns.message.Message, raw: bytes, search: bool):
+        """The answer to q: a dns.message.Message we built, or bytes from elsewhere."""
+        question = q.question[0]
+        qtype, qname = question.rdtype, dnsmsg.name_text(question.name)
+        if q.opcode() != dns.opcode.QUERY:
+            return dnsmsg.response(q, dns.rcode.NOTIMP)
+        if question.rdclass != IN:
+            return dnsmsg.response(q, dns.rcode.REFUSED)
+        if qtype in (T.A, T.AAAA):
+            r = await self.resolve(qname, 4 if qtype == T.A else 6)
             if r.err and r.err not in _RCODE:
-                return dnsmsg.build_answer(q, dnsmsg.SERVFAIL)
+                return dnsmsg.response(q, dns.rcode.SERVFAIL)
+            ans = dnsmsg.response(q, _RCODE.get(r.err, dns.rcode.NOERROR), aa=bool(r.flags))
             if r.err:
-                return dnsmsg.build_answer(q, _RCODE[r.err], aa=bool(r.flags))
-            answers = []
-            owner = None
-            if r.canon and r.canon.rstrip(".").lower() != q.key.rstrip(".") and not r.flags:
-                answers.append((None, dnsmsg.CNAME, TTL, r.canon))   # as the server said
-                owner = r.canon
-            answers += [(owner, q.qtype, TTL, a) for a in r.addrs]
-            return dnsmsg.build_answer(q, dnsmsg.NOERROR, answers, aa=bool(r.flags))
-        if q.qtype == dnsmsg.PTR:
-            ip = dnsmsg.ip_of_ptr(q.name)
+                return ans
+            owner = question.name
+            if r.canon and r.canon.rstrip(".").lower() != qname.lower().rstrip(".") and not r.flags:
+                try:
+                    target = dnsmsg.to_name(r.canon)      # as the server said
+                except dnsmsg.ERRORS:
+                    return dnsmsg.response(q, dns.rcode.SERVFAIL)
+                ans.answer.append(dns.rrset.from_rdata(owner, TTL, CNAME(IN, T.CNAME, target)))
+                owner = target
+            rd = A if qtype == T.A else AAAA
+            if r.addrs:
+                ans.answer.append(dns.rrset.from_rdata_list(
+                    owner, TTL, [rd(IN, qtype, a) for a in r.addrs]))
+            return ans
+        if qtype == T.PTR:
+            ip = dnsmsg.ip_of_ptr(qname)
             if ip is not None:
                 err, name, _aliases = await self.reverse(ip)
-                if err == 0:
-                    return dnsmsg.build_answer(q, dnsmsg.NOERROR, [(None, dnsmsg.PTR, TTL, name)])
-                return dnsmsg.build_answer(q, dnsmsg.NXDOMAIN if err == errno.ENOENT
-                                           else dnsmsg.SERVFAIL)
+                if err:
+                    return dnsmsg.response(q, dns.rcode.NXDOMAIN if err == errno.ENOENT
+                                           else dns.rcode.SERVFAIL)
+                try:
+                    target = dnsmsg.to_name(name)
+                except dnsmsg.ERRORS:
+                    return dnsmsg.response(q, dns.rcode.SERVFAIL)
+                ans = dnsmsg.response(q)
+                ans.answer.append(dns.rrset.from_rdata(question.name, TTL, PTR(IN, T.PTR, target)))
+                return ans
         tn = await self._tailnet()
-        if tn.lookup(q.name) is not None:
-            return dnsmsg.build_answer(q, dnsmsg.NOERROR, aa=True)     # no such record: NODATA
-        if tn.under_suffix(q.name):
-            return dnsmsg.build_answer(q, dnsmsg.NXDOMAIN, aa=True)
+        if tn.lookup(qname) is not None:
+            return dnsmsg.response(q, aa=True)                    # no such record: NODATA
+        if tn.under_suffix(qname):
+            return dnsmsg.response(q, dns.rcode.NXDOMAIN, aa=True)
         if self.tailnet_dns(tn):
-            ans = await self._node_query(q.name + ".", dnsmsg_type_name(q.qtype))
+            ans = await self._node_query(qname + ".", dns.rdatatype.to_text(qtype))
             if ans is None:
-                return dnsmsg.build_answer(q, dnsmsg.SERVFAIL)
+                return dnsmsg.response(q, dns.rcode.SERVFAIL)
             return dnsmsg.with_id(ans, q.id)
         return await self.system.forward(q, raw, search)
 
@@ -245,15 +280,6 @@ class NameService:
         if len(ans) > cp.ANSWER_MAX:
             ans = dnsmsg.truncate(ans, cp.ANSWER_MAX)
         return cp.encode_query_reply(0 if ans else errno.EIO, ans)
-
-
-_TYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
-               33: "SRV", 35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 99: "SPF",
-               255: "ANY", 257: "CAA"}
-
-
-def dnsmsg_type_name(qtype: int) -> str:
-    return _TYPE_NAMES.get(qtype, f"TYPE{qtype}")
 
 
 def node_dns_query(localapi) -> Callable[[str, str], bytes]:

@@ -9,6 +9,10 @@ import random
 import socket
 import struct
 
+import dns.flags
+import dns.message
+import dns.rcode
+
 from . import dnsmsg
 
 _GAI_ERRNO = {socket.EAI_NONAME: errno.ENOENT, socket.EAI_AGAIN: errno.EAGAIN,
@@ -102,23 +106,35 @@ class SystemResolver:
             return errno.ENOENT, "", []
         return 0, name, list(aliases)
 
-    async def forward(self, q: dnsmsg.Query, raw: bytes, search: bool) -> bytes:
+    async def forward(self, q: dns.message.Message, raw: bytes, search: bool) -> bytes:
         """Send the query to resolv.conf's nameservers (res_send-like: UDP, TCP on truncation)."""
         conf = self.conf.load()
-        names = conf.candidates(q.name) if search else [q.name]
+        qn = q.question[0]
+        qname = dnsmsg.name_text(qn.name)
+        names = conf.candidates(qname) if search else [qname]
         last = None
         for name in names:
-            msg = raw if name == q.name else (
-                dnsmsg.build_query(name, q.qtype, q.id, rd=bool(q.flags & dnsmsg.RD)))
+            if name == qname:
+                msg = raw
+            else:
+                try:
+                    m = dns.message.make_query(dnsmsg.to_name(name), qn.rdtype, use_edns=False)
+                except dnsmsg.ERRORS:
+                    continue
+                m.id, m.flags = q.id, q.flags & dns.flags.RD
+                msg = m.to_wire()
             ans = await self._send(msg, conf)
             if ans is None:
                 continue
             last = ans
-            a = dnsmsg.parse_answer(ans)
-            if a.rcode == dnsmsg.NOERROR and a.records:
+            try:
+                a = dns.message.from_wire(ans)
+            except dnsmsg.ERRORS:
+                continue
+            if a.rcode() == dns.rcode.NOERROR and a.answer:
                 break
         if last is None:
-            return dnsmsg.build_answer(q, dnsmsg.SERVFAIL)
+            return dnsmsg.response(q, dns.rcode.SERVFAIL).to_wire(max_size=65535)
         return dnsmsg.with_id(last, q.id)
 
     async def _send(self, msg: bytes, conf: ResolvConf) -> bytes | None:
