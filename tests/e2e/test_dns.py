@@ -8,6 +8,7 @@ import re
 import pytest
 
 from helpers import py, run_tp
+from tailproxy.testnet.dnsmasq import read_queries
 
 pytestmark = pytest.mark.tailnet
 
@@ -42,9 +43,7 @@ class DNSLog:
         return self
 
     def __exit__(self, *exc):
-        with open(self.path) as f:
-            f.seek(self.start)
-            self.queries = [json.loads(line) for line in f if line.strip()]
+        self.queries = read_queries(self.path, self.start)      # dnsmasq's query log
 
 
 def internet_dns_log(testnet) -> str:
@@ -102,7 +101,8 @@ def test_exit_node_name_resolved_on_the_exit_side(tp_state, testnet, exit_name):
     assert json.loads(cp.stdout)["client"] == ex["egress_ipv4"]
     assert log.queries == [], log.queries                 # zero queries from the program
     after = internet_dns_log(testnet)[len(before):]
-    assert re.search(rf"{re.escape(ex['egress_ipv4'])} {re.escape(inet['name'])} A", after), after
+    assert re.search(rf"\[A\] {re.escape(inet['name'])} from {re.escape(ex['egress_ipv4'])}$", after,
+                     re.M), after
 
 
 def test_exit_node_python_and_node_by_name(tp_state, testnet, exit_name):

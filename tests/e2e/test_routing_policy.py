@@ -12,6 +12,7 @@ import pytest
 
 from helpers import py, run_tp, tailproxy_argv
 from tailproxy import control
+from tailproxy.testnet.dnsmasq import read_queries
 
 pytestmark = pytest.mark.tailnet
 
@@ -155,9 +156,7 @@ def test_unknown_magicdns_names_are_nxdomain_and_asked_nowhere(testnet, state, m
     assert out["curl-http-proxy"] != "0" and out["curl-socks5h"] != "0", (cp.stdout, cp.stderr)
     assert "gai-error -2" in cp.stdout, cp.stdout         # EAI_NONAME
     assert out["dig"] == "status: NXDOMAIN", cp.stdout
-    with open(testnet["dns_log"]) as f:
-        f.seek(dns_start)
-        queries = [json.loads(line) for line in f if line.strip()]
+    queries = read_queries(testnet["dns_log"], dns_start)
     with open(inet_log) as f:
         f.seek(inet_start)
         inet_queries = f.read()

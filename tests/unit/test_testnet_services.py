@@ -1,4 +1,5 @@
-"""The testnet's small servers, run on loopback in this process."""
+"""The testnet's small servers, run on loopback in this process, and how the testnet reads
+its DNS servers' (dnsmasq) query log."""
 import json
 import os
 import socket
@@ -7,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tailproxy.testnet import dnsmsg, services
+from tailproxy.testnet import dnsmasq, services
 
 
 def _serve(server):
@@ -68,43 +69,33 @@ def test_http_reports_host_and_client():
         s.server_close()
 
 
-def test_dns_zone_over_udp_and_tcp():
-    zone = dnsmsg.make_zone("internet.test", {"internet.test": "198.19.0.2"})
-    srv = services._dns_servers(["127.0.0.1"], 0, services.zone_answerer(zone))
-    # port 0 gives UDP and TCP different ports; query each on its own.
-    for s in srv:
-        _serve(s)
-    try:
-        u, t = srv
-        q = dnsmsg.encode_query("internet.test", "A", mid=42)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-            c.settimeout(5)
-            c.sendto(q, u.server_address)
-            r = dnsmsg.parse_response(c.recv(4096))
-        assert r.id == 42 and r.answers[0][2] == bytes([198, 19, 0, 2])
-        with socket.create_connection(t.server_address, timeout=5) as c:
-            q2 = dnsmsg.encode_query("other.example", "A", mid=43)
-            c.sendall(len(q).to_bytes(2, "big") + q + len(q2).to_bytes(2, "big") + q2)
-            f = c.makefile("rb")
-            r1 = dnsmsg.parse_response(f.read(int.from_bytes(f.read(2), "big")))
-            r2 = dnsmsg.parse_response(f.read(int.from_bytes(f.read(2), "big")))
-        assert r1.rcode == dnsmsg.NOERROR and r2.rcode == dnsmsg.REFUSED and r2.id == 43
-    finally:
-        for s in srv:
-            s.shutdown()
-            s.server_close()
+def test_dnsmasq_query_log_is_read_one_entry_per_query(tmp_path):
+    log = tmp_path / "dns.log"
+    log.write_text(
+        "Nov 30 03:48:47 dnsmasq[20132]: started, version 2.90 cachesize 150\n"
+        "Nov 30 03:48:47 dnsmasq[20132]: warning: no upstream servers configured\n"
+        "Nov 30 03:48:47 dnsmasq[20132]: query[A] foo.example from 127.0.0.1\n"
+        "Nov 30 03:48:47 dnsmasq[20132]: config error is REFUSED (EDE: not ready)\n"
+        "Nov  1 13:08:09 dnsmasq[20143]: 7 127.0.0.1/4242 query[AAAA] Bar.Example from 127.0.0.1\n")
+    q = dnsmasq.read_queries(str(log))
+    assert [(e["qname"], e["qtype"], e["client"]) for e in q] == [
+        ("foo.example", "A", "127.0.0.1"), ("Bar.Example", "AAAA", "127.0.0.1")]
+    assert all(isinstance(e["time"], float) for e in q)
+    offset = len(log.read_bytes())
+    with open(log, "a") as f:
+        f.write("Nov 30 03:48:48 dnsmasq[20132]: query[type=65280] x.test from 127.0.0.1\n")
+    assert [(e["qname"], e["qtype"]) for e in dnsmasq.read_queries(str(log), offset)] == [
+        ("x.test", "type=65280")]
+    assert dnsmasq.started(str(log)) and not dnsmasq.started(str(tmp_path / "none"))
 
 
-def test_recording_answerer_logs_json_lines(tmp_path):
-    log = tmp_path / "dns.jsonl"
-    answer = services.recording_answerer(str(log))
-    reply = answer(dnsmsg.encode_query("foo.example", "AAAA", mid=5), "udp", "127.0.0.1")
-    r = dnsmsg.parse_response(reply)
-    assert r.id == 5 and r.rcode == dnsmsg.REFUSED
-    assert answer(b"\x01", "udp", "127.0.0.1") is None  # no header: dropped, not logged
-    (entry,) = [json.loads(x) for x in log.read_text().splitlines()]
-    assert entry["qname"] == "foo.example" and entry["qtype"] == "AAAA" and entry["proto"] == "udp"
-    assert isinstance(entry["time"], float)
+def test_dnsmasq_argv_binds_only_the_given_address():
+    rec = dnsmasq.recorder_argv("127.0.0.53", "/tmp/x.log")
+    auth = dnsmasq.authoritative_argv("198.19.0.2", "internet.test", {"internet.test": "198.19.0.2"})
+    for argv in (rec, auth):
+        assert "--bind-interfaces" in argv and "--no-resolv" in argv and "--log-queries" in argv
+    assert "--listen-address=127.0.0.53" in rec and "--log-facility=/tmp/x.log" in rec
+    assert "--auth-zone=internet.test" in auth and "--host-record=internet.test,198.19.0.2" in auth
 
 
 def test_ready_file_written_after_bind(tmp_path):

@@ -9,5 +9,6 @@ embedded DERP server and STUN, over TLS from a per-run CA (see control.py, tls.p
 
 Modules: __main__ (CLI), core (build/describe/tear down), netns (namespaces, links),
 procs (processes, logs), binaries (find/build pinned binaries), control (headscale),
-hosts (tailscaled nodes), services (echo/http/dns servers), dnsmsg (DNS wire format), tls (CA).
+hosts (tailscaled nodes), services (echo/http servers), dnsmasq (the DNS servers: Debian's
+dnsmasq), tls (CA).
 """

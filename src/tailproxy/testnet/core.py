@@ -24,7 +24,9 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Callable
 
+from . import dnsmasq
 from . import netns as netns_mod
 from .binaries import find_binaries, log
 from .control import Control
@@ -133,17 +135,23 @@ class Testnet:
         argv = [sys.executable, "-m", "tailproxy.testnet.services", *args, "--ready-file", ready]
         env = dict(self._base_env(), PYTHONPATH=SRC_DIR, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
         self.procs.start(name, self._wrapper(host)(argv), env)
-        self._ready[name] = ready
+        self._ready[name] = lambda: os.path.exists(ready)
         return ready
 
+    def _dnsmasq(self, host: str, name: str, argv: list[str], log: str | None = None) -> None:
+        """A dnsmasq (testnet.dnsmasq); ready once it logged its start (to log, or its stderr)."""
+        proc = self.procs.start(name, self._wrapper(host)(argv), self._base_env())
+        log = log or proc.log
+        self._ready[name] = lambda: dnsmasq.started(log)
+
     def _start_services(self) -> None:
-        self._ready: dict[str, str] = {}
-        self._service("client", "dnsrecord-client", ["dnsrecord", "--host", CLIENT_RESOLVER,
-                                                     "--log", self.dns_log])
+        self._ready: dict[str, Callable[[], bool]] = {}
+        self._dnsmasq("client", "dnsrecord-client",
+                      dnsmasq.recorder_argv(CLIENT_RESOLVER, self.dns_log), self.dns_log)
         self._service("inet", "http-internet", ["http", "--name", "internet", "--host", INET_IP,
                                                 "--port", str(INET_HTTP_PORT)])
-        self._service("inet", "dns-internet", ["dns", "--host", INET_IP, "--zone", INET_NAME,
-                                               "--a", f"{INET_NAME}={INET_IP}"])
+        self._dnsmasq("inet", "dns-internet",
+                      dnsmasq.authoritative_argv(INET_IP, INET_NAME, {INET_NAME: INET_IP}))
         self._service("peer", "echo-peer", ["echo", "--host", "127.0.0.1", "--host", "::1",
                                             "--port", str(ECHO_PORT)])
         self._service("peer", "http-peer", ["http", "--name", "peer", "--host", "127.0.0.1", "--host", "::1",
@@ -152,7 +160,7 @@ class Testnet:
     def _wait_services(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         for name, ready in self._ready.items():
-            while not os.path.exists(ready):
+            while not ready():
                 self.procs.check(name)
                 if time.monotonic() > deadline:
                     raise PartFailed(name, f"not ready after {timeout:.0f}s", self.procs.procs[name].log)
@@ -213,7 +221,7 @@ class Testnet:
         os.chmod(self.run_dir, 0o755)
         os.makedirs(os.path.join(self.run_dir, "logs"))
         self.procs = Procs(os.path.join(self.run_dir, "logs"))
-        self.dns_log = os.path.join(self.run_dir, "dns_log.jsonl")
+        self.dns_log = os.path.join(self.run_dir, "dns_queries.log")
         open(self.dns_log, "w").close()
 
         t1 = time.monotonic()

@@ -1,9 +1,8 @@
-"""Small servers the testnet runs inside its namespaces (stdlib only).
+"""Small servers the testnet runs inside its namespaces (stdlib only; the DNS servers are
+dnsmasq, see dnsmasq.py).
 
     python -m tailproxy.testnet.services echo      --port 7    [--host ADDR]... [--ready-file F]
     python -m tailproxy.testnet.services http      --port 8080 --name peer [--host ADDR]...
-    python -m tailproxy.testnet.services dns       --host 198.19.0.2 --zone internet.test --a NAME=IP...
-    python -m tailproxy.testnet.services dnsrecord --host 127.0.0.53 --log FILE
 
 Each binds all its sockets first, then creates --ready-file (the testnet waits on it), then
 serves until killed.
@@ -18,13 +17,7 @@ import socket
 import socketserver
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-if __package__ in (None, ""):  # run as a file: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from tailproxy.testnet import dnsmsg  # noqa: E402
 
 
 def _family(host: str) -> int:
@@ -35,15 +28,6 @@ class _TCPServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
     request_queue_size = 128
-
-    def __init__(self, addr, handler):
-        self.address_family = _family(addr[0])
-        super().__init__(addr, handler)
-
-
-class _UDPServer(socketserver.ThreadingUDPServer):
-    allow_reuse_address = True
-    daemon_threads = True
 
     def __init__(self, addr, handler):
         self.address_family = _family(addr[0])
@@ -154,82 +138,6 @@ def make_http_handler(host_name: str):
     return Handler
 
 
-# ---- dns --------------------------------------------------------------------------------
-
-def _dns_servers(hosts, port, answer):
-    """UDP+TCP servers on each host; answer(bytes, proto, client) -> bytes | None."""
-
-    class UDPHandler(socketserver.BaseRequestHandler):
-        def handle(self):
-            data, sock = self.request
-            reply = answer(data, "udp", self.client_address[0])
-            if reply is not None:
-                if len(reply) > 512:  # set TC; client retries over TCP
-                    reply = reply[:2] + bytes([reply[2] | 0x02, reply[3]]) + bytes(8)
-                sock.sendto(reply, self.client_address)
-
-    class TCPHandler(socketserver.BaseRequestHandler):
-        def handle(self):
-            f = self.request.makefile("rb")
-            self.request.settimeout(30)
-            try:
-                while True:
-                    hdr = f.read(2)
-                    if len(hdr) < 2:
-                        return
-                    n = int.from_bytes(hdr, "big")
-                    data = f.read(n)
-                    if len(data) < n:
-                        return
-                    reply = answer(data, "tcp", self.client_address[0])
-                    if reply is None:
-                        return
-                    self.request.sendall(len(reply).to_bytes(2, "big") + reply)
-            except OSError:
-                return
-
-    servers = []
-    for h in hosts:
-        servers.append(_UDPServer((h, port), UDPHandler))
-        servers.append(_TCPServer((h, port), TCPHandler))
-    return servers
-
-
-def zone_answerer(zone: dnsmsg.Zone):
-    def answer(data: bytes, proto: str, client: str):
-        try:
-            msg = dnsmsg.parse_message(data)
-        except dnsmsg.DNSFormatError:
-            return dnsmsg.header_only_error(data, dnsmsg.FORMERR)
-        if msg.is_response:
-            return None
-        reply = zone.answer(msg)
-        q = msg.questions[0] if msg.questions else None
-        sys.stderr.write(f"{proto} {client} {q.name if q else '-'} "
-                         f"{dnsmsg.qtype_name(q.qtype) if q else '-'} rcode={reply[3] & 0xF}\n")
-        return reply
-    return answer
-
-
-def recording_answerer(log_path: str, rcode: int = dnsmsg.REFUSED):
-    lock = threading.Lock()
-
-    def answer(data: bytes, proto: str, client: str):
-        try:
-            msg = dnsmsg.parse_message(data)
-        except dnsmsg.DNSFormatError:
-            return dnsmsg.header_only_error(data, dnsmsg.FORMERR)
-        if msg.is_response:
-            return None
-        for q in msg.questions:
-            line = json.dumps({"time": time.time(), "qname": q.name, "qtype": dnsmsg.qtype_name(q.qtype),
-                               "qtype_num": q.qtype, "proto": proto, "client": client})
-            with lock, open(log_path, "a") as f:
-                f.write(line + "\n")
-        return dnsmsg.build_response(msg, rcode)
-    return answer
-
-
 # ---- main -------------------------------------------------------------------------------
 
 def _serve_forever(servers, ready_file):
@@ -248,34 +156,20 @@ def _serve_forever(servers, ready_file):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tailproxy.testnet.services")
     sub = p.add_subparsers(dest="kind", required=True)
-    for kind in ("echo", "http", "dns", "dnsrecord"):
+    for kind in ("echo", "http"):
         s = sub.add_parser(kind)
         s.add_argument("--host", action="append", help="address to bind (repeatable)")
         s.add_argument("--port", type=int)
         s.add_argument("--ready-file")
         if kind == "http":
             s.add_argument("--name", required=True, help="host name reported in responses")
-        if kind == "dns":
-            s.add_argument("--zone", required=True)
-            s.add_argument("--a", action="append", default=[], metavar="NAME=IPV4")
-            s.add_argument("--aaaa", action="append", default=[], metavar="NAME=IPV6")
-        if kind == "dnsrecord":
-            s.add_argument("--log", required=True)
-            s.add_argument("--rcode", default="REFUSED", choices=["REFUSED", "NXDOMAIN", "SERVFAIL"])
     a = p.parse_args(argv)
     hosts = a.host or ["127.0.0.1"]
     if a.kind == "echo":
         servers = [_TCPServer((h, a.port or 7), EchoHandler) for h in hosts]
-    elif a.kind == "http":
+    else:
         handler = make_http_handler(a.name)
         servers = [_HTTPServer((h, a.port or 8080), handler) for h in hosts]
-    elif a.kind == "dns":
-        zone = dnsmsg.make_zone(a.zone, dict(x.split("=", 1) for x in a.a),
-                                dict(x.split("=", 1) for x in a.aaaa))
-        servers = _dns_servers(hosts, a.port or 53, zone_answerer(zone))
-    else:
-        rcode = getattr(dnsmsg, a.rcode)
-        servers = _dns_servers(hosts, a.port or 53, recording_answerer(a.log, rcode))
     _serve_forever(servers, a.ready_file)
     return 0
 
