@@ -97,8 +97,14 @@ func (n *node) deliver(id int64, c net.Conn) {
 		c.Close()
 		return
 	}
-	n.events.send(event{ID: id, Kind: "accept", FD: fds[1], Src: c.RemoteAddr().String(),
-		Dst: c.LocalAddr().String()})
+	src, dst := c.RemoteAddr(), c.LocalAddr()
+	if src == nil || dst == nil { // reset before we got here
+		syscall.Close(fds[1])
+		ours.Close()
+		c.Close()
+		return
+	}
+	n.events.send(event{ID: id, Kind: "accept", FD: fds[1], Src: src.String(), Dst: dst.String()})
 	relay(ours, c.(halfCloser))
 }
 
@@ -107,20 +113,23 @@ func (n *node) deliver(id int64, c net.Conn) {
 func (n *node) forward(id int64, c net.Conn, spec listenSpec) {
 	defer recoverToLog(n, "forward")
 	tc, ok := c.(halfCloser)
-	if !ok {
+	// The addresses are read once, first: a reset endpoint has none any more.
+	srcAddr, dstAddr := c.RemoteAddr(), c.LocalAddr()
+	if !ok || srcAddr == nil || dstAddr == nil {
 		c.Close()
 		return
 	}
+	src := srcAddr.String()
 	var who event
 	if spec.Report {
-		who = n.whois(c.RemoteAddr().String())
+		who = n.whois(src)
 	}
 	d := net.Dialer{Timeout: forwardDialTimeout}
 	target, err := d.Dial("tcp", spec.Target)
 	if err != nil {
 		resetConn(c) // as the program's refusal would have
 		if spec.Report {
-			n.events.send(event{ID: id, Kind: "inbound", Src: c.RemoteAddr().String(), Node: who.Node,
+			n.events.send(event{ID: id, Kind: "inbound", Src: src, Node: who.Node,
 				User: who.User, Reason: "connect " + spec.Target + ": " + err.Error(),
 				Errno: int(errnoFor(err))})
 		}
@@ -129,7 +138,7 @@ func (n *node) forward(id int64, c net.Conn, spec listenSpec) {
 	program := target.(*net.TCPConn)
 	_ = program.SetNoDelay(true)
 	if spec.ProxyProtocol {
-		if _, err := program.Write(proxyV2Header(c.RemoteAddr(), c.LocalAddr())); err != nil {
+		if _, err := program.Write(proxyV2Header(srcAddr, dstAddr)); err != nil {
 			program.Close()
 			c.Close()
 			return
@@ -138,7 +147,7 @@ func (n *node) forward(id int64, c net.Conn, spec listenSpec) {
 	start := time.Now()
 	res := relay(program, tc)
 	if spec.Report {
-		n.events.send(event{ID: id, Kind: "inbound", Src: c.RemoteAddr().String(), Node: who.Node,
+		n.events.send(event{ID: id, Kind: "inbound", Src: src, Node: who.Node,
 			User: who.User, Up: res.Down, Down: res.Up, Reason: res.Reason, Errno: int(res.Errno),
 			Millis: time.Since(start).Milliseconds()})
 	}

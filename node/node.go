@@ -193,8 +193,8 @@ func (n *node) dial(id int64, network, addr string, timeout time.Duration) {
 		case err == nil && !wanted:
 			c.Close()
 		case err == nil:
-			n.events.send(event{ID: id, Kind: "dialed", Src: c.LocalAddr().String(),
-				Dst: c.RemoteAddr().String()})
+			n.events.send(event{ID: id, Kind: "dialed", Src: addrString(c.LocalAddr()),
+				Dst: addrString(c.RemoteAddr())})
 		default:
 			if ctx.Err() == context.DeadlineExceeded {
 				err = fmt.Errorf("timed out after %v: %w", timeout, context.DeadlineExceeded)
@@ -287,6 +287,15 @@ const (
 	localAPITimeout     = 30 * time.Second
 	maxLocalAPIResponse = 64 << 20
 )
+
+// addrString is a.String(), or "" for the nil address of a connection that
+// was reset meanwhile.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
 
 func recoverToLog(n *node, where string) {
 	if r := recover(); r != nil {

@@ -362,7 +362,8 @@ def test_verbose_logs_each_inbound_connection_with_the_peer_identity(testnet, st
     assert cp.stdout.startswith(b"got:"), cp
     src, _ = decode(cp.stdout[4:])                     # PROXY v2 still carries the peer
     assert src[0] in (peer["ipv4"], peer["ipv6"])
-    line = next(l for l in err.splitlines() if "inbound" in l)
+    line = next((l for l in err.splitlines() if "inbound" in l), None)
+    assert line is not None, err
     # "inbound <peer ip>:<port> (<peer node>, <peer user>) -> port 8500 127.0.0.1:8500 ok up=.."
     assert f"inbound {src[0]}:{src[1]} (" in line or f"inbound [{src[0]}]:{src[1]} (" in line, line
     assert f"({peer['fqdn'].rstrip('.')}, " in line and "unknown user" not in line, line
