@@ -110,7 +110,7 @@ def test_event_loop_keeps_ticking_during_100_connects(tp_state, peer):
             await asyncio.gather(*(one(i) for i in range(100)))
             stop.set(); await t
             print("max gap %.1f ms" % (max(gaps) * 1000))
-            assert max(gaps) <= 0.100, max(gaps)
+            assert max(gaps) <= 0.250, max(gaps)  # a loop blocked in connect() stalls for seconds
         asyncio.run(main())
     """
     cp = tp(tp_state, *py(code), check=True)
