@@ -31,6 +31,7 @@ from .localapi import LocalAPI
 DEFAULT_CONTROL_URL = "https://controlplane.tailscale.com"
 _META = "tailproxy-node.json"
 _CLOSE_TIMEOUT_MS = 5000
+_LOGOUT_TIMEOUT_S = 3.0
 STUCK_STARTING_S = 15.0     # see Node._login
 
 
@@ -140,6 +141,13 @@ class Node:
         self._stop_library_node()
 
     def _stop_library_node(self) -> None:
+        if self._handle is not None and self.config.ephemeral and self._api is not None:
+            # An ephemeral node leaves the tailnet with us: the control server would otherwise
+            # keep it listed until its inactivity timeout (headscale's default: 30 minutes).
+            try:
+                self._api.request("POST", "logout", timeout=_LOGOUT_TIMEOUT_S)
+            except NodeError as e:
+                self._log(f"logging the ephemeral node out: {e}")
         handle, self._handle = self._handle, None
         if handle is not None:
             try:
