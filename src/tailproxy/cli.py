@@ -10,7 +10,7 @@ import sys
 
 from . import __version__
 from . import manage
-from .config import BY_KEY, SETTINGS, ConfigError, resolve
+from .config import BY_KEY, SETTINGS, ConfigError, check_command, resolve
 from .manage import SUBCOMMANDS
 from .printable import printable
 from .secretargs import is_reference, reexec_without, take_handed_over
@@ -141,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = resolve(flags, dict(os.environ), meta.get("config"), meta.get("profile"))
         if command and not meta.get("explicit") and command[0] in SUBCOMMANDS:
             return manage.main(command, settings, flags.get("hostname"))
-        if not command and not settings["socks5"]:
-            raise UsageError("no command given (usage: tailproxy [OPTIONS] [--] CMD [ARGS...])")
-        if command and settings["socks5"]:
-            raise UsageError("--socks5 serves proxy clients and takes no command")
+        check_command(settings, command)
     except (UsageError, ConfigError) as e:
         print(f"tailproxy: {printable(str(e))}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .secretargs import read_references, secret
 
@@ -215,6 +215,53 @@ SETTINGS: list[Setting] = [
 BY_KEY = {s.key: s for s in SETTINGS}
 
 
+def _default(key: str) -> Any:
+    s = BY_KEY[key]
+    return dataclasses.field(default=s.default, repr=not s.secret)   # no secret in a repr
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one invocation: one attribute per key of SETTINGS (same order,
+    same defaults). `resolve()` builds it; `check_run()` rejects flag combinations."""
+    hostname: str = _default("hostname")
+    authkey: str | None = _default("authkey")
+    control_url: str | None = _default("control_url")
+    state_dir: str | None = _default("state_dir")       # resolve() always fills it in
+    ephemeral: bool = _default("ephemeral")
+    verbose: bool = _default("verbose")
+    bypass: Sequence[str] = _default("bypass")
+    timeout: float = _default("timeout")
+    connect_timeout: float = _default("connect_timeout")
+    exit_node: list[str] | None = _default("exit_node")
+    exit_node_allow_lan_access: bool = _default("exit_node_allow_lan_access")
+    tailnet_only: bool = _default("tailnet_only")
+    accept_routes: bool = _default("accept_routes")
+    export_listeners: bool = _default("export_listeners")
+    export_allow_ports: list[tuple[int, int]] | None = _default("export_allow_ports")
+    export_deny_ports: list[tuple[int, int]] | None = _default("export_deny_ports")
+    export_max: int | None = _default("export_max")
+    export_proxy_protocol: bool = _default("export_proxy_protocol")
+    no_tailnet: bool = _default("no_tailnet")
+    socks5: tuple[str, int] | None = _default("socks5")
+    socks5_auth: tuple[str, str] | None = _default("socks5_auth")
+    show_password: bool = _default("show_password")
+    socks5_no_auth: bool = _default("socks5_no_auth")
+    dns: str = _default("dns")
+    dns_placeholder_v4: str = _default("dns_placeholder_v4")
+    dns_placeholder_v6: str = _default("dns_placeholder_v6")
+
+    def __getitem__(self, key: str) -> Any:
+        """A setting by its config key (as files and error messages name it)."""
+        if key not in BY_KEY:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+if [f.name for f in dataclasses.fields(Settings)] != [s.key for s in SETTINGS]:
+    raise AssertionError("Settings and SETTINGS name different keys")
+
+
 def default_config_path(env: dict) -> str:
     base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "tailproxy", "config.toml")
@@ -276,7 +323,7 @@ def from_env(env: dict) -> dict:
     return out
 
 
-def resolve(flags: dict, env: dict, config_path: str | None, profile: str | None) -> dict:
+def resolve(flags: dict, env: dict, config_path: str | None, profile: str | None) -> Settings:
     """Final settings: flags > environment > profile > file defaults > built-in defaults."""
     values = {s.key: s.default for s in SETTINGS}
     values.update(load_file(config_path or default_config_path(env), profile,
@@ -290,4 +337,27 @@ def resolve(flags: dict, env: dict, config_path: str | None, profile: str | None
     if values["state_dir"] is None:
         base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
         values["state_dir"] = os.path.join(base, "tailproxy", values["hostname"])
-    return values
+    return Settings(**values)
+
+
+def check_command(settings: Settings, command: list[str]) -> None:
+    """A command, or --socks5 without one (ConfigError otherwise)."""
+    if not command and not settings.socks5:
+        raise ConfigError("no command given (usage: tailproxy [OPTIONS] [--] CMD [ARGS...])")
+    if command and settings.socks5:
+        raise ConfigError("--socks5 serves proxy clients and takes no command")
+
+
+def check_run(settings: Settings) -> None:
+    """Flag combinations a run (program or --socks5) cannot honour (ConfigError)."""
+    s = settings
+    if s.no_tailnet and (s.exit_node or s.tailnet_only or s.export_listeners):
+        raise ConfigError("--no-tailnet cannot be combined with --exit-node, --tailnet-only or "
+                          "--export-listeners")
+    if not s.export_listeners and any((s.export_allow_ports, s.export_deny_ports, s.export_max,
+                                       s.export_proxy_protocol)):
+        raise ConfigError("--export-allow-ports/--export-deny-ports/--export-max/"
+                          "--export-proxy-protocol need --export-listeners")
+    if s.no_tailnet and s.dns == "tailnet":
+        raise ConfigError("--dns=tailnet needs the tailnet; it cannot be combined with "
+                          "--no-tailnet")

@@ -2,6 +2,7 @@
 
 Each run listens on <runtime dir>/<pid>.sock (0600, dir 0700): one JSON request per line, one JSON
 reply per line. A socket nobody answers on is a run that ended; it is removed when seen.
+`handler()` answers those requests for a run.
 """
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import json
 import os
 import socket
 import stat
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from .rundir import open_private_dir, user_runtime_dir
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 Handler = Callable[[dict], Awaitable[dict]]
 _MAX_LINE = 64 * 1024
@@ -116,3 +120,66 @@ def _remove_stale_socket(dir_fd: int, name: str) -> None:
             os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
+
+
+def accepted_routes(status: dict) -> list[dict]:
+    """The subnet routes a node that accepts routes uses: each peer's primary routes, the exit
+    routes (0.0.0.0/0, ::/0) aside."""
+    from .node.exitnode import peer_label
+    return [{"route": r, "via": peer_label(p)}
+            for p in (status.get("Peer") or {}).values()
+            for r in p.get("PrimaryRoutes") or [] if not r.endswith("/0")]
+
+
+def exit_node_rows(status: dict) -> list[dict]:
+    """The tailnet's exit nodes (`tailproxy exit-node list`), by name."""
+    from .node.exitnode import peer_label
+    return sorted(({"name": peer_label(p), "ips": p.get("TailscaleIPs") or [],
+                    "online": bool(p.get("Online")), "current": bool(p.get("ExitNode")),
+                    "id": p.get("ID")}
+                   for p in (status.get("Peer") or {}).values() if p.get("ExitNodeOption")),
+                  key=lambda r: r["name"])
+
+
+def handler(settings: Settings, node, exits, command: list[str], dialer, say: Callable[[str], None],
+            exporter=None, names=None) -> Handler:
+    """The run's answers: `info` (for ps), `exit-node-list`, `exit-node-set`, `exit-node-clear`.
+    `exits` (an ExitNodes or None) is made on the first runtime switch when the run had none."""
+    from .node.exitnode import peer_label
+
+    async def handle(req: dict) -> dict:
+        nonlocal exits
+        cmd = req["cmd"]
+        if cmd == "info":
+            info = {"ok": True, "pid": os.getpid(), "hostname": settings.hostname,
+                    "command": command, "exit_node": None, "node_name": None, "ips": [],
+                    "exports": sorted(exporter.exports) if exporter else [], "routes": []}
+            if node:
+                st = await asyncio.to_thread(node.localapi.status)
+                info["node_name"] = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".")
+                info["ips"] = st.get("TailscaleIPs") or []
+                for p in (st.get("Peer") or {}).values():
+                    if p.get("ExitNode"):
+                        info["exit_node"] = peer_label(p)
+                info["routes"] = accepted_routes(st) if settings.accept_routes else []
+            return info
+        if not node:
+            return {"ok": False, "error": "this tailproxy runs with --no-tailnet"}
+        if cmd == "exit-node-list":
+            st = await asyncio.to_thread(node.localapi.status)
+            return {"ok": True, "exit_nodes": exit_node_rows(st)}
+        if cmd in ("exit-node-set", "exit-node-clear"):
+            if exits is None:
+                from .launcher.exitnodes import ExitNodes
+                exits = ExitNodes(node, [], settings.exit_node_allow_lan_access, say,
+                                  on_change=dialer.exit_node_changed)
+            name = req.get("name") if cmd == "exit-node-set" else None
+            if cmd == "exit-node-set" and not isinstance(name, str):
+                return {"ok": False, "error": "exit-node-set needs a name"}
+            peer = await exits.set(name)
+            if names:
+                await names.refresh()   # placeholders from now on (or not): no stale mode
+            say(f"exit node set to {peer_label(peer)}" if peer else "exit node cleared")
+            return {"ok": True, "exit_node": peer_label(peer) if peer else None}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+    return handle

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from . import control
+from .config import Settings
 from .printable import printable
 from .rundir import RunDirError
 
@@ -58,15 +59,14 @@ def _print_exit_nodes(rows: list[dict]) -> None:
         print(f"{r['name']:<40} {','.join(r['ips']):<40} {state}{mark}")
 
 
-def _list_with_own_node(settings: dict) -> int:
-    from .launcher.launch import exit_node_rows
+def _list_with_own_node(settings: Settings) -> int:
     from .node import Node, NodeConfig, NodeError
-    node = Node(NodeConfig(state_dir=settings["state_dir"], hostname=settings["hostname"],
-                           authkey=settings["authkey"], control_url=settings["control_url"],
-                           ephemeral=settings["ephemeral"]))
+    node = Node(NodeConfig(state_dir=settings.state_dir, hostname=settings.hostname,
+                           authkey=settings.authkey, control_url=settings.control_url,
+                           ephemeral=settings.ephemeral))
     try:
-        node.up(settings["timeout"])
-        _print_exit_nodes(exit_node_rows(node.localapi.status()))
+        node.up(settings.timeout)
+        _print_exit_nodes(control.exit_node_rows(node.localapi.status()))
         return 0
     except NodeError as e:
         return _err(f"cannot join the tailnet: {e}")
@@ -74,14 +74,14 @@ def _list_with_own_node(settings: dict) -> int:
         node.close()
 
 
-def main(args: list[str], settings: dict, hostname_flag: str | None) -> int:
+def main(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
     try:
         return _run_subcommand(args, settings, hostname_flag)
     except RunDirError as e:
         return _err(str(e))
 
 
-def _run_subcommand(args: list[str], settings: dict, hostname_flag: str | None) -> int:
+def _run_subcommand(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
     if args[0] == "ps":
         if len(args) != 1:
             return _err("ps takes no arguments\n" + USAGE)

@@ -80,3 +80,31 @@ def test_secrets_by_reference_from_a_file_anywhere(tmp_path):
 def test_a_missing_secret_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="authkey: cannot read /nonexistent/k"):
         resolve({}, {"TS_AUTHKEY": "file:/nonexistent/k"}, None, None)
+
+
+def test_settings_are_typed_and_keep_secrets_out_of_repr(tmp_path):
+    import dataclasses
+    from tailproxy.config import SETTINGS, Settings
+    assert [f.name for f in dataclasses.fields(Settings)] == [s.key for s in SETTINGS]
+    s = resolve({"authkey": "tskey-secret", "socks5_auth": ("u", "pw-secret")},
+                {"XDG_CONFIG_HOME": str(tmp_path)}, None, None)
+    assert isinstance(s, Settings) and s.authkey == "tskey-secret" and s.timeout == 60.0
+    assert "tskey-secret" not in repr(s) and "pw-secret" not in repr(s)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.hostname = "x"
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"no_tailnet": True, "exit_node": ["x"]}, "--no-tailnet cannot be combined"),
+    ({"no_tailnet": True, "tailnet_only": True}, "--no-tailnet cannot be combined"),
+    ({"no_tailnet": True, "export_listeners": True}, "--no-tailnet cannot be combined"),
+    ({"export_max": 2}, "need --export-listeners"),
+    ({"export_proxy_protocol": True}, "need --export-listeners"),
+    ({"no_tailnet": True, "dns": "tailnet"}, "--dns=tailnet needs the tailnet"),
+])
+def test_flag_combinations_refused(kw, needle):
+    from tailproxy.config import Settings, check_run
+    with pytest.raises(ConfigError, match=needle):
+        check_run(Settings(**kw))
+    check_run(Settings())
+    check_run(Settings(export_listeners=True, export_max=2))

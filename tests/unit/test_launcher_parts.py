@@ -80,7 +80,8 @@ def test_local_networks_from_route_tables(tmp_path):
 def test_accepted_routes_in_info_and_ps(monkeypatch, capsys):
     import asyncio
     from tailproxy import manage
-    from tailproxy.launcher.launch import _control_handler, accepted_routes
+    from tailproxy.config import Settings
+    from tailproxy.control import accepted_routes, handler
     status = {"Self": {"DNSName": "me.ts.test."}, "TailscaleIPs": ["100.64.0.9"], "Peer": {
         "a": {"DNSName": "router.ts.test.", "PrimaryRoutes": ["198.19.0.0/24", "0.0.0.0/0", "::/0"]},
         "b": {"DNSName": "peer.ts.test."}}}
@@ -94,8 +95,8 @@ def test_accepted_routes_in_info_and_ps(monkeypatch, capsys):
         localapi = API()
 
     def info(accept):
-        settings = {"hostname": "h", "accept_routes": accept}
-        return asyncio.run(_control_handler(settings, FakeNode(), None, ["x"], None)({"cmd": "info"}))
+        settings = Settings(hostname="h", accept_routes=accept)
+        return asyncio.run(handler(settings, FakeNode(), None, ["x"], None, print)({"cmd": "info"}))
     assert info(True)["routes"] == [{"route": "198.19.0.0/24", "via": "router.ts.test"}]
     assert info(False)["routes"] == []          # not accepted: not used
     monkeypatch.setattr(manage.control, "running", lambda: [("s", dict(info(True), pid=7))])

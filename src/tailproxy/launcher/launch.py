@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
 import signal
 import sys
 
+from .. import control as control_mod
+from ..config import ConfigError, Settings, check_run
 from ..control import ControlServer
 from ..exporter.exporter import Exporter
 from ..fdlimit import programs_own_limit, raise_soft_limit
@@ -39,9 +42,9 @@ def _log_line(line: str) -> None:
     print(printable(line), file=sys.stderr, flush=True)
 
 
-def run(settings: dict, command: list[str]) -> int:
+def run(settings: Settings, command: list[str]) -> int:
     raise_soft_limit()      # fds for every connection of the program (fdlimit.py)
-    verbose = settings["verbose"]
+    verbose = settings.verbose
     log = _say if verbose else (lambda msg: None)
     program = None
     if command:
@@ -58,20 +61,10 @@ def run(settings: dict, command: list[str]) -> int:
     except FileNotFoundError as e:
         _say(str(e))
         return 1
-    if settings["no_tailnet"] and (settings["exit_node"] or settings["tailnet_only"]
-                                   or settings["export_listeners"]):
-        _say("--no-tailnet cannot be combined with --exit-node, --tailnet-only or "
-             "--export-listeners")
-        return 2
-    if not settings["export_listeners"] and any(
-            settings[k] for k in ("export_allow_ports", "export_deny_ports", "export_max",
-                                  "export_proxy_protocol")):
-        _say("--export-allow-ports/--export-deny-ports/--export-max/--export-proxy-protocol "
-             "need --export-listeners")
-        return 2
-
-    if settings["no_tailnet"] and settings["dns"] == "tailnet":
-        _say("--dns=tailnet needs the tailnet; it cannot be combined with --no-tailnet")
+    try:
+        check_run(settings)     # flag combinations (config.py)
+    except ConfigError as e:
+        _say(str(e))
         return 2
 
     try:
@@ -81,20 +74,20 @@ def run(settings: dict, command: list[str]) -> int:
         return 1
     node = exits = view = None
     try:
-        if not settings["no_tailnet"]:
-            node = Node(NodeConfig(state_dir=settings["state_dir"], hostname=settings["hostname"],
-                                   authkey=settings["authkey"], control_url=settings["control_url"],
-                                   ephemeral=settings["ephemeral"],
-                                   accept_routes=settings["accept_routes"]), log=log)
+        if not settings.no_tailnet:
+            node = Node(NodeConfig(state_dir=settings.state_dir, hostname=settings.hostname,
+                                   authkey=settings.authkey, control_url=settings.control_url,
+                                   ephemeral=settings.ephemeral,
+                                   accept_routes=settings.accept_routes), log=log)
             try:
-                node.up(settings["timeout"])
-                log(f"on the tailnet as {settings['hostname']} ({', '.join(node.ips())})")
-                view = TailnetView(node.localapi.status, accept_routes=settings["accept_routes"])
-                if settings["exit_node"]:
-                    exits = ExitNodes(node, settings["exit_node"],
-                                      settings["exit_node_allow_lan_access"], _say,
+                node.up(settings.timeout)
+                log(f"on the tailnet as {settings.hostname} ({', '.join(node.ips())})")
+                view = TailnetView(node.localapi.status, accept_routes=settings.accept_routes)
+                if settings.exit_node:
+                    exits = ExitNodes(node, settings.exit_node,
+                                      settings.exit_node_allow_lan_access, _say,
                                       on_change=view.invalidate)    # until the dialer exists
-                    exits.select_initial(timeout=settings["timeout"])
+                    exits.select_initial(timeout=settings.timeout)
                     log(f"exit node: {peer_label(exits.current)}")
                 elif node.exit_node():
                     node.clear_exit_node()  # saved state may carry one; this run asked for none
@@ -107,16 +100,16 @@ def run(settings: dict, command: list[str]) -> int:
         else:
             log("--no-tailnet: dialling destinations directly")
         names = None
-        if settings["dns"] != "off":   # the name service (docs/NAMES.md)
+        if settings.dns != "off":   # the name service (docs/NAMES.md)
             names = NameService(
                 status=node.localapi.status if node else None,
                 dns_query=node_dns_query(node.localapi) if node else None,
-                mode="tailnet" if settings["dns"] == "tailnet" else "auto", log=log,
-                placeholders=PlaceholderMap(settings["dns_placeholder_v4"],
-                                            settings["dns_placeholder_v6"]))
+                mode="tailnet" if settings.dns == "tailnet" else "auto", log=log,
+                placeholders=PlaceholderMap(settings.dns_placeholder_v4,
+                                            settings.dns_placeholder_v6))
         dialer = RouteDialer(node=node, direct=DirectDialer(), view=view,
                              placeholders=names.placeholders if names else None,
-                             tailnet_only=settings["tailnet_only"], log=_say)
+                             tailnet_only=settings.tailnet_only, log=_say)
         if exits:
             exits.on_change = dialer.exit_node_changed
         return eventloop.run(_serve(settings, dialer, rundir, preload, program, command, node, exits,
@@ -140,113 +133,56 @@ def _listen_notice(exporter: Exporter):
     return notice
 
 
-def _control_handler(settings, node, exits, command, dialer, exporter=None, names=None):
-    async def handle(req: dict) -> dict:
-        cmd = req["cmd"]
-        if cmd == "info":
-            info = {"ok": True, "pid": os.getpid(), "hostname": settings["hostname"],
-                    "command": command, "exit_node": None, "node_name": None, "ips": [],
-                    "exports": sorted(exporter.exports) if exporter else [], "routes": []}
-            if node:
-                st = await asyncio.to_thread(node.localapi.status)
-                info["node_name"] = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".")
-                info["ips"] = st.get("TailscaleIPs") or []
-                for p in (st.get("Peer") or {}).values():
-                    if p.get("ExitNode"):
-                        info["exit_node"] = peer_label(p)
-                info["routes"] = accepted_routes(st) if settings["accept_routes"] else []
-            return info
-        if not node:
-            return {"ok": False, "error": "this tailproxy runs with --no-tailnet"}
-        if cmd == "exit-node-list":
-            st = await asyncio.to_thread(node.localapi.status)
-            return {"ok": True, "exit_nodes": exit_node_rows(st)}
-        if cmd in ("exit-node-set", "exit-node-clear"):
-            nonlocal exits
-            if exits is None:
-                exits = ExitNodes(node, [], settings["exit_node_allow_lan_access"], _say,
-                                  on_change=dialer.exit_node_changed)
-            name = req.get("name") if cmd == "exit-node-set" else None
-            if cmd == "exit-node-set" and not isinstance(name, str):
-                return {"ok": False, "error": "exit-node-set needs a name"}
-            peer = await exits.set(name)
-            if names:
-                await names.refresh()   # placeholders from now on (or not): no stale mode
-            _say(f"exit node set to {peer_label(peer)}" if peer else "exit node cleared")
-            return {"ok": True, "exit_node": peer_label(peer) if peer else None}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
-    return handle
-
-
-def accepted_routes(status: dict) -> list[dict]:
-    """The subnet routes a node that accepts routes uses: each peer's primary routes, the exit
-    routes (0.0.0.0/0, ::/0) aside."""
-    return [{"route": r, "via": peer_label(p)}
-            for p in (status.get("Peer") or {}).values()
-            for r in p.get("PrimaryRoutes") or [] if not r.endswith("/0")]
-
-
-def exit_node_rows(status: dict) -> list[dict]:
-    return sorted(({"name": peer_label(p), "ips": p.get("TailscaleIPs") or [],
-                    "online": bool(p.get("Online")), "current": bool(p.get("ExitNode")),
-                    "id": p.get("ID")}
-                   for p in (status.get("Peer") or {}).values() if p.get("ExitNodeOption")),
-                  key=lambda r: r["name"])
-
-
-async def _serve(settings, dialer, rundir, preload, program, command, node, exits,
+async def _serve(settings: Settings, dialer, rundir, preload, program, command, node, exits,
                  names=None) -> int:
     proxy_only = not command
     if proxy_only:
-        listen = settings["socks5"]
-        auth = None if settings["socks5_no_auth"] else (
-            settings["socks5_auth"] or ("tailproxy", secrets.token_urlsafe(16)))
+        listen = settings.socks5
+        auth = None if settings.socks5_no_auth else (
+            settings.socks5_auth or ("tailproxy", secrets.token_urlsafe(16)))
     else:
         listen = ("127.0.0.1", 0)
         auth = ("tailproxy", secrets.token_urlsafe(16))
     proxy = Proxy(dialer, channel_path=os.path.join(rundir, "channel.sock"), socks_listen=listen,
-                  socks_auth=auth, connect_timeout=settings["connect_timeout"],
-                  verbose=settings["verbose"], log=_log_line)
+                  socks_auth=auth, connect_timeout=settings.connect_timeout,
+                  verbose=settings.verbose, log=_log_line)
     exporter = None
-    if settings["export_listeners"] and node:
-        exporter = Exporter(node, PortFilter(settings["export_allow_ports"],
-                                             settings["export_deny_ports"], settings["export_max"]),
-                            settings["export_proxy_protocol"], _say, verbose=settings["verbose"])
+    if settings.export_listeners and node:
+        exporter = Exporter(node, PortFilter(settings.export_allow_ports,
+                                             settings.export_deny_ports, settings.export_max),
+                            settings.export_proxy_protocol, _say, verbose=settings.verbose)
         proxy.on_listen = _listen_notice(exporter)
-    control = ControlServer(_control_handler(settings, node, exits, command, dialer, exporter,
-                                             names))
+    control = ControlServer(control_mod.handler(settings, node, exits, command, dialer, _say,
+                                                exporter, names))
     responder = None
     if names:
         await names.refresh()
         proxy.on_names = names.handle
         if not proxy_only:
-            responder = DNSResponder(names.query, log=_say if settings["verbose"] else None)
-    try:
-        if exporter:
-            await exporter.start()
-        if responder:
-            await responder.start()
-        await proxy.start()
-    except OSError as e:
-        if responder:
-            await responder.close()
-        _say(f"cannot start the local proxy on {listen[0]}:{listen[1]}: {e.strerror or e}")
-        return 1
-    try:
-        await control.start()
-    except OSError as e:
-        _say(f"warning: no runtime control ({e}); `tailproxy ps` will not list this run")
-        control = None
-    if exits:
-        exits.start_monitor()
-    try:
+            responder = DNSResponder(names.query, log=_say if settings.verbose else None)
+    # The run's parts start in this order and stop in the reverse one, however the run ends.
+    async with contextlib.AsyncExitStack() as parts:
+        try:
+            await _start_parts(parts, exporter, responder, proxy)
+        except OSError as e:
+            await parts.aclose()
+            _say(f"cannot start the local proxy on {listen[0]}:{listen[1]}: {e.strerror or e}")
+            return 1
+        try:
+            await control.start()
+            parts.push_async_callback(control.close)
+        except OSError as e:
+            _say(f"warning: no runtime control ({e}); `tailproxy ps` will not list this run")
+        if exits:
+            exits.start_monitor()
+            parts.push_async_callback(exits.stop)
         if proxy_only:
-            return await _serve_proxy_only(proxy, auth, settings["show_password"])
-        bypass = list(settings["bypass"])
-        if settings["exit_node_allow_lan_access"]:
+            return await _serve_proxy_only(proxy, auth, settings.show_password)
+        bypass = list(settings.bypass)
+        if settings.exit_node_allow_lan_access:
             bypass += [n for n in local_networks() if n not in bypass]
         env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
-                        bypass=bypass, verbose=settings["verbose"],
+                        bypass=bypass, verbose=settings.verbose,
                         proxy_addr=proxy.socks_address, proxy_auth=auth,
                         export_listeners=exporter is not None, park_ports=proxy.park_ports,
                         dns_server=responder.env_value() if responder else None)
@@ -257,16 +193,18 @@ async def _serve(settings, dialer, rundir, preload, program, command, node, exit
         if left:
             _say(f"{left} connection(s) still sending after {_DRAIN_S:g}s; closing them")
         return status
-    finally:
-        if exits:
-            await exits.stop()
-        if control:
-            await control.close()
-        await proxy.close()
-        if responder:
-            await responder.close()
-        if exporter:
-            await exporter.close()
+
+
+async def _start_parts(parts: contextlib.AsyncExitStack, exporter, responder, proxy) -> None:
+    """Exporter, DNS responder, proxy: each one's stop is pushed on `parts` once it runs."""
+    if exporter:
+        await exporter.start()
+        parts.push_async_callback(exporter.close)
+    if responder:
+        parts.push_async_callback(responder.close)  # before start: it undoes a partial start too
+        await responder.start()
+    await proxy.start()
+    parts.push_async_callback(proxy.close)
 
 
 async def _serve_proxy_only(proxy, auth, show_password: bool) -> int:
