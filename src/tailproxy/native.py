@@ -1,4 +1,4 @@
-"""Where the native parts shipped inside the package live (libtailproxy.so, tailscaled, tailscale)."""
+"""Where the native parts shipped inside the package live (libtailproxy.so, libtailproxy-node.so)."""
 from __future__ import annotations
 
 import os
