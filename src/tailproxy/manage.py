@@ -92,7 +92,9 @@ def _run_subcommand(args: list[str], settings: Settings, hostname_flag: str | No
         return _err(USAGE)
     runs = control.running()
     target, why = _pick(runs, hostname_flag)
-    if sub[0] == "list" and target is None and not (hostname_flag and runs):
+    # list with nothing to ask: bring this identity's node up briefly. That is the case when
+    # no tailproxy runs, or when --hostname names one that does not (whatever else runs).
+    if sub[0] == "list" and target is None and (hostname_flag or not runs):
         return _list_with_own_node(settings)
     if target is None:
         return _err(why)

@@ -183,7 +183,12 @@ def test_blocking_channel_closed_before_reply(env, ok):
         echo_roundtrip(s)
     else:
         assert ev & select.POLLERR
-        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+        # ECONNREFUSED from the closed port; or ECONNRESET when this poll ran in the instant
+        # between the proxy's disconnect of the parked socket (the kernel sets ECONNRESET on a
+        # SYN_SENT socket it disconnects) and its clearing of that error: a program that gave
+        # up its blocking connect sees a failed socket either way.
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (errno.ECONNREFUSED,
+                                                                     errno.ECONNRESET)
         # flags restored (blocking)
         s.setblocking(True)
     s.close()
