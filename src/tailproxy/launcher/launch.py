@@ -42,6 +42,26 @@ def _log_line(line: str) -> None:
     print(printable(line), file=sys.stderr, flush=True)
 
 
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _up_stoppable_by_sigterm(node: Node, timeout: float) -> None:
+    """node.up(), during which a SIGTERM stops the node cleanly (an ephemeral one logs out)
+    instead of killing us; up() polls in short calls, so the exception lands between them.
+    Only here: raised elsewhere (inside a fork hook, say) it could be lost. Once the program
+    runs, the event loop forwards SIGTERM to it."""
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        node.up(timeout)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run(settings: Settings, command: list[str]) -> int:
     raise_soft_limit()      # fds for every connection of the program (fdlimit.py)
     verbose = settings.verbose
@@ -80,7 +100,7 @@ def run(settings: Settings, command: list[str]) -> int:
                                    ephemeral=settings.ephemeral,
                                    accept_routes=settings.accept_routes), log=log)
             try:
-                node.up(settings.timeout)
+                _up_stoppable_by_sigterm(node, settings.timeout)
                 log(f"on the tailnet as {settings.hostname} ({', '.join(node.ips())})")
                 view = TailnetView(node.localapi.status, accept_routes=settings.accept_routes)
                 if settings.exit_node:
@@ -112,10 +132,15 @@ def run(settings: Settings, command: list[str]) -> int:
                              tailnet_only=settings.tailnet_only, log=_say)
         if exits:
             exits.on_change = dialer.exit_node_changed
-        return eventloop.run(_serve(settings, dialer, rundir, preload, program, command, node, exits,
-                                  names))
+        serve = _serve(settings, dialer, rundir, preload, program, command, node, exits, names)
+        try:
+            return eventloop.run(serve)
+        finally:
+            serve.close()       # a signal before it started: no "never awaited" warning
     except KeyboardInterrupt:
         return 130
+    except _Terminated:
+        return 128 + signal.SIGTERM
     finally:
         if node:
             node.close()
