@@ -54,7 +54,8 @@ ROOT = os.path.dirname(BENCH)
 from benchlib import (  # noqa: E402  (bench/ is on sys.path: this file is run as a script)
     COMMANDS, GiB, MiB, PROXYCHAINS_CONF, STARTED, Failed, PeakWatch, Series, build_tcpbench, cell,
     comm, delivered, descendants, fr, free_port, hold_rss, proxychains_conf, ratio, result_line,
-    rotated, rss_kib, run, say, show, sink_count, start_server, status_kib, stop, stop_all, table,
+    rotated, rss_kib, run, say, show, sink_count, start_server, start_socks_tailscaled, status_kib,
+    stop, stop_all, table,
     tail, tailproxy_cmd, versions, wait_port)
 
 
@@ -355,34 +356,10 @@ def fmt_mem(d: dict) -> str:
 # ---------------------------------------------------------------- anchor tailscaled
 
 def start_anchor(ctx, info: dict) -> None:
-    tsd, ts = info["bin"]["tailscaled"], info["bin"]["tailscale"]
-    d = tempfile.mkdtemp(prefix="anchor-", dir=ctx["tmp"])
-    sock = os.path.join(d, "s")
-    port = free_port()
-    env = {"TS_NO_LOGS_NO_SUPPORT": "true", "TS_DISABLE_PORTMAPPER": "1"}
-    if os.environ.get("SSL_CERT_FILE"):
-        env["SSL_CERT_FILE"] = os.environ["SSL_CERT_FILE"]
-    argv = [tsd, "--tun=userspace-networking", f"--socks5-server=127.0.0.1:{port}", f"--statedir={d}",
-            f"--socket={sock}", "--port=0"]
-    show(argv, env, note="anchor node, log in " + os.path.join(d, "log"))
-    log = open(os.path.join(d, "log"), "w")
-    p = subprocess.Popen(argv, env=dict(os.environ, **env), stdin=subprocess.DEVNULL, stdout=log,
-                         stderr=subprocess.STDOUT)
-    log.close()
-    STARTED.append(p)
-    ctx["anchor_proc"] = p
+    port = 0
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock):
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise Failed(f"anchor tailscaled did not start: {tail(open(os.path.join(d, 'log')).read())}")
-            time.sleep(0.1)
-        control = os.environ.get("TAILPROXY_CONTROL_URL") or info["control_url"]
-        authkey = os.environ.get("TS_AUTHKEY") or info["authkey"]
-        up = [ts, f"--socket={sock}", "up", f"--login-server={control}", f"--auth-key={authkey}",
-              "--hostname=bench-anchor"]
-        run(up, timeout=90, secret=authkey)
-        wait_port("127.0.0.1", port, p)
+        p, port = start_socks_tailscaled(info, os.path.join(ctx["tmp"], "anchor"), "bench-anchor")
+        ctx["anchor_proc"] = p
         time.sleep(1)
         ctx["anchor_idle_kib"] = rss_kib(p.pid)
     except Failed as e:
