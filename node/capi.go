@@ -14,6 +14,7 @@ import "C"
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -161,6 +162,49 @@ func tp_listen(h C.int64_t, id C.int64_t, specJSON *C.char) (res *C.char) {
 		return cerr(fmt.Errorf("bad listen spec: %w", err))
 	}
 	return cerr(n.listen(int64(id), spec))
+}
+
+//export tp_parked_serve
+func tp_parked_serve(h C.int64_t, id C.int64_t, dgramFD, forwardFD C.int, specJSON *C.char) (res *C.char) {
+	defer guard(&res)
+	n, err := lookup(h)
+	if err != nil {
+		return cerr(err)
+	}
+	var spec parkedSpec
+	if err := json.Unmarshal([]byte(C.GoString(specJSON)), &spec); err != nil {
+		return cerr(fmt.Errorf("bad parked spec: %w", err))
+	}
+	return cerr(n.serveParked(int64(id), int(dgramFD), int(forwardFD), spec))
+}
+
+//export tp_parked_drain
+func tp_parked_drain(h C.int64_t, timeoutMS C.int64_t, left *C.int64_t) (res *C.char) {
+	defer guard(&res)
+	n, err := lookup(h)
+	if err != nil {
+		return cerr(err)
+	}
+	*left = C.int64_t(n.drainParked(time.Duration(timeoutMS) * time.Millisecond))
+	return nil
+}
+
+//export tp_parked_peer
+func tp_parked_peer(h C.int64_t, prog *C.char, dst **C.char) (res *C.char) {
+	defer guard(&res)
+	n, err := lookup(h)
+	if err != nil {
+		return cerr(err)
+	}
+	ap, err := netip.ParseAddrPort(C.GoString(prog))
+	if err != nil {
+		return cerr(fmt.Errorf("bad address: %w", err))
+	}
+	*dst = nil
+	if d, ok := n.parkedPeer(ap); ok {
+		*dst = C.CString(d.String())
+	}
+	return nil
 }
 
 //export tp_unlisten

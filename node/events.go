@@ -11,6 +11,7 @@ import (
 type event struct {
 	ID     int64  `json:"id"`
 	Kind   string `json:"ev"`
+	Token  uint64 `json:"token,omitempty"`
 	Errno  int    `json:"errno,omitempty"`
 	Err    string `json:"err,omitempty"`
 	Up     int64  `json:"up,omitempty"`

@@ -108,7 +108,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 		started:   time.Now(),
 		dialed:    map[int64]net.Conn{},
 		cancels:   map[int64]context.CancelFunc{},
-		listeners: map[int64]net.Listener{},
+		listeners: map[int64]io.Closer{},
 	}
 	t.Cleanup(func() {
 		n.relays.Wait()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -149,15 +148,9 @@ func (t *tailnetSide) Read(b []byte) (int, error) {
 // fileConn turns an fd lent by Python into a Go connection. Go works on its own
 // duplicate; Python keeps (and closes) the fd it passed.
 func fileConn(fd int) (halfCloser, error) {
-	dup, err := syscall.Dup(fd)
+	c, err := fileConnOf(fd)
 	if err != nil {
-		return nil, fmt.Errorf("dup fd %d: %w", fd, err)
-	}
-	f := os.NewFile(uintptr(dup), "relay")
-	defer f.Close()
-	c, err := net.FileConn(f)
-	if err != nil {
-		return nil, fmt.Errorf("fd %d is not a socket: %w", fd, err)
+		return nil, err
 	}
 	hc, ok := c.(halfCloser)
 	if !ok {

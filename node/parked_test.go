@@ -1,0 +1,367 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// parkingListener is the proxy's parking listener in miniature: its accept queue is full,
+// so a SYN to it is dropped and the connecting socket stays in SYN_SENT.
+func parkingListener(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	port := sa.(*unix.SockaddrInet4).Port
+	filler, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return port
+}
+
+// parkedSocket is a program's socket as the preload leaves it: connecting to the parking
+// listener, in SYN_SENT.
+func parkedSocket(t *testing.T, park int) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = unix.Connect(fd, &unix.SockaddrInet4{Port: park, Addr: [4]byte{127, 0, 0, 1}})
+	if err != unix.EINPROGRESS {
+		t.Fatalf("parking connect: %v", err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if _, ok := parkedTCPFamily(fd); ok {
+			return fd
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the socket did not stay in SYN_SENT")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// connectMsg encodes a CONNECT request as the preload sends it.
+func connectMsg(flags uint16, seq uint32, dst netip.AddrPort, host string) []byte {
+	b := make([]byte, connectReqSize)
+	le := binary.NativeEndian
+	b[0], b[1] = 1, opConnect
+	le.PutUint16(b[2:], flags)
+	le.PutUint32(b[4:], seq)
+	if dst.Addr().Is4() {
+		b[8] = 4
+		a := dst.Addr().As4()
+		copy(b[12:], a[:])
+	} else {
+		b[8] = 6
+		a := dst.Addr().As16()
+		copy(b[12:], a[:])
+	}
+	le.PutUint16(b[10:], dst.Port())
+	b[32] = byte(len(host))
+	copy(b[33:], host)
+	return b
+}
+
+type parkedRig struct {
+	n      *fakeNode
+	p      *parkedServer
+	send   *net.UnixConn // the preload's end of the datagram socket
+	fwd    *net.UnixConn // the proxy's end of the forward socket
+	park   int
+	target netip.AddrPort // what the fast path takes: a "peer" (an echo server here)
+}
+
+func newParkedRig(t *testing.T, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *parkedRig {
+	t.Helper()
+	n := newFakeNode(t)
+	dg, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(dg[1], unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		t.Fatal(err)
+	}
+	fw, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) *net.UnixConn {
+		c, err := unixConn(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		return c
+	}
+	r := &parkedRig{n: n, send: conn(dg[0]), fwd: conn(fw[1]), park: parkingListener(t)}
+	r.p = newParkedServer(n.node, 7, conn(dg[1]), conn(fw[0]), parkedSpec{Park4: r.park,
+		DefaultTimeoutMS: 2000, MaxTimeoutMS: 5000, Report: true})
+	if dial != nil {
+		r.p.dial = dial
+	}
+	go r.p.readLoop()
+	t.Cleanup(func() { r.p.Close(); r.send.Close(); r.fwd.Close() })
+	return r
+}
+
+func (r *parkedRig) takePeer(a netip.AddrPort) {
+	r.target = a
+	r.p.peers.Store(&map[netip.Addr]struct{}{a.Addr(): {}})
+}
+
+func (r *parkedRig) sendMsg(t *testing.T, msg []byte, fds ...int) {
+	t.Helper()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := r.send.WriteMsgUnix(msg, oob, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type forwarded struct {
+	pid       uint32
+	errno     syscall.Errno
+	msg       []byte
+	reason    string
+	truncated bool
+	fds       []int
+}
+
+func (r *parkedRig) nextForwarded(t *testing.T) forwarded {
+	t.Helper()
+	buf := make([]byte, 4096)
+	oob := make([]byte, 256)
+	r.fwd.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, noob, _, _, err := r.fwd.ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatalf("nothing forwarded: %v", err)
+	}
+	le := binary.NativeEndian
+	f := forwarded{pid: le.Uint32(buf), errno: syscall.Errno(le.Uint32(buf[4:])),
+		truncated: le.Uint16(buf[10:])&forwardTruncated != 0}
+	size := int(le.Uint16(buf[8:]))
+	f.msg = append([]byte(nil), buf[forwardHeaderSize:forwardHeaderSize+size]...)
+	f.reason = string(buf[forwardHeaderSize+size : n])
+	d := readDatagram(nil, oob[:noob], 0)
+	f.fds = d.fds
+	t.Cleanup(func() {
+		for _, fd := range f.fds {
+			unix.Close(fd)
+		}
+	})
+	return f
+}
+
+func echoServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+				c.Close()
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// The fast path end to end, without a tailnet: a parked socket to a taken destination is
+// dialled, completed by the simultaneous open, relayed both ways with half-close, and
+// reported with its token; the program's socket is the one that was parked.
+func TestParkedConnectCompletedAndRelayed(t *testing.T) {
+	t.Cleanup(noLeak(t)) // first registered, so checked after the rig is gone
+	r := newParkedRig(t, nil)
+	r.p.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	r.takePeer(echoServer(t))
+	prog := parkedSocket(t, r.park)
+	r.sendMsg(t, connectMsg(flagParked, 42, r.target, ""), prog)
+
+	f := os.NewFile(uintptr(prog), "program")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	progAddr := netip.MustParseAddrPort(c.LocalAddr().String())
+	if dst, ok := r.p.peerOf(progAddr); !ok || dst != r.target {
+		t.Fatalf("peerOf(%v) = %v, %v while relaying; want %v", progAddr, dst, ok, r.target)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+	done := r.n.events.next(t)
+	want := uint64(os.Getpid())<<32 | 42
+	if done.Kind != "done" || done.ID != 7 || done.Token != want || done.Up != 5 || done.Down != 5 ||
+		done.Reason != "" || done.Src != progAddr.String() || done.Dst != r.target.String() {
+		t.Fatalf("done event %+v (token want %x)", done, want)
+	}
+	if _, ok := r.p.peerOf(progAddr); ok {
+		t.Fatal("peerOf still answers after the relay ended")
+	}
+	if left := r.p.drain(time.Second); left != 0 {
+		t.Fatalf("drain: %d relays left after the end", left)
+	}
+}
+
+// What the fast path does not take reaches the proxy whole, with the sender's pid and its
+// descriptors, whatever is wrong with it.
+func TestParkedForwardsWhatItDoesNotTake(t *testing.T) {
+	r := newParkedRig(t, func(context.Context, string, string) (net.Conn, error) {
+		t.Error("dialled something it should have forwarded")
+		return nil, syscall.ECONNREFUSED
+	})
+	peer := netip.MustParseAddrPort("100.64.0.2:80")
+	r.takePeer(peer)
+	other := netip.MustParseAddrPort("192.0.2.1:80")
+	short := connectMsg(flagParked, 1, peer, "")[:100]
+	cases := []struct {
+		name  string
+		msg   []byte
+		nfds  int
+		trunc bool
+	}{
+		{"not a tailnet peer", connectMsg(flagParked, 1, other, ""), 1, false},
+		{"not parked", connectMsg(0, 1, peer, ""), 1, false},
+		{"a host name to resolve", connectMsg(flagParked, 1, peer, "db"), 1, false},
+		{"short", short, 1, false},
+		{"no descriptor", connectMsg(flagParked, 1, peer, ""), 0, false},
+		{"two descriptors", connectMsg(flagParked, 1, peer, ""), 2, false},
+		{"too long", append(connectMsg(flagParked, 1, peer, ""), make([]byte, 100)...), 1, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var fds []int
+			for i := 0; i < tc.nfds; i++ {
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer unix.Close(fd)
+				fds = append(fds, fd)
+			}
+			r.sendMsg(t, tc.msg, fds...)
+			f := r.nextForwarded(t)
+			if f.pid != uint32(os.Getpid()) || f.errno != 0 || f.reason != "" || f.truncated != tc.trunc {
+				t.Fatalf("forwarded %+v", f)
+			}
+			if n := min(len(tc.msg), connectReqSize+64); !bytes.Equal(f.msg, tc.msg[:n]) {
+				t.Fatal("the message was not forwarded unchanged")
+			}
+			if len(f.fds) != tc.nfds {
+				t.Fatalf("%d descriptors forwarded, %d sent", len(f.fds), tc.nfds)
+			}
+		})
+	}
+	// A socket that is not parked (here: never connected) is the proxy's to reject.
+	fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	defer unix.Close(fd)
+	r.sendMsg(t, connectMsg(flagParked, 1, peer, ""), fd)
+	if f := r.nextForwarded(t); f.errno != 0 || len(f.fds) != 1 {
+		t.Fatalf("an unparked socket: forwarded %+v", f)
+	}
+}
+
+// A dial that fails is the proxy's to report and to fail the program's connect with: it
+// gets the message, the socket and the errno the node chose.
+func TestParkedDialFailureForwardedWithErrno(t *testing.T) {
+	r := newParkedRig(t, func(context.Context, string, string) (net.Conn, error) {
+		return nil, &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}
+	})
+	peer := netip.MustParseAddrPort("100.64.0.2:80")
+	r.takePeer(peer)
+	prog := parkedSocket(t, r.park)
+	defer unix.Close(prog)
+	r.sendMsg(t, connectMsg(flagParked, 9, peer, ""), prog)
+	f := r.nextForwarded(t)
+	if f.errno != syscall.ECONNREFUSED || f.reason == "" || len(f.fds) != 1 {
+		t.Fatalf("forwarded %+v", f)
+	}
+	if _, ok := parkedTCPFamily(f.fds[0]); !ok {
+		t.Fatal("the program's socket is no longer parked: the proxy could not fail it")
+	}
+	r.n.events.none(t, 200*time.Millisecond)
+}
+
+func TestParkedTimeoutBounds(t *testing.T) {
+	p := &parkedServer{spec: parkedSpec{DefaultTimeoutMS: 30000, MaxTimeoutMS: 10000}}
+	for _, tc := range []struct{ asked, want time.Duration }{
+		{0, 10 * time.Second}, {time.Second, time.Second}, {time.Minute, 10 * time.Second},
+	} {
+		if got := p.timeout(tc.asked); got != tc.want {
+			t.Errorf("timeout(%v) = %v, want %v", tc.asked, got, tc.want)
+		}
+	}
+}
+
+// Without --verbose nothing per connection reaches Python: no event at all.
+func TestParkedSilentWithoutReport(t *testing.T) {
+	r := newParkedRig(t, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	})
+	r.p.spec.Report = false
+	r.takePeer(echoServer(t))
+	prog := parkedSocket(t, r.park)
+	r.sendMsg(t, connectMsg(flagParked, 1, r.target, ""), prog)
+	f := os.NewFile(uintptr(prog), "program")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("x"))
+	c.(*net.TCPConn).CloseWrite()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "x" {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+	c.Close()
+	r.n.events.none(t, 200*time.Millisecond)
+}
