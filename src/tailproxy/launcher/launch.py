@@ -18,7 +18,7 @@ from ..exporter.ports import PortFilter
 from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
-from ..policy import RouteDialer, TailnetView
+from ..policy import NodeHandoff, RouteDialer, TailnetView
 from ..printable import printable
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
@@ -170,7 +170,8 @@ async def _serve(settings: Settings, dialer, rundir, preload, program, command, 
         auth = ("tailproxy", secrets.token_urlsafe(16))
     proxy = Proxy(dialer, channel_path=os.path.join(rundir, "channel.sock"), socks_listen=listen,
                   socks_auth=auth, connect_timeout=settings.connect_timeout,
-                  verbose=settings.verbose, log=_log_line)
+                  verbose=settings.verbose, log=_log_line,
+                  handoff=NodeHandoff(node) if node else None)
     exporter = None
     if settings.export_listeners and node:
         exporter = Exporter(node, PortFilter(settings.export_allow_ports,

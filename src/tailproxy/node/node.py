@@ -403,6 +403,31 @@ class Node:
             raise ValueError(f"invalid port {port!r}")
         return int(port)
 
+    # -- the preload's parked connects --------------------------------------------------------
+    def serve_parked(self, datagrams: socket.socket, forward: socket.socket,
+                     park_ports: tuple[int, int], default_timeout: float, max_timeout: float,
+                     on_event: Callable[[dict], None] | None = None) -> "ParkedConnects":
+        """Take the preload's parked CONNECTs to online peers from `datagrams` (the channel's
+        datagram socket) and complete, dial and relay them in the node; pass everything else,
+        and each dial that failed, on to `forward` (node/parked.go has the format).
+        `on_event`, if given, gets a "done" event per connection taken when it ends. Both
+        sockets are lent: the node works on duplicates."""
+        self._require_running()
+        parked = ParkedConnects(self, next(self._ids))
+        events = self._attach_events()
+        if on_event is not None:
+            events.register(parked._ident, on_event)
+        spec = {"park4": park_ports[0], "park6": park_ports[1],
+                "default_timeout_ms": int(default_timeout * 1000),
+                "max_timeout_ms": int(max_timeout * 1000), "report": on_event is not None}
+        try:
+            library.call("parked_serve", self._handle, parked._ident, datagrams.fileno(),
+                         forward.fileno(), json.dumps(spec).encode())
+        except BaseException:
+            events.unregister(parked._ident)
+            raise
+        return parked
+
     def _listen(self, ident: int, spec: dict) -> None:
         library.call("listen", self._handle, ident, json.dumps(spec).encode())
 
@@ -542,6 +567,39 @@ class Export:
         events, self._events = self._events, None
         if events is None:
             return
+        try:
+            self.node._unlisten(self._ident)
+        except NodeError:
+            pass
+
+
+class ParkedConnects:
+    """The node's side of the channel's fast path (Node.serve_parked)."""
+
+    def __init__(self, node: Node, ident: int):
+        self.node, self._ident = node, ident
+
+    def drain(self, timeout: float) -> int:
+        """Wait (blocking) until no connection taken is still delivering what its program
+        sent, or `timeout`; returns how many still were."""
+        if self.node._handle is None:
+            return 0
+        left = library.c_int64(0)
+        library.call("parked_drain", self.node._handle, int(timeout * 1000), library.byref(left))
+        return left.value
+
+    def peer_of(self, program_address: str) -> str | None:
+        """The destination ("ip:port") of the connection relayed for the program's socket at
+        `program_address` ("ip:port", "[ip]:port"), or None."""
+        if self.node._handle is None:
+            return None
+        out = library.ctypes.c_void_p()
+        library.call("parked_peer", self.node._handle, program_address.encode(), library.byref(out))
+        return library.take_string(out.value)
+
+    def close(self) -> None:
+        """Stop taking datagrams; connections taken run to their end (and are still
+        reported) until the node stops."""
         try:
             self.node._unlisten(self._ident)
         except NodeError:

@@ -1,6 +1,8 @@
 """The run's routing policy: for each destination the proxy is asked for, the tailnet node, a
-direct dial from this host, or a refusal (and why). The proxy's one dialer lives here."""
+direct dial from this host, or a refusal (and why). The proxy's one dialer lives here, and the
+hand-off that lets the node take what always goes to it without asking the proxy."""
+from .handoff import NodeHandoff
 from .route import RouteDialer
 from .view import TailnetView
 
-__all__ = ["RouteDialer", "TailnetView"]
+__all__ = ["NodeHandoff", "RouteDialer", "TailnetView"]

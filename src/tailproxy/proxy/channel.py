@@ -33,6 +33,7 @@ from typing import Callable
 
 from . import channel_proto as cp
 from .accept import accepted
+from .handoff import Forwarded, ParkedHandoff, address_of, decode_forwarded
 from .dialer import (DialError, Dialer, Joined, Outbound, as_dial_error, errno_name,
                      guarded_dial)
 from .loopback import LoopbackEndpoints, clear_error
@@ -51,6 +52,7 @@ _UCRED = struct.Struct("3i")        # pid, uid, gid (SCM_CREDENTIALS)
 _DGRAM_ANC_BUF = _ANC_BUF + socket.CMSG_SPACE(_UCRED.size)
 _DGRAM_SUFFIX = ".dgram"            # the parked-CONNECT datagram socket: channel path + this
 _DGRAM_BATCH = 64                   # datagrams handled per wake-up
+_FORWARD_BUF = 2048                 # a forwarded datagram: header, message, reason
 _PENDING_TTL = 30.0        # a relay connection must arrive within this
 
 
@@ -144,8 +146,10 @@ class ChannelServer:
                  make_parent: bool = False, on_conn: ConnLog | None = None,
                  log: Callable[[str], None] | None = None, bufsize: int = DEFAULT_BUFSIZE,
                  on_listen: Callable[[cp.ListenReq], Awaitable[None]] | None = None,
-                 on_names: Callable[[cp.NameRequest], Awaitable[bytes]] | None = None):
+                 on_names: Callable[[cp.NameRequest], Awaitable[bytes]] | None = None,
+                 handoff: ParkedHandoff | None = None):
         self.path = path
+        self.handoff = handoff      # reads the parked CONNECTs first (the node's fast path)
         self.on_listen = on_listen
         self.on_names = on_names    # RESOLVE/REVERSE/QUERY -> encoded reply (the name service)
         self.dialer = dialer
@@ -159,6 +163,7 @@ class ChannelServer:
         self._endpoints = endpoints
         self._listener: socket.socket | None = None
         self._dgram: socket.socket | None = None
+        self._forwarded: socket.socket | None = None     # what the hand-off passes back
         self._tasks: set[asyncio.Task] = set()
         self._relays: set[Joined] = set()
         self._pending: dict[cp.Address, _Pending] = {}
@@ -187,6 +192,8 @@ class ChannelServer:
             raise
         self._listener = lst
         self._dgram = self._bind_dgram(loop)
+        if self._dgram is not None and self.handoff is not None:
+            self._hand_off(loop, self._dgram)
         self._spawn(self._accept_channel(loop, lst))
         for rl in self._endpoints.relay_listeners:
             self._spawn(self._accept_relay(loop, rl))
@@ -194,6 +201,11 @@ class ChannelServer:
 
     async def close(self) -> None:
         self._closing = True
+        if self._forwarded is not None:
+            self.handoff.close()
+            asyncio.get_running_loop().remove_reader(self._forwarded.fileno())
+            self._forwarded.close()
+            self._forwarded = None
         if self._dgram is not None:
             asyncio.get_running_loop().remove_reader(self._dgram.fileno())
             self._dgram.close()
@@ -225,8 +237,12 @@ class ChannelServer:
             self._endpoints = None
 
     async def drain(self, timeout: float) -> int:
-        """See relay.drain."""
-        return await drain_relays(self._relays, timeout)
+        """See relay.drain; the hand-off's connections too."""
+        if self._forwarded is None:
+            return await drain_relays(self._relays, timeout)
+        ours, handed = await asyncio.gather(drain_relays(self._relays, timeout),
+                                            self.handoff.drain(timeout))
+        return ours + handed
 
     @property
     def relay_addresses(self) -> list[tuple]:
@@ -264,6 +280,25 @@ class ChannelServer:
             return None
         return d
 
+    def _hand_off(self, loop, dgram: socket.socket) -> None:
+        """Let the hand-off read the datagrams; what it passes back comes over a socket
+        pair. If it cannot start, the proxy keeps reading them itself."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self.handoff.start(dgram, theirs, self.park_ports, self.connect_timeout,
+                               self._park_limit,
+                               self._on_handoff_done if self.on_conn is not None else None)
+        except OSError as exc:
+            ours.close()
+            self.log(f"channel: parked connects stay with the proxy: {exc}")
+            return
+        finally:
+            theirs.close()
+        loop.remove_reader(dgram.fileno())
+        ours.setblocking(False)
+        loop.add_reader(ours.fileno(), self._on_forwarded, ours)
+        self._forwarded = ours
+
     def _on_dgram(self, d: socket.socket) -> None:
         for _ in range(_DGRAM_BATCH):
             try:
@@ -273,38 +308,96 @@ class ChannelServer:
             except OSError as exc:
                 self.log(f"channel: datagram socket: {exc}")
                 return
-            fds = self._take_fds(anc)
             pid = 0
             for level, typ, cdata in anc:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS and \
                         len(cdata) >= _UCRED.size:
                     pid = _UCRED.unpack_from(cdata)[0]
+            self._take_datagram(pid, data, self._take_fds(anc),
+                                bool(flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)))
+
+    def _on_forwarded(self, s: socket.socket) -> None:
+        for _ in range(_DGRAM_BATCH):
             try:
-                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                    raise cp.ProtoError(errno.EPROTO, "message or fds truncated")
-                req = cp.decode_request(data, len(fds))
-                if not isinstance(req, cp.ConnectReq) or not req.flags & cp.FLAG_PARKED:
-                    raise cp.ProtoError(errno.EPROTO, "only parked CONNECTs come as datagrams")
-            except cp.ProtoError as exc:
-                # nobody to reply to: the preload does not wait, its socket stays parked
-                # until the kernel gives up on it
-                self.stats.protocol_errors += 1
-                self.log(f"channel: bad datagram: {exc} ({errno_name(exc.errno)})")
+                data, anc, flags, _ = s.recvmsg(_FORWARD_BUF, _ANC_BUF, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log(f"channel: hand-off socket: {exc}")
+                return
+            fds = self._take_fds(anc)
+            fwd = decode_forwarded(data) if data else None
+            if fwd is None or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 for fd in fds:
                     _close_fd(fd)
+                if not data and not fds:         # the hand-off closed its end
+                    asyncio.get_running_loop().remove_reader(s.fileno())
+                    return
+                self.log("channel: a message from the hand-off that does not parse")
                 continue
-            try:
-                sock = socket.socket(fileno=fds[0])
-            except OSError:
-                _close_fd(fds[0])
-                continue
-            if self._check_socket(sock, req.dst):
-                self.stats.protocol_errors += 1
-                self.log("channel: parked CONNECT for a socket that is not TCP of the right family")
-                sock.close()
-                continue
-            self.stats.connects += 1
-            self._adopt_parked(pid, req, sock)
+            if fwd.errno:
+                self._fail_handed_back(fwd, fds)
+            else:
+                self._take_datagram(fwd.pid, fwd.message, fds, fwd.truncated)
+
+    def _take_datagram(self, pid: int, data: bytes, fds: list[int], truncated: bool) -> None:
+        """One parked CONNECT datagram (from the preload, or passed on by the hand-off)."""
+        try:
+            if truncated:
+                raise cp.ProtoError(errno.EPROTO, "message or fds truncated")
+            req = cp.decode_request(data, len(fds))
+            if not isinstance(req, cp.ConnectReq) or not req.flags & cp.FLAG_PARKED:
+                raise cp.ProtoError(errno.EPROTO, "only parked CONNECTs come as datagrams")
+        except cp.ProtoError as exc:
+            # nobody to reply to: the preload does not wait, its socket stays parked
+            # until the kernel gives up on it
+            self.stats.protocol_errors += 1
+            self.log(f"channel: bad datagram: {exc} ({errno_name(exc.errno)})")
+            for fd in fds:
+                _close_fd(fd)
+            return
+        try:
+            sock = socket.socket(fileno=fds[0])
+        except OSError:
+            _close_fd(fds[0])
+            return
+        if self._check_socket(sock, req.dst):
+            self.stats.protocol_errors += 1
+            self.log("channel: parked CONNECT for a socket that is not TCP of the right family")
+            sock.close()
+            return
+        self.stats.connects += 1
+        self._adopt_parked(pid, req, sock)
+
+    def _fail_handed_back(self, fwd: Forwarded, fds: list[int]) -> None:
+        """The hand-off's dial failed: fail the program's connect with its errno, as a dial
+        of ours would have been."""
+        try:
+            req = cp.decode_request(fwd.message, len(fds))
+            sock = socket.socket(fileno=fds.pop(0)) if isinstance(req, cp.ConnectReq) else None
+        except (cp.ProtoError, OSError):
+            req, sock = None, None
+        for fd in fds:
+            _close_fd(fd)
+        if sock is None:
+            self.log("channel: the hand-off passed back a failed dial that does not parse")
+            return
+        self.stats.connects += 1
+        _, _, label = self._dial_params(req)
+        self.tokens.set((fwd.pid << 32) | req.seq, fwd.errno)   # before the kernel shows it
+        self.log(f"{label}: {fwd.reason}")
+        self._fail_parked(sock, req.dst, None)
+        self._report(label, errno_name(fwd.errno), 0, 0, time.monotonic(), source="node")
+        sock.close()
+
+    def _on_handoff_done(self, ev: dict) -> None:
+        """A connection the hand-off took has ended."""
+        if ev.get("ev") != "done":
+            return
+        dst = address_of(ev.get("dst", ""))
+        self._report(str(dst or "?"), relay_outcome(ev.get("errno", 0), ev.get("reason", "")),
+                     ev.get("up", 0), ev.get("down", 0), time.monotonic() - ev.get("ms", 0) / 1000,
+                     source="node")
 
     async def _recvmsg(self, loop, conn: socket.socket):
         fd = conn.fileno()
@@ -367,6 +460,8 @@ class ChannelServer:
                     self._send(conn, cp.encode_status_reply(errno.ENOENT if err is None else err))
                 else:
                     dst = self._peers.get(req.local.normalized())
+                    if dst is None and self._forwarded is not None:
+                        dst = self.handoff.peer_of(req.local.normalized())
                     self._send(conn, cp.encode_peer_reply(errno.ENOENT if dst is None else 0, dst))
         finally:
             for fd in fds:
@@ -699,10 +794,10 @@ class ChannelServer:
         if self._peers.get(key) is dst:
             del self._peers[key]
 
-    def _report(self, label, outcome, up, down, t0) -> None:
+    def _report(self, label, outcome, up, down, t0, source: str = "channel") -> None:
         if self.on_conn is not None:
             try:
-                self.on_conn("channel", label, outcome, up, down, time.monotonic() - t0)
+                self.on_conn(source, label, outcome, up, down, time.monotonic() - t0)
             except Exception:
                 pass
 

@@ -10,6 +10,7 @@ from typing import Callable
 from ..printable import printable
 from .channel import ChannelServer
 from .dialer import Dialer
+from .handoff import ParkedHandoff
 from .loopback import LoopbackEndpoints
 
 __all__ = ["Proxy"]
@@ -45,7 +46,8 @@ class Proxy:
                  socks_auth: tuple[str, str] | None = None,
                  connect_timeout: float = 30.0, idle_timeout: float | None = None,
                  verbose: bool = False, log: Callable[[str], None] | None = None,
-                 make_channel_dir: bool = True, on_listen=None, on_names=None):
+                 make_channel_dir: bool = True, on_listen=None, on_names=None,
+                 handoff: ParkedHandoff | None = None):
         self.dialer = dialer
         self._channel_path = channel_path
         self._socks_listen = socks_listen
@@ -57,6 +59,7 @@ class Proxy:
         self.make_channel_dir = make_channel_dir
         self.on_listen = on_listen          # async callable(ListenReq): export-listeners notices
         self.on_names = on_names            # async callable(Resolve/Reverse/QueryReq) -> reply bytes
+        self.handoff = handoff              # takes parked CONNECTs first (proxy/handoff.py)
         self._endpoints: LoopbackEndpoints | None = None
         self.channel: ChannelServer | None = None
         self.socks = None
@@ -79,8 +82,9 @@ class Proxy:
                 self.channel = ChannelServer(
                     self._channel_path, self.dialer, endpoints=self._endpoints,
                     connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout,
-                    make_parent=self.make_channel_dir, on_conn=self._on_conn, log=self._debug,
-                    on_listen=self.on_listen, on_names=self.on_names)
+                    make_parent=self.make_channel_dir, log=self._debug,
+                    on_conn=self._on_conn if self.verbose else None,  # nothing to report otherwise
+                    on_listen=self.on_listen, on_names=self.on_names, handoff=self.handoff)
                 await self.channel.start()
             if self._socks_listen is not None:
                 from .socks5 import SocksServer
