@@ -17,21 +17,15 @@ import (
 // connect complete and nothing else: no error, no hang-up, its bind() untouched.
 
 // parkedTCPFamily returns the address family of sock if it is a TCP socket in SYN_SENT.
+// Only a TCP socket answers TCP_INFO (any other, raw ones included, fails it), so that one
+// call also checks the type and protocol.
 func parkedTCPFamily(sock int) (int, bool) {
-	typ, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil || typ != unix.SOCK_STREAM {
-		return 0, false
-	}
-	proto, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_PROTOCOL)
-	if err != nil || proto != unix.IPPROTO_TCP {
+	info, err := unix.GetsockoptTCPInfo(sock, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil || info.State != unix.BPF_TCP_SYN_SENT {
 		return 0, false
 	}
 	family, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil || (family != unix.AF_INET && family != unix.AF_INET6) {
-		return 0, false
-	}
-	info, err := unix.GetsockoptTCPInfo(sock, unix.IPPROTO_TCP, unix.TCP_INFO)
-	if err != nil || info.State != unix.BPF_TCP_SYN_SENT {
 		return 0, false
 	}
 	return family, true
@@ -58,8 +52,9 @@ func completeParked(sock int, park syscall.Sockaddr) (*net.TCPConn, netip.AddrPo
 		syscall.Close(fd)
 		return nil, none, err
 	}
-	c, err := fileConnOf(fd)
-	syscall.Close(fd)
+	f := os.NewFile(uintptr(fd), "connector")
+	c, err := net.FileConn(f) // a duplicate: f's own descriptor is closed next
+	f.Close()
 	if err != nil {
 		return nil, none, err
 	}

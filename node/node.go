@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"sync"
 	"time"
 
@@ -41,6 +42,8 @@ type node struct {
 	events  *eventPipe
 	logFile *os.File
 	started time.Time
+
+	stopProfile func() // TAILPROXY_NODE_CPUPROFILE (bench/REPORT.md's profiles)
 
 	mu        sync.Mutex
 	dialed    map[int64]net.Conn           // dialled, not yet relayed
@@ -84,6 +87,7 @@ func startNode(cfg nodeConfig, eventFD int) (*node, error) {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
+	stopProfile := startCPUProfile(os.Getenv("TAILPROXY_NODE_CPUPROFILE"), logFile)
 	logger := log.New(logFile, "", log.LstdFlags|log.Lmicroseconds)
 	// Some Tailscale packages log through the standard logger: to the node log too, never
 	// onto the program's terminal.
@@ -101,6 +105,7 @@ func startNode(cfg nodeConfig, eventFD int) (*node, error) {
 		srv.Store = new(mem.Store)
 	}
 	if err := srv.Start(); err != nil {
+		stopProfile()
 		logFile.Close()
 		return nil, err
 	}
@@ -110,11 +115,12 @@ func startNode(cfg nodeConfig, eventFD int) (*node, error) {
 	lc, err := srv.LocalClient()
 	if err != nil {
 		srv.Close()
+		stopProfile()
 		logFile.Close()
 		return nil, err
 	}
 	return &node{
-		srv: srv, lc: lc, logFile: logFile, started: time.Now(),
+		srv: srv, lc: lc, logFile: logFile, started: time.Now(), stopProfile: stopProfile,
 		events:    newEventPipe(os.NewFile(uintptr(eventFD), "events")),
 		dialed:    map[int64]net.Conn{},
 		cancels:   map[int64]context.CancelFunc{},
@@ -176,8 +182,32 @@ func (n *node) close(timeout time.Duration) error {
 		err = fmt.Errorf("the node did not stop within %v", timeout)
 	}
 	n.events.close()
+	n.stopProfile()
 	n.logFile.Close()
 	return err
+}
+
+// startCPUProfile writes a CPU profile of the node to path until the returned function is
+// called: a diagnostic for the benchmarks (TAILPROXY_NODE_CPUPROFILE), off when path is "".
+func startCPUProfile(path string, logFile *os.File) func() {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(logFile, "tailproxy: no CPU profile: %v\n", err)
+		if f != nil {
+			f.Close()
+		}
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
 
 // dial starts a connection through the tailnet; its outcome arrives as a
@@ -187,7 +217,7 @@ func (n *node) dial(id int64, network, addr string, timeout time.Duration) {
 	n.mu.Lock()
 	n.cancels[id] = cancel
 	n.mu.Unlock()
-	go func() {
+	goWork(func() {
 		defer recoverToLog(n, "dial")
 		c, err := n.dialRetrying(ctx, network, addr)
 		n.mu.Lock()
@@ -210,7 +240,7 @@ func (n *node) dial(id int64, network, addr string, timeout time.Duration) {
 			}
 			n.events.send(event{ID: id, Kind: "dialed", Errno: int(errnoFor(err)), Err: err.Error()})
 		}
-	}()
+	})
 }
 
 // relayTo joins dialled connection id to the socket fd: Go sends initial (bytes
@@ -236,7 +266,7 @@ func (n *node) relayTo(id int64, fd int, initial []byte) error {
 		return fmt.Errorf("connection %d cannot half-close", id)
 	}
 	n.relays.Add(1)
-	go func() {
+	goWork(func() {
 		defer n.relays.Done()
 		defer recoverToLog(n, "relay")
 		if len(initial) > 0 {
@@ -252,7 +282,7 @@ func (n *node) relayTo(id int64, fd int, initial []byte) error {
 		res.Up += int64(len(initial))
 		n.events.send(event{ID: id, Kind: "done", Up: res.Up, Down: res.Down,
 			Reason: res.Reason, Errno: int(res.Errno)})
-	}()
+	})
 	return nil
 }
 

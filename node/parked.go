@@ -255,7 +255,7 @@ func (p *parkedServer) handle(d datagram) {
 		p.forward(d, 0, "") // not a parked TCP socket of ours: the proxy says why
 		return
 	}
-	go p.connect(d, req, sock, park)
+	goWork(func() { p.connect(d, req, sock, park) })
 }
 
 // connect dials the peer for a parked socket, completes the program's connect and relays.

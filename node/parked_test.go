@@ -300,6 +300,13 @@ func TestParkedForwardsWhatItDoesNotTake(t *testing.T) {
 			}
 		})
 	}
+	// A UDP socket is the proxy's to reject.
+	udp, _ := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	defer unix.Close(udp)
+	r.sendMsg(t, connectMsg(flagParked, 1, peer, ""), udp)
+	if f := r.nextForwarded(t); f.errno != 0 || len(f.fds) != 1 {
+		t.Fatalf("a UDP socket: forwarded %+v", f)
+	}
 	// A socket that is not parked (here: never connected) is the proxy's to reject.
 	fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	defer unix.Close(fd)

@@ -54,10 +54,10 @@ func relay(local, remote halfCloser) relayResult {
 	tail := &tailnetSide{halfCloser: remote, writing: make(chan struct{}, 1), aborted: &aborted, abort: abort}
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() {
+	goWork(func() {
 		defer wg.Done()
 		res.Up = copyHalf(tail, local, "from the program", "to the tailnet", abort)
-	}()
+	})
 	res.Down = copyHalf(local, tail, "from the tailnet", "to the program", abort)
 	wg.Wait()
 	if res.Reason == "" {
