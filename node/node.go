@@ -246,13 +246,20 @@ func (n *node) dial(id int64, network, addr string, timeout time.Duration) {
 // relayTo joins dialled connection id to the socket fd: Go sends initial (bytes
 // a proxy handshake already read past) to the tailnet first, then copies both
 // ways and reports "done" with byte counts and the reason an abnormal end had.
+// A UDP connection is relayed datagram by datagram (datagrams.go).
 func (n *node) relayTo(id int64, fd int, initial []byte) error {
+	n.mu.Lock()
+	remote, ok := n.dialed[id]
+	n.mu.Unlock()
+	if ok && isDatagram(remote) {
+		return n.relayDatagramsTo(id, fd, initial)
+	}
 	local, err := fileConn(fd)
 	if err != nil {
 		return err
 	}
 	n.mu.Lock()
-	remote, ok := n.dialed[id]
+	remote, ok = n.dialed[id]
 	delete(n.dialed, id)
 	n.mu.Unlock()
 	if !ok {

@@ -53,6 +53,35 @@ def test_dial_peer_every_way_echo_byte_exact(node, testnet, size):
         assert asyncio.run(echo_roundtrip(node, target, port, payload)) == payload, target
 
 
+async def udp_roundtrips(node, host, port, datagrams):
+    """Each datagram to the peer's UDP echo and back, one at a time (UDP may drop one: each is
+    sent again, up to 5 times, until its echo comes)."""
+    sock = await node.dial_udp(host, port, timeout=15)
+    loop = asyncio.get_running_loop()
+    got = []
+    try:
+        for d in datagrams:
+            for _ in range(5):
+                await loop.sock_sendall(sock, d)
+                try:
+                    got.append(await asyncio.wait_for(loop.sock_recv(sock, 70000), 2))
+                    break
+                except asyncio.TimeoutError:
+                    continue
+        return got
+    finally:
+        sock.close()
+
+
+def test_udp_to_peer_every_way_datagrams_whole(node, testnet):
+    port = testnet["peers"]["peer"]["udp_echo_port"]
+    # up to the tailnet MTU (1280) less the IPv6 and UDP headers: larger datagrams would need
+    # IP fragments, which do not cross the userspace netstacks (see Node.dial_udp)
+    datagrams = [os.urandom(n) for n in (1, 512, 1200, 1232)]
+    for target in peer_targets(testnet):
+        assert asyncio.run(udp_roundtrips(node, target, port, datagrams)) == datagrams, target
+
+
 def test_node_ips_are_tailnet_addresses(node):
     ips = node.ips()
     assert ips[0].startswith("100.") and ":" in ips[1]

@@ -110,3 +110,14 @@ def test_ready_file_written_after_bind(tmp_path):
     assert ready.read_text() == str(os.getpid())
     s.shutdown()
     s.server_close()
+
+
+def test_udp_echo_returns_each_datagram_whole():
+    srv = services._UDPServer(("127.0.0.1", 0), services.UDPEchoHandler)
+    _serve(srv)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(5)
+        for size in (1, 1200, 60000):
+            msg = os.urandom(size)
+            c.sendto(msg, srv.server_address)
+            assert c.recvfrom(65535)[0] == msg

@@ -331,6 +331,9 @@ class Node:
         """A TCP connection to host:port through the tailnet, held in the node until
         TailnetConn.relay() joins it to a local socket. Names are resolved by the node
         (MagicDNS; with an exit node, on the exit node's side). Raises DialFailed."""
+        return await self._connect(b"tcp", host, port, timeout)
+
+    async def _connect(self, network: bytes, host: str, port: int, timeout: float) -> "TailnetConn":
         self._require_running()
         if not host or not 0 < int(port) < 65536:
             raise ValueError(f"invalid destination {host!r}:{port!r}")
@@ -340,7 +343,7 @@ class Node:
         events.register(ident, lambda ev: fut.done() or fut.set_result(ev))
         addr = f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
         try:
-            library.call("dial", self._handle, ident, b"tcp", addr.encode(), int(timeout * 1000))
+            library.call("dial", self._handle, ident, network, addr.encode(), int(timeout * 1000))
             ev = await fut
         except BaseException:
             events.unregister(ident)
@@ -356,6 +359,26 @@ class Node:
         socket pair whose other end the node relays)."""
         conn = await self.connect(host, port, timeout)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            conn.relay(theirs)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return ours
+
+    async def dial_udp(self, host: str, port: int, timeout: float = 30.0) -> socket.socket:
+        """A UDP association with host:port through the tailnet: a non-blocking SOCK_SEQPACKET
+        socket on which each send() is one datagram to host:port and each recv() one datagram
+        from it (a zero-length datagram cannot be told from the end). Datagrams must fit the
+        tailnet MTU (1280 bytes with IP and UDP headers: 1232 bytes of payload over IPv6, 1252
+        over IPv4); larger ones would need IP fragments, which the userspace netstacks do not
+        carry. It ends when the socket is closed, or after two minutes without a datagram
+        either way (recv() then returns b""). Raises DialFailed."""
+        conn = await self._connect(b"udp", host, port, timeout)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             conn.relay(theirs)
         except BaseException:

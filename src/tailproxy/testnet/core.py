@@ -154,6 +154,8 @@ class Testnet:
                       dnsmasq.authoritative_argv(INET_IP, INET_NAME, {INET_NAME: INET_IP}))
         self._service("peer", "echo-peer", ["echo", "--host", "127.0.0.1", "--host", "::1",
                                             "--port", str(ECHO_PORT)])
+        self._service("peer", "udp-echo-peer", ["udp-echo", "--host", "127.0.0.1", "--host", "::1",
+                                                "--port", str(ECHO_PORT)])
         self._service("peer", "http-peer", ["http", "--name", "peer", "--host", "127.0.0.1", "--host", "::1",
                                             "--port", str(PEER_HTTP_PORT)])
 
@@ -278,7 +280,7 @@ class Testnet:
                     "tailscaled_pid": self.procs.procs[f"tailscaled-{name}"].pid}  # e.g. for failover tests
 
         peer = node_info("peer")
-        peer.update(echo_port=ECHO_PORT, http_port=PEER_HTTP_PORT, http_serve_port=PEER_HTTP_SERVE_PORT)
+        peer.update(echo_port=ECHO_PORT, udp_echo_port=ECHO_PORT, http_port=PEER_HTTP_PORT, http_serve_port=PEER_HTTP_SERVE_PORT)
         exits = []
         for h in self.exit_names:
             e = node_info(h)

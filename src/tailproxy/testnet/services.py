@@ -2,6 +2,7 @@
 dnsmasq, see dnsmasq.py).
 
     python -m tailproxy.testnet.services echo      --port 7    [--host ADDR]... [--ready-file F]
+    python -m tailproxy.testnet.services udp-echo  --port 7    [--host ADDR]... [--ready-file F]
     python -m tailproxy.testnet.services http      --port 8080 --name peer [--host ADDR]...
 
 Each binds all its sockets first, then creates --ready-file (the testnet waits on it), then
@@ -34,6 +35,15 @@ class _TCPServer(socketserver.ThreadingTCPServer):
         super().__init__(addr, handler)
 
 
+class _UDPServer(socketserver.UDPServer):
+    allow_reuse_address = True
+    max_packet_size = 65535
+
+    def __init__(self, addr, handler):
+        self.address_family = _family(addr[0])
+        super().__init__(addr, handler)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
@@ -44,6 +54,14 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 # ---- echo -------------------------------------------------------------------------------
+
+class UDPEchoHandler(socketserver.BaseRequestHandler):
+    """Each datagram back to its sender, whole."""
+
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(data, self.client_address)
+
 
 class EchoHandler(socketserver.BaseRequestHandler):
     """Echo every byte back. Reading never waits on writing (an unbounded queue sits between
@@ -156,7 +174,7 @@ def _serve_forever(servers, ready_file):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tailproxy.testnet.services")
     sub = p.add_subparsers(dest="kind", required=True)
-    for kind in ("echo", "http"):
+    for kind in ("echo", "udp-echo", "http"):
         s = sub.add_parser(kind)
         s.add_argument("--host", action="append", help="address to bind (repeatable)")
         s.add_argument("--port", type=int)
@@ -167,6 +185,8 @@ def main(argv=None) -> int:
     hosts = a.host or ["127.0.0.1"]
     if a.kind == "echo":
         servers = [_TCPServer((h, a.port or 7), EchoHandler) for h in hosts]
+    elif a.kind == "udp-echo":
+        servers = [_UDPServer((h, a.port or 7), UDPEchoHandler) for h in hosts]
     else:
         handler = make_http_handler(a.name)
         servers = [_HTTPServer((h, a.port or 8080), handler) for h in hosts]
