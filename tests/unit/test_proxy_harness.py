@@ -114,6 +114,33 @@ class FakeDialer:
             return s
         raise AssertionError(outcome)
 
+    async def dial_udp(self, host: str, port: int, timeout: float) -> socket.socket:
+        """``script[(host, port)]``: "echo" (a SOCK_SEQPACKET pair whose far end echoes each
+        datagram, as the node's relay carries them) or an errno."""
+        self.calls.append(("udp", host, port, timeout))
+        outcome = self.script.get((host, port), errno.EHOSTUNREACH)
+        if isinstance(outcome, int):
+            raise DialError(outcome, f"{host}:{port}: {os.strerror(outcome)}")
+        assert outcome == "echo", outcome
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        a.setblocking(False)
+        b.setblocking(False)
+        t = asyncio.get_running_loop().create_task(self._echo_datagrams(b))
+        self._echo_tasks.add(t)
+        t.add_done_callback(self._echo_tasks.discard)
+        return a
+
+    @staticmethod
+    async def _echo_datagrams(s: socket.socket):
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await loop.sock_recv(s, 65536):
+                await loop.sock_sendall(s, data)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
     @staticmethod
     async def _echo(s: socket.socket):
         loop = asyncio.get_running_loop()

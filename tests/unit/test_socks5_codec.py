@@ -71,7 +71,7 @@ def test_request_incomplete():
             assert s5.parse_request(full[:n]) is None, n
 
 
-@pytest.mark.parametrize("cmd", [2, 3, 9])
+@pytest.mark.parametrize("cmd", [2, 9])
 def test_request_unsupported_command(cmd):
     with pytest.raises(s5.SocksError) as ei:
         s5.parse_request(req(cmd, 1, bytes(4), 80))

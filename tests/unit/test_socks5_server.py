@@ -127,7 +127,7 @@ def test_wrong_credentials(env, user, pw):
     s.close()
 
 
-@pytest.mark.parametrize("cmd", [2, 3])
+@pytest.mark.parametrize("cmd", [2])
 def test_unsupported_command(env, cmd):
     s = open_client(env)
     auth(s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import socket
 from collections.abc import Awaitable
 from typing import Callable
 
@@ -76,20 +77,57 @@ class RouteDialer:
         return started if not isinstance(started, Awaitable) else await started
 
     def _route(self, host: str, ip, port: int, timeout: float):
-        view = self.view
-        if ip is None and view.unknown_under_suffix(host):
+        if ip is None and self.view.unknown_under_suffix(host):
             return self._name_not_on_tailnet(host, port, timeout)
+        if self._goes_to_node(host, ip):
+            return self._via_node(host, port, timeout, ip)
+        self._check_direct_allowed(host, port)
+        return self.direct.start_dial(host, port, timeout)
+
+    def _goes_to_node(self, host: str, ip) -> bool:
+        """With an exit node everything does; without, tailnet destinations (see the class)."""
+        view = self.view
         if view.exit_node_in_use:
-            return self._via_node(host, port, timeout, ip)
+            return True
         if ip is None:
-            if view.is_tailnet_name(host):
-                return self._via_node(host, port, timeout, None)
-        elif view.in_tailnet_range(ip) or view.in_routes(ip):
-            return self._via_node(host, port, timeout, ip)
+            return view.is_tailnet_name(host)
+        return view.in_tailnet_range(ip) or view.in_routes(ip)
+
+    def _check_direct_allowed(self, host: str, port: int) -> None:
         if self.tailnet_only:
             self.log(f"refused {host}:{port}: not on the tailnet and no exit node (--tailnet-only)")
             raise DialError(errno.EHOSTUNREACH, f"{host}:{port} is not on the tailnet (--tailnet-only)")
-        return self.direct.start_dial(host, port, timeout)
+
+    async def dial_udp(self, host: str, port: int, timeout: float) -> socket.socket:
+        """The same route as a TCP dial to host:port would take, for datagrams. (No redial
+        when the exit node changes: a UDP association has no handshake to lose; the node
+        sends its next datagram through the new exit node.)"""
+        ip = _ip(host)
+        if ip is not None and self.placeholders is not None and self._is_placeholder(ip):
+            name = self.placeholders.name_of(ip)
+            if name is None:
+                raise DialError(errno.EHOSTUNREACH,
+                                f"{host}: a placeholder address that stands for no name in this run")
+            host, ip = name, None
+        if self.node is None:
+            return await self.direct.dial_udp(host, port, timeout)
+        if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+            host = str(ip)
+        await self.view.refresh()
+        if ip is None and self.view.unknown_under_suffix(host):
+            await self.view.refresh(force=True)
+            if self.view.unknown_under_suffix(host):
+                raise DialError(errno.EHOSTUNREACH, f"{host}: no node of this tailnet has that name")
+        if not self._goes_to_node(host, ip):
+            self._check_direct_allowed(host, port)
+            return await self.direct.dial_udp(host, port, timeout)
+        if ip is not None and self.view.in_tailnet_range(ip):
+            await self._check_peer(host, ip)
+        try:
+            return await self.node.dial_udp(host, port, timeout)
+        except DialFailed as e:
+            raise DialError(e.errno, str(e)) from None
 
     def exit_node_changed(self) -> None:
         """The exit node was switched or cleared: route from a fresh view, and dial again

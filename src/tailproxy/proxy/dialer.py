@@ -86,6 +86,12 @@ class Dialer(Protocol):
         destination often can), else an awaitable giving it; raises DialError."""
         ...
 
+    async def dial_udp(self, host: str, port: int, timeout: float) -> socket.socket:
+        """A non-blocking socket that carries datagrams to and from host:port, one send()
+        or recv() each: a connected UDP socket, or a SOCK_SEQPACKET socket the node relays.
+        Raises DialError."""
+        ...
+
 
 def as_dial_error(exc: BaseException, host: str, port: int,
                   log: Callable[[str], None]) -> DialError:
@@ -202,6 +208,27 @@ class DirectDialer:
                 raise first_err
         except TimeoutError:
             raise DialError(_errno.ETIMEDOUT, f"{host}:{port}: connection timed out") from None
+
+    async def dial_udp(self, host: str, port: int, timeout: float) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                infos = _numeric(host, port, self.family) or await loop.getaddrinfo(
+                    host, port, family=self.family, type=socket.SOCK_DGRAM)
+        except TimeoutError:
+            raise DialError(_errno.ETIMEDOUT, f"{host}:{port}: name lookup timed out") from None
+        except socket.gaierror as exc:
+            raise _map_oserror(exc, host, port) from None
+        if not infos:
+            raise DialError(_errno.EHOSTUNREACH, f"{host}: no address")
+        fam, _typ, _proto, _canon, addr = infos[0]
+        sock = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(addr)      # UDP: no packet, only the route and the peer are set
+        except OSError as exc:
+            sock.close()
+            raise _map_oserror(exc, host, port) from None
+        return sock
 
     def start_dial(self, host: str, port: int, timeout: float):
         """The hot path: for a numeric address, the connect is started here and a local

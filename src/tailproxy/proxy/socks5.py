@@ -1,8 +1,8 @@
 """SOCKS5 (RFC 1928, RFC 1929 username/password) + HTTP proxy on one port.
 
 The first byte decides: 0x05 is SOCKS5, anything else is HTTP (see
-:mod:`.httpproxy`). Only CONNECT is supported (BIND / UDP ASSOCIATE get
-0x07). Every message is read in full with bounded sizes.
+:mod:`.httpproxy`). CONNECT and UDP ASSOCIATE (:mod:`.socks5_udp`) are
+supported; BIND gets 0x07. Every message is read in full with bounded sizes.
 
 Reply codes reflect the real dial outcome:
 
@@ -42,6 +42,7 @@ from .hostname import is_visible_ascii
 from .preauth import AUTH_DEADLINE_S, PreAuthGate, Ticket
 from .relay import DEFAULT_BUFSIZE, relay_outbound, relay_outcome
 from .relay import drain as drain_relays
+from .socks5_udp import UdpAssociation
 from .sockreader import HandshakeEOF, SockReader
 
 __all__ = ["SocksServer", "SocksError", "Request", "parse_greeting", "parse_userpass",
@@ -200,7 +201,7 @@ def parse_request(buf: bytes):
     (port,) = struct.unpack_from("!H", buf, end - 2)
     if cmd not in (CMD_CONNECT, CMD_BIND, CMD_UDP):
         raise SocksError(f"unknown command {cmd}", REP_CMD_UNSUPPORTED)
-    if cmd != CMD_CONNECT:
+    if cmd == CMD_BIND:
         raise SocksError(f"command {cmd} not supported", REP_CMD_UNSUPPORTED)
     return Request(cmd, atyp, host, port), end
 
@@ -363,6 +364,10 @@ class SocksServer:
             if remote is None:
                 await _lingering_close(conn)   # replied with an error already
                 return
+            if isinstance(remote, UdpAssociation):
+                assoc, remote = remote, None
+                await self._hold_association(conn, rd, assoc, label, t0)
+                return
             if isinstance(remote, httpproxy.Forwarding):   # absolute-URI requests, keep-alive
                 fwd, remote = remote, None
                 if await fwd.run():
@@ -415,6 +420,8 @@ class SocksServer:
             self._report("socks", "-", f"bad-request ({exc})", 0, 0, t0)
             return None, "-"
         asked()
+        if req.cmd == CMD_UDP:
+            return await self._associate(rd, req)
         try:
             remote = await self._dial(req.host, req.port)
         except DialError as exc:
@@ -427,6 +434,43 @@ class SocksServer:
             remote.close()
             raise
         return remote, req.label
+
+
+    async def _associate(self, rd: SockReader, req: Request):
+        """UDP ASSOCIATE: open the association's UDP port on the address the client reached
+        us at, and reply with it."""
+        conn = rd.sock
+        client = (conn.getpeername()[0], req.port)
+        assoc = UdpAssociation(self.dialer, client, conn.getsockname()[0],
+                               timeout=self.connect_timeout, log=self.log)
+        try:
+            assoc.open()
+        except OSError as exc:
+            await rd.sendall(encode_reply(REP_FAILURE))
+            self.log(f"socks udp: cannot open the association: {exc}")
+            return None, "udp"
+        try:
+            await rd.sendall(encode_reply(REP_OK, assoc.address))
+        except BaseException:
+            assoc.close()
+            raise
+        return assoc, f"udp {assoc.address[0]}:{assoc.address[1]}"
+
+    async def _hold_association(self, conn: socket.socket, rd: SockReader,
+                                assoc: UdpAssociation, label: str, t0: float) -> None:
+        """The association lives as long as its control connection: wait for its end,
+        discarding what the client sends on it (bounded by the socket's buffer)."""
+        loop = asyncio.get_running_loop()
+        reason = "ok"
+        try:
+            while await loop.sock_recv(conn, 4096):
+                pass
+        except OSError as exc:
+            reason = f"control connection: {exc}"
+        finally:
+            up, down = assoc.close()
+        self._report("socks", label, reason if not assoc.dropped else
+                     f"{reason} ({assoc.dropped} datagrams dropped)", up, down, t0)
 
 
 def _bound_address(remote: Outbound) -> tuple | None:
