@@ -68,6 +68,12 @@ class FakeNode:
             raise self.fail
         return FakeConn(host, port)
 
+    async def dial_udp(self, host, port, timeout):
+        self.calls.append(("udp", host, port))
+        if self.fail is not None:
+            raise self.fail
+        return ("node-udp", host, port)
+
 
 class FakeDirect:
     """A direct dialer: start_dial gives a 'socket' at once (a local destination would)."""
@@ -81,6 +87,10 @@ class FakeDirect:
 
     async def dial(self, host, port, timeout):
         return self.start_dial(host, port, timeout)
+
+    async def dial_udp(self, host, port, timeout):
+        self.calls.append(("udp", host, port))
+        return ("direct-udp", host, port)
 
 
 class Status:
@@ -428,3 +438,51 @@ def test_node_upstream_joins_through_the_conn_and_reports_the_end():
     b.close()
     NodeUpstream(c2 := FakeConn("peer", 81)).close()
     assert c2.closed
+
+
+# ---------------------------------------------------------------- UDP takes the TCP route
+
+@pytest.mark.parametrize("host,want", [
+    (PEER_ONLINE_V4, ("node-udp", PEER_ONLINE_V4, 53)),
+    ("::ffff:" + PEER_ONLINE_V4, ("node-udp", PEER_ONLINE_V4, 53)),
+    ("peer", ("node-udp", "peer", 53)),
+    ("198.51.100.7", ("direct-udp", "198.51.100.7", 53)),
+])
+def test_udp_goes_where_tcp_would(host, want):
+    d, node, direct, status, logged = make()
+    assert run(d.dial_udp(host, 53, 5)) == want
+
+
+def test_udp_to_a_placeholder_goes_by_name_through_the_node():
+    m = PlaceholderMap()
+    d, node, direct, *_ = make(placeholders=m)
+    assert run(d.dial_udp(m.get("far.example", 4), 443, 5)) == ("node-udp", "far.example", 443)
+
+
+def test_udp_with_an_exit_node_never_goes_direct():
+    d, node, direct, *_ = make(st=with_exit_node())
+    assert run(d.dial_udp("198.51.100.7", 443, 5)) == ("node-udp", "198.51.100.7", 443)
+    assert direct.calls == []
+
+
+@pytest.mark.parametrize("host,why", [(PEER_OFFLINE, "offline"), (NO_PEER, "no peer"),
+                                      ("nosuch.ts.test", "no node")])
+def test_udp_refusals_are_the_tcp_ones(host, why):
+    d, *_ = make()
+    with pytest.raises(DialError, match=why) as e:
+        run(d.dial_udp(host, 53, 5))
+    assert e.value.errno == errno.EHOSTUNREACH
+
+
+def test_udp_tailnet_only_refuses_direct():
+    d, node, direct, *_ = make(tailnet_only=True)
+    with pytest.raises(DialError, match="tailnet-only"):
+        run(d.dial_udp("198.51.100.7", 53, 5))
+    assert direct.calls == []
+
+
+def test_udp_node_failure_keeps_its_errno():
+    d, *_ = make(node=FakeNode(fail=DialFailed("dial: boom", errno.ENETUNREACH)))
+    with pytest.raises(DialError) as e:
+        run(d.dial_udp(PEER_ONLINE_V4, 53, 5))
+    assert e.value.errno == errno.ENETUNREACH

@@ -108,7 +108,9 @@ class RouteDialer:
             if name is None:
                 raise DialError(errno.EHOSTUNREACH,
                                 f"{host}: a placeholder address that stands for no name in this run")
-            host, ip = name, None
+            if self.node is None:
+                return await self.direct.dial_udp(name, port, timeout)
+            return await self._udp_via_node(name, port, timeout)   # resolved on the far side
         if self.node is None:
             return await self.direct.dial_udp(host, port, timeout)
         if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
@@ -124,6 +126,9 @@ class RouteDialer:
             return await self.direct.dial_udp(host, port, timeout)
         if ip is not None and self.view.in_tailnet_range(ip):
             await self._check_peer(host, ip)
+        return await self._udp_via_node(host, port, timeout)
+
+    async def _udp_via_node(self, host: str, port: int, timeout: float) -> socket.socket:
         try:
             return await self.node.dial_udp(host, port, timeout)
         except DialFailed as e:
