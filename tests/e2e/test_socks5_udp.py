@@ -1,5 +1,6 @@
 """SOCKS5 UDP ASSOCIATE in proxy-only mode on the local tailnet: datagrams to `peer`'s UDP echo go
 through the node (Node.dial_udp) and come back whole, with a raw client and with PySocks."""
+import os
 import signal
 import socket
 import struct
@@ -11,6 +12,7 @@ import socks     # PySocks
 
 from helpers import readline, tailproxy_argv
 from tailproxy.proxy.socks5_udp import encode_udp_header
+from tailproxy.testnet.dnsmasq import read_queries
 
 pytestmark = pytest.mark.tailnet
 
@@ -23,12 +25,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
+def _start_proxy(state_dir, hostname, *extra):
     port = _free_port()
-    p = subprocess.Popen(tailproxy_argv("--state-dir", str(tmp_path_factory.mktemp("tpstate")),
-                                        "--hostname", "socksudp", "--verbose",
-                                        "--socks5", f"127.0.0.1:{port}", "--socks5-auth", f"{USER}:{PW}"),
+    p = subprocess.Popen(tailproxy_argv("--state-dir", state_dir, "--hostname", hostname, "--verbose",
+                                        "--socks5", f"127.0.0.1:{port}", "--socks5-auth",
+                                        f"{USER}:{PW}", *extra),
                          stderr=subprocess.PIPE, text=True)
     lines, deadline = [], time.monotonic() + 90
     while "proxy on" not in (lines[-1] if lines else ""):
@@ -37,9 +38,19 @@ def proxy(tmp_path_factory):
         if not line or time.monotonic() > deadline:
             p.kill()
             raise AssertionError("no banner:\n" + "".join(lines))
-    yield port
+    return p, port
+
+
+def _stop(p):
     p.send_signal(signal.SIGINT)
     p.communicate(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    p, port = _start_proxy(str(tmp_path_factory.mktemp("tpstate")), "socksudp")
+    yield port
+    _stop(p)
 
 
 def _recvn(s, n):
@@ -112,3 +123,20 @@ def test_pysocks_udp_client(proxy, testnet):
         assert data == b"hello over the tailnet" and src[0] == peer["ipv4"]
     finally:
         s.close()
+
+
+def test_through_the_exit_node_by_address_and_name_without_a_dns_query_here(testnet, tmp_path):
+    inet = testnet["internet"]
+    p, port = _start_proxy(str(tmp_path), "socksudpexit", "--exit-node", "exit")
+    log_start = os.path.getsize(testnet["dns_log"])
+    c, relay = _associate(port)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(2)
+    try:
+        for atyp, host in ((1, inet["ipv4"]), (3, inet["name"])):
+            assert _echoed(u, relay, atyp, host, inet["udp_echo_port"], b"via exit") == b"via exit"
+    finally:
+        u.close()
+        c.close()
+        _stop(p)
+    assert read_queries(testnet["dns_log"], log_start) == []    # the name went to the exit node

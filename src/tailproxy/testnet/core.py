@@ -150,6 +150,8 @@ class Testnet:
                       dnsmasq.recorder_argv(CLIENT_RESOLVER, self.dns_log), self.dns_log)
         self._service("inet", "http-internet", ["http", "--name", "internet", "--host", INET_IP,
                                                 "--port", str(INET_HTTP_PORT)])
+        self._service("inet", "udp-echo-internet", ["udp-echo", "--host", INET_IP,
+                                                     "--port", str(ECHO_PORT)])
         self._dnsmasq("inet", "dns-internet",
                       dnsmasq.authoritative_argv(INET_IP, INET_NAME, {INET_NAME: INET_IP}))
         self._service("peer", "echo-peer", ["echo", "--host", "127.0.0.1", "--host", "::1",
@@ -299,6 +301,7 @@ class Testnet:
             "exit_node": exits[0],
             "exit_nodes": exits,
             "internet": {"name": INET_NAME, "ipv4": INET_IP, "http_port": INET_HTTP_PORT,
+                         "udp_echo_port": ECHO_PORT,
                          "dns": f"{INET_IP}:53", "netns": self.ns.name("inet")},
             # the internet segment as a subnet route: its router, and the address the
             # internet host sees for connections routed through it
