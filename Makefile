@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 NATIVE := src/tailproxy/_native
-DEBS   := curl wget netcat-openbsd iproute2 procps openssl util-linux nodejs proxychains4 microsocks nginx-light valgrind bind9-dnsutils dnsmasq-base
+# (zsh and fish: the unit tests load the completion scripts `tailproxy completion` generates)
+DEBS   := curl wget netcat-openbsd iproute2 procps openssl util-linux nodejs proxychains4 microsocks nginx-light valgrind bind9-dnsutils dnsmasq-base zsh fish
 
 .PHONY: all deps native dev test test-unit test-node test-preload demo bench clean
 
