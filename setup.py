@@ -8,6 +8,7 @@ TAILPROXY_PREBUILT_NATIVE=DIR takes the native parts from DIR (e.g. the tree's
 src/tailproxy/_native after `make native`) instead of building them again.
 """
 import os
+import subprocess
 import sys
 
 from setuptools import Distribution, setup
@@ -32,6 +33,9 @@ class BuildPyWithNative(build_py):
                 build_native.build(out)
         except build_native.BuildError as e:
             sys.exit(f"tailproxy: cannot build the native parts: {e}")
+        except subprocess.CalledProcessError as e:
+            sys.exit(f"tailproxy: building the native parts failed: {' '.join(map(str, e.cmd))} "
+                     f"exited {e.returncode} (its output is above)")
 
 
 class DistributionWithLibraries(Distribution):

@@ -71,9 +71,14 @@ def check_go() -> str:
     return go
 
 
-def build_preload(out_dir: str) -> None:
+def check_cc() -> None:
     if not shutil.which(os.environ.get("CC", "gcc")):
-        raise BuildError("a C compiler (gcc) is needed to build libtailproxy.so")
+        raise BuildError("a C compiler (gcc) is needed to build libtailproxy.so and the node "
+                         "library (cgo)")
+
+
+def build_preload(out_dir: str) -> None:
+    check_cc()
     # No absolute source paths in the library (assert() and friends embed __FILE__).
     cflags = (os.environ.get("CFLAGS", "") + f" -ffile-prefix-map={ROOT}=.").strip()
     subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "preload"), f"OUT={out_dir}",
@@ -82,8 +87,7 @@ def build_preload(out_dir: str) -> None:
 
 def build_node(out_dir: str) -> None:
     go = check_go()
-    if not shutil.which(os.environ.get("CC", "gcc")):
-        raise BuildError("a C compiler (gcc) is needed to build the node library (cgo)")
+    check_cc()
     # -s -w: no symbol tables (36 MB -> 26 MB); Go's panics still name their functions.
     # -buildid= and -trimpath: the same sources give the same bytes wherever they are built.
     cmd = [go, "build", "-buildmode=c-shared", "-trimpath", "-ldflags=-s -w -buildid=",
@@ -146,6 +150,8 @@ def copy_prebuilt(src_dir: str, out_dir: str) -> None:
 def build(out_dir: str) -> None:
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    check_cc()      # both toolchains first: say what is missing before minutes of building
+    check_go()
     build_preload(out_dir)
     build_node(out_dir)
 
