@@ -64,8 +64,9 @@ def test_help_imports_nothing_heavy():
     code = ("import sys, runpy; sys.argv = ['tailproxy', '--help']\n"
             "try: runpy.run_module('tailproxy', run_name='__main__')\n"
             "except SystemExit: pass\n"
-            "heavy = [m for m in ('asyncio', 'uvloop', 'dns', 'ctypes', 'h11', 'tailproxy.node', 'json', 'tomllib',"
-            " 'tailproxy.launcher', 'tailproxy.manage', 'ssl', 'socket') if m in sys.modules]\n"
+            "heavy = [m for m in ('asyncio', 'uvloop', 'dns', 'ctypes', 'h11', 'tailproxy.node',"
+            " 'json', 'tomllib', 'tailproxy.launcher', 'tailproxy.manage', 'ssl', 'socket')"
+            " if m in sys.modules]\n"
             "print('HEAVY', heavy, file=sys.stderr)")
     cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in cp.stderr, cp.stderr
