@@ -4,9 +4,9 @@
     python tools/build_wheel.py --download-deps DIR
 
 
-1. python -m build (no isolation: offline, with this venv's setuptools) makes the sdist, then
-   the wheel from that sdist in a clean temporary tree, so only what the sdist carries (and
-   no stale build/ folder) goes in. TAILPROXY_PREBUILT_NATIVE makes setup.py take the
+1. python -m build (no isolation: offline, with this venv's setuptools) makes the sdist from a
+   copy of the checkout's tracked files, then the wheel from that sdist, so only what the sdist
+   carries goes in (never a stale build/ or egg-info folder, or an untracked file). TAILPROXY_PREBUILT_NATIVE makes setup.py take the
    libraries from --native (default src/tailproxy/_native, built by `make native`) instead of
    running a second Go build.
 2. auditwheel repair retags it manylinux_2_XX_x86_64, XX being the lowest glibc the ELF files'
@@ -20,7 +20,8 @@ that tailproxy's wheel can be installed offline (`pip install --no-index --find-
 the end-to-end wheel test runs inside the test tailnet, which has no internet.
 
 Reproducible: SOURCE_DATE_EPOCH (default: the last commit's time) fixes the timestamps in the
-zip; entries are written in a fixed order; the libraries carry no build id or build paths.
+zip and the tar; entries are written in a fixed order; the libraries carry no build id or build
+paths. One commit (with one Go, gcc and glibc) gives the same wheel and sdist, byte for byte.
 """
 from __future__ import annotations
 
@@ -64,6 +65,41 @@ def _only(pattern: str) -> str:
     return found[0]
 
 
+def normalize_sdist(path: str, epoch: int) -> None:
+    """Rewrite the sdist with its entries sorted, every mtime at `epoch`, no owner names and no
+    gzip timestamp, so that one commit gives one sdist (setuptools keeps the files' mtimes)."""
+    import gzip
+    import io
+    import tarfile
+    with tarfile.open(path) as src:
+        members = sorted(((m, src.extractfile(m).read() if m.isfile() else None)
+                          for m in src.getmembers()), key=lambda item: item[0].name)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for member, data in members:
+            member.mtime, member.uid, member.gid, member.uname, member.gname = epoch, 0, 0, "", ""
+            member.pax_headers = {}
+            out.addfile(member, io.BytesIO(data) if data is not None else None)
+    with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw.getvalue())
+
+
+def clean_source_copy(dest: str) -> str:
+    """The checkout's tracked files (as they are in the working tree) copied into dest: what a
+    build left behind (src/*.egg-info, whose SOURCES.txt setuptools would reuse; build/) and
+    untracked files stay out. Outside a git checkout, the folder itself."""
+    cp = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], capture_output=True)
+    if cp.returncode != 0:
+        return ROOT
+    for rel in filter(None, cp.stdout.decode().split("\0")):
+        src = os.path.join(ROOT, rel)
+        if not os.path.isfile(src):
+            continue        # deleted in the working tree
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+        shutil.copy2(src, os.path.join(dest, rel))
+    return dest
+
+
 def build_sdist_and_wheel(native_dir: str, out_dir: str) -> tuple[str, str]:
     """(sdist path, manylinux wheel path) in out_dir."""
     native_dir = os.path.abspath(native_dir)
@@ -74,8 +110,10 @@ def build_sdist_and_wheel(native_dir: str, out_dir: str) -> tuple[str, str]:
                TAILPROXY_PREBUILT_NATIVE=native_dir, PYTHONHASHSEED="0",
                PATH=scripts + os.pathsep + os.environ.get("PATH", ""))
     with tempfile.TemporaryDirectory(prefix="tailproxy-wheel-") as tmp:
-        _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", tmp, ROOT], env)
+        source = clean_source_copy(os.path.join(tmp, "source"))
+        _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", tmp, source], env)
         sdist = _only(os.path.join(tmp, "tailproxy-*.tar.gz"))
+        normalize_sdist(sdist, int(env["SOURCE_DATE_EPOCH"]))
         raw_wheel = _only(os.path.join(tmp, "tailproxy-*-py3-none-linux_*.whl"))
         repaired = os.path.join(tmp, "repaired")
         _run([sys.executable, "-m", "auditwheel", "repair", "--plat", "auto", "-w", repaired,

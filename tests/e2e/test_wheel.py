@@ -33,10 +33,15 @@ def run(argv, env, cwd, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
+def dist(tmp_path_factory):
+    """(sdist, wheel), built once for the module."""
     assert os.path.isfile(os.path.join(NATIVE, "libtailproxy-node.so")), "run `make native` first"
-    _, path = build_wheel.build_sdist_and_wheel(NATIVE, str(tmp_path_factory.mktemp("dist")))
-    return path
+    return build_wheel.build_sdist_and_wheel(NATIVE, str(tmp_path_factory.mktemp("dist")))
+
+
+@pytest.fixture(scope="module")
+def wheel(dist):
+    return dist[1]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,13 @@ def test_wheel_is_manylinux_and_carries_python_and_native_parts(wheel):
     assert "tailproxy/cli.py" in names and "tailproxy/proxy/server.py" in names
     show = build_wheel.auditwheel_show(wheel)
     assert "is consistent with" in show and "manylinux_2_" in show, show
+
+
+def test_a_second_build_gives_the_same_bytes(dist, tmp_path):
+    again = build_wheel.build_sdist_and_wheel(NATIVE, str(tmp_path))
+    for first, second in zip(dist, again):
+        with open(first, "rb") as a, open(second, "rb") as b:
+            assert a.read() == b.read(), f"{os.path.basename(first)} differs between two builds"
 
 
 def test_installed_package_is_the_venvs_own(venv, user_env):
