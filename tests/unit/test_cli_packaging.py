@@ -165,15 +165,55 @@ def test_fish_completes_options_subcommands_and_their_words(tmp_path):
     assert fish_complete("tailproxy --config my", tmp_path) == ["my.toml"]
 
 
-def test_zsh_script_loads_under_compinit(tmp_path):
+ZSH_PROBE = r"""
+zmodload zsh/zpty
+zpty z 'zsh -f -i'
+zpty -w z 'PS1="" PROMPT="" RPROMPT=""; TERM=dumb'
+zpty -w z "fpath=($1 \$fpath); autoload -Uz compinit; compinit -u -d $1/zcompdump"
+zpty -w z 'LISTMAX=1000; setopt nolistbeep nobeep; zstyle ":completion:*" verbose no'
+zpty -w z 'echo READY'
+zpty -r z line '*READY*'; zpty -r z line '*READY*'
+zpty -w -n z "tailproxy $2"$'\C-d'
+sleep 1
+zpty -w z $'\C-u'"echo DONE"
+out=""
+for i in {1..200}; do
+  zpty -r -t z chunk && out+=$chunk
+  [[ $out == *DONE*DONE* ]] && break
+  sleep 0.05
+done
+print -r -- "$out"
+zpty -d z
+"""
+
+
+def zsh_complete(line: str, tmp_path) -> set[str]:
+    """What zsh lists (^D) for `tailproxy LINE`, in an interactive zsh on a pty."""
     assert shutil.which("zsh"), "zsh is missing (make deps installs it)"
     (tmp_path / "_tailproxy").write_text(cli_out("completion", "zsh"))
-    prog = (f"fpath=({tmp_path} $fpath); autoload -Uz compinit; compinit -u -d {tmp_path}/zcd; "
-            "print -r -- ${_comps[tailproxy]}")
-    cp = subprocess.run(["zsh", "-f", "-c", prog], capture_output=True, text=True, timeout=30)
-    assert cp.returncode == 0 and cp.stdout.strip() == "_tailproxy", cp.stdout + cp.stderr
-    cp = subprocess.run(["zsh", "-n", str(tmp_path / "_tailproxy")], capture_output=True, text=True)
-    assert cp.returncode == 0, cp.stderr
+    cp = subprocess.run(["zsh", "-f", "-c", ZSH_PROBE, "probe", str(tmp_path), line],
+                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", cp.stdout).replace("\r", "")
+    assert "DONE" in text, cp.stdout + cp.stderr
+    assert "_describe" not in text and "bad option" not in text, text
+    words = set()
+    for row in text.splitlines():
+        # skip the echoed command lines and zsh's end-of-line mark (PROMPT_SP: '#' for root)
+        if not re.search(r"tailproxy|DONE|READY|^\s*[#%]", row):
+            words.update(row.split())
+    return words
+
+
+def test_zsh_completes_options_subcommands_and_hands_over(tmp_path):
+    assert zsh_complete("--exit-no", tmp_path) == {"--exit-node", "--exit-node-allow-lan-access"}
+    assert zsh_complete("exit-n", tmp_path) == {"exit-node"}
+    assert zsh_complete("exit-node ", tmp_path) == {"set", "clear", "list"}
+    assert zsh_complete("--timeout 5 completion ", tmp_path) == {"bash", "zsh", "fish"}
+    assert zsh_complete("help ", tmp_path) == {t.name for t in helptopics.TOPICS}
+    (tmp_path / "my.toml").write_text("")
+    assert zsh_complete("--config my", tmp_path) == {"my.toml"}
+    # after the command word, the program's own completion (zsh ships one for ls)
+    assert "--all" in zsh_complete("--hostname h ls --al", tmp_path)
 
 
 # --- help topics -----------------------------------------------------------------------------
