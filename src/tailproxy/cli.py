@@ -24,7 +24,7 @@ for _s in SETTINGS:
 _META_FLAGS = {"config": "FILE", "profile": "NAME"}
 _META_HELP = {"config": "config file (default ~/.config/tailproxy/config.toml)",
               "profile": "use [profiles.NAME] from the config file"}
-_SWITCHES = {"help": "print this help", "version": "print the version"}   # also -h
+_SWITCHES = {"help": "print this help", "version": "print the version"}   # -h is --help
 # Management subcommands (manage.py): they act on running tailproxies and need settings.
 MANAGE_SUBCOMMANDS = ("ps", "exit-node")
 EXIT_NODE_ACTIONS = ("set", "clear", "list")
@@ -143,12 +143,8 @@ def parse_args(argv: list[str]) -> tuple[dict, dict, list[str]]:
         if not arg.startswith("-") or arg == "-":
             return flags, meta, argv[i:]
         name, eq, value = arg.lstrip("-").partition("=")
-        if name in ("h", "help"):
-            meta["help"] = True
-            i += 1
-            continue
-        if name == "version":
-            meta["version"] = True
+        if name in _SWITCHES or name == "h":
+            meta["help" if name == "h" else name] = True
             i += 1
             continue
         if name in _META_FLAGS or (name in _FLAGS and _FLAGS[name].metavar):
