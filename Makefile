@@ -6,9 +6,10 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 NATIVE := src/tailproxy/_native
-DEBS   := curl wget netcat-openbsd iproute2 procps openssl util-linux nodejs proxychains4 microsocks nginx-light valgrind bind9-dnsutils dnsmasq-base
+# (zsh and fish: the unit tests load the completion scripts `tailproxy completion` generates)
+DEBS   := curl wget netcat-openbsd iproute2 procps openssl util-linux nodejs proxychains4 microsocks nginx-light valgrind bind9-dnsutils dnsmasq-base zsh fish
 
-.PHONY: all deps native dev test test-unit test-node test-preload demo bench clean
+.PHONY: all deps native dev wheel wheelhouse test test-unit test-node test-preload demo bench clean
 
 all: dev
 
@@ -29,7 +30,18 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade pip
 
 dev: $(VPY) native
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q -e '.[test,package]'
+
+# dist/: the sdist and a manylinux wheel (python + libtailproxy.so + the node library), made
+# from the native parts `native` built (no second Go build); reproducible for one commit.
+wheel: dev
+	$(VPY) tools/build_wheel.py --native $(NATIVE) --out dist
+	$(VPY) -m twine check --strict dist/*
+
+# The runtime dependencies as wheels, so that tests/e2e/test_wheel.py can install tailproxy's
+# wheel offline: it runs inside the test tailnet, which has no internet.
+wheelhouse: dev
+	$(VPY) tools/build_wheel.py --download-deps build/wheelhouse
 
 test-unit: dev
 	$(VPY) -m pytest -q tests/unit
@@ -44,7 +56,7 @@ test-node:
 # Everything: the node library's Go tests, unit and end-to-end tests inside a local tailnet (with
 # two exit nodes; tests that need the tailnet fail rather than skip here), then the preload's own
 # suite under ASan.
-test: deps test-node dev
+test: deps test-node dev wheelhouse
 	$(VPY) -m tailproxy.testnet --exit-nodes 2 -- env TAILPROXY_REQUIRE_TESTNET=1 \
 		$(VPY) -m pytest -q -p no:cacheprovider tests
 	$(MAKE) -s -C preload asan PYTHON=$(abspath $(VPY)) PYTEST_ARGS="-p no:cacheprovider"
@@ -56,4 +68,4 @@ bench: deps dev
 	$(VPY) -m tailproxy.testnet -- $(VPY) bench/run.py
 
 clean:
-	rm -rf $(VENV) $(NATIVE) build preload/build
+	rm -rf $(VENV) $(NATIVE) build dist preload/build

@@ -2,6 +2,9 @@
 
 Options end at the first non-option word or at `--`; everything after CMD is passed untouched.
 The seed design's single-dash spellings (`-verbose`, `-exit-node=x`) are accepted too.
+
+This module stays light: `--help`, `--version`, `help` and `completion` import neither
+asyncio nor the node library (the launcher and the management commands are imported late).
 """
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ import os
 import sys
 
 from . import __version__
-from . import manage
+from .completion import SHELLS, CompletionSpec, OptionSpec, SubcommandSpec
 from .config import BY_KEY, SETTINGS, ConfigError, check_command, resolve
-from .manage import SUBCOMMANDS
 from .printable import printable
 from .secretargs import is_reference, reexec_without, take_handed_over
 
@@ -20,6 +22,15 @@ for _s in SETTINGS:
     for _name in (_s.key.replace("_", "-"),) + _s.aliases:
         _FLAGS[_name] = _s
 _META_FLAGS = {"config": "FILE", "profile": "NAME"}
+_META_HELP = {"config": "config file (default ~/.config/tailproxy/config.toml)",
+              "profile": "use [profiles.NAME] from the config file"}
+_SWITCHES = {"help": "print this help", "version": "print the version"}   # -h is --help
+# Management subcommands (manage.py): they act on running tailproxies and need settings.
+MANAGE_SUBCOMMANDS = ("ps", "exit-node")
+EXIT_NODE_ACTIONS = ("set", "clear", "list")
+# Subcommands that need no settings: a broken config file must not stop them.
+INFO_SUBCOMMANDS = ("help", "completion")
+SUBCOMMANDS = MANAGE_SUBCOMMANDS + INFO_SUBCOMMANDS
 
 
 class UsageError(Exception):
@@ -39,13 +50,74 @@ def usage() -> str:
         alias = "".join(f", --{a}" for a in s.aliases)
         env = f" [env {', '.join(s.env)}]" if s.env else ""
         lines.append(f"  {flag + alias:<34} {s.help}{env}")
-    lines.append(f"  {'--config FILE':<34} config file (default ~/.config/tailproxy/config.toml)")
-    lines.append(f"  {'--profile NAME':<34} use [profiles.NAME] from the config file")
-    lines.append(f"  {'--version':<34} print the version")
-    lines += ["", "management (`tailproxy -- NAME` always runs a program NAME instead):",
+    for name, metavar in _META_FLAGS.items():
+        lines.append(f"  {'--' + name + ' ' + metavar:<34} {_META_HELP[name]}")
+    for name, text in _SWITCHES.items():
+        lines.append(f"  {'--' + name:<34} {text}")
+    lines += ["", "subcommands (`tailproxy -- NAME` always runs a program NAME instead):",
               "  tailproxy ps                               list running tailproxies",
-              "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)"]
+              "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)",
+              f"  tailproxy completion {'|'.join(SHELLS):<21} print a shell completion script",
+              "  tailproxy help TOPIC                       config, exit-nodes, exports, names"]
     return "\n".join(lines)
+
+
+def version() -> str:
+    """The package version and what its node library was built from (versions.json, written
+    at build time: an installed package has no go.mod to read)."""
+    from .native import build_versions
+    built = build_versions()
+    if not built:
+        return f"tailproxy {__version__} (native parts not built)"
+    return f"tailproxy {__version__} (tailscale.com {built.get('tailscale.com', '?')}, " \
+           f"{built.get('go', '?')})"
+
+
+def completion_spec() -> CompletionSpec:
+    """What the parser accepts, from the dicts parse_args() consults (_FLAGS, _META_FLAGS),
+    for the completion scripts."""
+    from .helptopics import TOPICS
+    options, seen = [], set()
+    for s in SETTINGS:
+        names = tuple(n for n, setting in _FLAGS.items() if setting is s)
+        options.append(OptionSpec(names, _value_kind(s.metavar), s.help))
+        seen.update(names)
+    assert seen == set(_FLAGS), "every parser flag belongs to a setting"
+    options += [OptionSpec((n,), _value_kind(m), _META_HELP[n]) for n, m in _META_FLAGS.items()]
+    options += [OptionSpec((n,), None, text) for n, text in _SWITCHES.items()]
+    subcommands = (
+        SubcommandSpec("ps", "list running tailproxies"),
+        SubcommandSpec("exit-node", "set, clear or list a running tailproxy's exit node",
+                       EXIT_NODE_ACTIONS),
+        SubcommandSpec("completion", "print a shell completion script", SHELLS),
+        SubcommandSpec("help", "help on a topic", tuple(t.name for t in TOPICS)),
+    )
+    assert {s.name for s in subcommands} == set(SUBCOMMANDS)
+    return CompletionSpec(tuple(options), subcommands)
+
+
+def _value_kind(metavar: str | None) -> str | None:
+    if metavar is None:
+        return None
+    return {"FILE": "file", "DIR": "dir"}.get(metavar, "word")
+
+
+def _info_subcommand(args: list[str]) -> int:
+    """`tailproxy help [TOPIC]` and `tailproxy completion SHELL`."""
+    if args[0] == "completion":
+        from .completion import script
+        if len(args) != 2 or args[1] not in SHELLS:
+            raise UsageError(f"usage: tailproxy completion {'|'.join(SHELLS)}")
+        print(script(args[1], completion_spec()), end="")
+        return 0
+    from . import helptopics
+    if len(args) == 1:
+        print(usage() + "\n\n" + helptopics.index())
+        return 0
+    if len(args) != 2 or args[1] not in helptopics.BY_NAME:
+        raise UsageError("usage: tailproxy help TOPIC\n" + helptopics.index())
+    print(helptopics.page(args[1]))
+    return 0
 
 
 def _note_argv_secret(meta: dict, key: str, value: str, indices: range) -> None:
@@ -71,12 +143,8 @@ def parse_args(argv: list[str]) -> tuple[dict, dict, list[str]]:
         if not arg.startswith("-") or arg == "-":
             return flags, meta, argv[i:]
         name, eq, value = arg.lstrip("-").partition("=")
-        if name in ("h", "help"):
-            meta["help"] = True
-            i += 1
-            continue
-        if name == "version":
-            meta["version"] = True
+        if name in _SWITCHES or name == "h":
+            meta["help" if name == "h" else name] = True
             i += 1
             continue
         if name in _META_FLAGS or (name in _FLAGS and _FLAGS[name].metavar):
@@ -136,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             print(usage())
             return 0
         if meta.get("version"):
-            print(f"tailproxy {__version__}")
+            print(version())
             return 0
+        subcommand = command[0] if command and not meta.get("explicit") else None
+        if subcommand in INFO_SUBCOMMANDS:
+            return _info_subcommand(command)
         settings = resolve(flags, dict(os.environ), meta.get("config"), meta.get("profile"))
-        if command and not meta.get("explicit") and command[0] in SUBCOMMANDS:
+        if subcommand in MANAGE_SUBCOMMANDS:
+            from . import manage   # imported late: it brings asyncio
             return manage.main(command, settings, flags.get("hostname"))
         check_command(settings, command)
     except (UsageError, ConfigError) as e:

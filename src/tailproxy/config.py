@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import tomllib
 from typing import Any, Callable, Sequence
 
 from .secretargs import read_references, secret
@@ -282,6 +281,7 @@ def _check_table(table: dict, where: str) -> dict:
 
 def load_file(path: str, profile: str | None, required: bool) -> dict:
     """Settings from the file's defaults overlaid with the profile's."""
+    import tomllib      # here, not at the top: --help and --version read no file
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

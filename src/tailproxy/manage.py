@@ -8,7 +8,6 @@ from .config import Settings
 from .printable import printable
 from .rundir import RunDirError
 
-SUBCOMMANDS = ("ps", "exit-node")
 USAGE = """usage: tailproxy ps
        tailproxy [--hostname NAME] exit-node set NAME|auto
        tailproxy [--hostname NAME] exit-node clear

@@ -15,3 +15,15 @@ def native_path(name: str) -> str:
             f"{name} is missing from {base}: the package was installed without its native parts "
             f"(reinstall with `pip install .` or run `make native`)")
     return path
+
+
+def build_versions() -> dict:
+    """What the native parts were built from ({"tailscale.com": ..., "go": ...}; {} when they
+    were not built), as tools/build_native.py recorded it."""
+    import json
+    base = os.environ.get("TAILPROXY_NATIVE_DIR") or _DIR
+    try:
+        with open(os.path.join(base, "versions.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}

@@ -15,7 +15,6 @@ whole run. Two ways around it:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from typing import Any, Callable
@@ -87,6 +86,7 @@ def read_references(values: dict) -> dict:
 def reexec_without(argv: list[str], drop: set[int], moved: dict[str, str]) -> None:
     """Replace this process by tailproxy run with argv minus the indices in `drop`; `moved`
     (setting key -> literal value) travels through a pipe. Does not return."""
+    import json     # here: only a re-exec needs it, and --help should not pay for it
     data = json.dumps(moved).encode()
     r, w = os.pipe()
     os.write(w, data)          # far below the pipe's capacity: the write cannot block
@@ -119,6 +119,7 @@ def take_handed_over() -> dict[str, str]:
         except OSError:
             pass
     try:
+        import json
         moved = json.loads(b"".join(chunks))
     except ValueError:
         return {}
