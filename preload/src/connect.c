@@ -1,7 +1,8 @@
-/* connect(): TCP to a non-local, non-bypassed destination is handed to the
- * proxy with the program's own socket attached; the proxy dials and then
- * connects that socket to its relay (docs/CHANNEL.md). Everything else goes
- * to the real connect() untouched. */
+/* connect(): TCP to a non-local, non-bypassed destination that the proxy
+ * routes is handed to the proxy with the program's own socket attached; the
+ * proxy dials and then connects that socket to its relay (docs/CHANNEL.md).
+ * What the proxy would only dial directly (its routing table, table.c) and
+ * everything else goes to the real connect() untouched. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -82,6 +83,34 @@ static void verbose(int fd, const struct tp_addr *dst, int err)
 			log_str(&l, ")");
 		}
 	}
+	log_flush(&l);
+}
+
+/* The kernel's own connect on the program's socket: loopback, bypassed, or a
+ * destination the routing table says the proxy would only dial directly. */
+static int connect_direct(int fd, const struct sockaddr *sa, socklen_t len, int e0)
+{
+	struct fd_info fi;
+
+	/* remembered so getpeername() never asks the proxy about it */
+	memset(&fi, 0, sizeof(fi));
+	fi.ino = sock_ino(fd);
+	fi.state = FD_DIRECT;
+	fdt_set(fd, &fi);
+	errno = e0;
+	return real_connect(fd, sa, len);
+}
+
+static void verbose_direct(int fd, const struct tp_addr *dst)
+{
+	struct tp_log l;
+
+	log_init(&l);
+	log_str(&l, "tailproxy: connect fd ");
+	log_num(&l, fd);
+	log_str(&l, " to ");
+	log_addr(&l, dst);
+	log_str(&l, ": direct (not routed by the proxy)");
 	log_flush(&l);
 }
 
@@ -240,19 +269,19 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = e0;
 		return real_connect(fd, sa, len);
 	}
-	if (tp_goes_direct(c, &dst)) {
-		/* remembered so getpeername() never asks the proxy about it */
-		memset(&fi, 0, sizeof(fi));
-		fi.ino = sock_ino(fd);
-		fi.state = FD_DIRECT;
-		fdt_set(fd, &fi);
-		errno = e0;
-		return real_connect(fd, sa, len);
-	}
+	if (tp_goes_direct(c, &dst))
+		return connect_direct(fd, sa, len, e0);
 	fl = fcntl(fd, F_GETFL);
 	blocking = fl >= 0 && !(fl & O_NONBLOCK);
 	if (fdt_get(fd, &fi) && fi.state == FD_PENDING)
 		return again(fd, sa, len, &fi, blocking, e0);
+	/* After the pending check: a connect() again on a socket handed over
+	 * before the table changed must still wait for the proxy's outcome. */
+	if (tp_table_direct(&dst)) {
+		if (c->verbose)
+			verbose_direct(fd, &dst);
+		return connect_direct(fd, sa, len, e0);
+	}
 	ino = sock_ino(fd);
 	st = tcp_state(fd);
 	if (st != TCP_CLOSE) {          /* connected or listening: the kernel's EISCONN/EINVAL */
