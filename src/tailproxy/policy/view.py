@@ -26,9 +26,14 @@ class TailnetView:
         self._routes: list = []             # [(network, peer's DNS name)], accepted only
         self._suffix = ""
         self.exit_node_in_use = False
+        self.asked_at = float("-inf")       # when the status now loaded was asked for
+        self._invalidated_at = float("-inf")
+        # told after every load (the routing table republishes: policy/publisher.py)
+        self.on_load: Callable[[], None] = lambda: None
 
     def invalidate(self) -> None:
         self._at = float("-inf")
+        self._invalidated_at = time.monotonic()
 
     @property
     def fresh(self) -> bool:
@@ -37,9 +42,13 @@ class TailnetView:
     async def refresh(self, force: bool = False) -> None:
         if self.fresh and not force:
             return
-        self.load(await asyncio.to_thread(self._status))
+        asked = time.monotonic()
+        self.load(await asyncio.to_thread(self._status), asked_at=asked)
 
-    def load(self, st: dict) -> None:
+    def load(self, st: dict, asked_at: float | None = None) -> None:
+        """`asked_at`: when `st` was asked for. A status asked for before the last
+        invalidate() (the exit node changed meanwhile) is loaded but not fresh, so the next
+        use asks again instead of routing by it."""
         peers, names, routes = {}, set(), []
         for p in (st.get("Peer") or {}).values():
             for ip in p.get("TailscaleIPs") or []:
@@ -57,7 +66,14 @@ class TailnetView:
             names.update((me, me.split(".")[0]))
         self._suffix = ((st.get("CurrentTailnet") or {}).get("MagicDNSSuffix") or "").rstrip(".").lower()
         self.exit_node_in_use = bool((st.get("ExitNodeStatus") or {}).get("ID"))
-        self._at = time.monotonic()
+        self.asked_at = time.monotonic() if asked_at is None else asked_at
+        self._at = time.monotonic() if self.asked_at >= self._invalidated_at else float("-inf")
+        self.on_load()
+
+    @property
+    def current(self) -> bool:
+        """Loaded from a status asked for after the last invalidate()."""
+        return self.asked_at >= self._invalidated_at
 
     def is_tailnet_name(self, name: str) -> bool:
         """A name in the netmap: a peer's MagicDNS name (FQDN or short name)."""
