@@ -9,6 +9,10 @@ modes interleaved (and their order rotated) in each repetition:
   (a) cost per connection: N sequential connect + 1-byte echo to an echo server on the client
       host's own non-loopback address: direct / tailproxy --no-tailnet / proxychains4 + microsocks;
       (a') the same modes, connect() alone (no data)
+  (a″) (--only h) direct destinations under default tailproxy (on the tailnet, no exit node):
+      the (a) loop, connect() alone and the (b) bulk to the client host's own address, which
+      is not on the tailnet, so the preload connects it itself by the proxy's routing table;
+      plain (no tailproxy) side by side. Target: ≤ 1.05x plain per connection and for bulk
   (b) bulk throughput to a sink on the same path, same three modes. Bulk rates are *delivered*
       rates: client's first write to the sink's last byte (the sink logs CLOCK_MONOTONIC times),
       and a bulk whose bytes do not all reach the sink is a failure
@@ -106,6 +110,61 @@ def bench_local(ctx, a: argparse.Namespace) -> dict:
                 return delivered(ctx["sink_log"], before, d, a.bulk_bytes, (None, ctx["sink_port"]))
             bulk[m].add(one)
     return {"conn": conn, "lat": lat, "bulk": bulk}
+
+
+def bench_direct(ctx, a: argparse.Namespace) -> dict:
+    """(a″) a destination not on the tailnet under default tailproxy (node up, no exit
+    node) next to plain: connect+echo loop, connect() alone, bulk."""
+    tb, ip = ctx["tb"], ctx["client_ip"]
+    modes = {
+        "plain": ([], {}),
+        "tailproxy": (ctx["tp"] + ["--hostname", "bench-direct", "--state-dir", ctx["tp_state"]],
+                      ctx["tp_env"]),
+    }
+    res = {k: {m: Series() for m in modes} for k in ("conn", "lat", "bulk")}
+    say(f"\n(a″) direct destination under default tailproxy: {a.conns} x (connect + 1-byte echo), "
+        f"{a.conns} x connect(), {a.bulk_bytes / GiB:g} GiB bulk, to {ip}")
+    for r in range(a.reps):
+        for m in rotated(list(modes), r):
+            pre, env = modes[m]
+
+            def loop(pre=pre, env=env, port=ctx["echo_ports"]["a2-" + m]):
+                d = result_line(run(pre + [tb, "connloop", ip, str(port), str(a.conns)], env), "connloop")
+                return d["per_conn_us"], d
+            res["conn"][m].add(loop)
+
+            def lat(pre=pre, env=env, port=ctx["echo_ports"]["a2-" + m + "-lat"]):
+                d = result_line(run(pre + [tb, "connlat", ip, str(port), str(a.conns)], env), "connlat")
+                return d["median_us"], d
+            res["lat"][m].add(lat)
+
+            def bulk(pre=pre, env=env):
+                before = sink_count(ctx["sink_log"])
+                d = result_line(run(pre + [tb, "bulk", ip, str(ctx["sink_port"]), str(a.bulk_bytes)], env),
+                                "bulk")
+                return delivered(ctx["sink_log"], before, d, a.bulk_bytes, (None, ctx["sink_port"]))
+            res["bulk"][m].add(bulk)
+    return res
+
+
+def summarize_direct(dr: dict) -> tuple[list[list[str]], list[dict], list[str]]:
+    """Rows, targets and failures of (a″)."""
+    rows, targets, failures = [], [], []
+    for key, what, fmt in (("conn", "(a″) connect+echo, direct destination", "{:.0f} µs/conn"),
+                           ("lat", "(a″) connect() alone (median), direct destination", "{:.0f} µs"),
+                           ("bulk", "(a″) bulk, direct destination", "{:.2f} Gbit/s")):
+        for m, label in (("plain", "plain (no tailproxy)"), ("tailproxy", "tailproxy (default, on the tailnet)")):
+            for e in dict.fromkeys(dr[key][m].errors):
+                failures.append(f"{what} {m}: {e}")
+            extra = "" if m == "plain" else f"{fr(ratio(dr[key][m].median, dr[key]['plain'].median))} plain"
+            rows.append([what, label, cell(dr[key][m], fmt), extra])
+    for key, label in (("conn", "per connection (connect+echo)"), ("bulk", "bulk")):
+        t, p = dr[key]["tailproxy"], dr[key]["plain"]
+        r = ratio(t.median, p.median) if key == "conn" else ratio(p.median, t.median)
+        add_target(targets, f"(a″) direct destination under default tailproxy, {label} ≤ 1.05x plain",
+                   None if r is None else r <= 1.05, t, p,
+                   f"{'time' if key == 'conn' else 'plain rate / tailproxy rate'}: ratio {fr(r)}")
+    return rows, targets, failures
 
 
 def tailnet_script(tb: str, ip: str, echo: int, sink: int, a: argparse.Namespace) -> str:
@@ -581,7 +640,8 @@ def main() -> int:
     p.add_argument("--reps-start", type=int, default=10, help="(g) runs of each start-up figure (default 10)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcdefg", help="sections to run, e.g. 'ab' (default abcdefg)")
+    p.add_argument("--only", default="abcdefgh",
+                   help="sections to run, e.g. 'ab'; h is (a″) (default abcdefgh)")
     p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
@@ -623,7 +683,7 @@ def main() -> int:
             "args": vars(a), "testnet": {"client": info["client"], "peer": info["peers"]["peer"]}}
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
-    loc = tn = mem = ex = st = None
+    loc = tn = mem = ex = st = dr = None
     dns = None
     try:
         say("\nsetup")
@@ -632,7 +692,7 @@ def main() -> int:
         ctx["echo_ports"] = {}
         # one echo server per mode: each gets its own pool of ports for the TIME_WAITs of the loop
         for m in ("direct", "tailproxy", "proxychains", "direct-lat", "tailproxy-lat", "proxychains-lat",
-                  "hold"):
+                  "hold", "a2-plain", "a2-tailproxy", "a2-plain-lat", "a2-tailproxy-lat"):
             _, ctx["echo_ports"][m] = start_server([tb, "echo-server", "0", ip], os.path.join(tmp, f"echo-{m}.log"),
                                                    note=f"echo server for {m}")
         ctx["sink_log"] = os.path.join(tmp, "sink.log")
@@ -663,6 +723,8 @@ def main() -> int:
 
         if "a" in a.only or "b" in a.only:
             loc = guarded("(a)/(b)", bench_local, ctx, a)
+        if "h" in a.only:
+            dr = guarded("(a″)", bench_direct, ctx, a)
         if "c" in a.only:
             tn = guarded("(c)", bench_tailnet, ctx, a)
         if "d" in a.only:
@@ -683,6 +745,9 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     rows, targets, failures = summarize(loc, tn, mem, st, a)
+    if dr:
+        d_rows, d_targets, d_failures = summarize_direct(dr)
+        rows, targets, failures = rows + d_rows, targets + d_targets, failures + d_failures
     if ex:
         import export_bench
         ex_rows, ex_failures = export_bench.rows(ex)
@@ -708,6 +773,7 @@ def main() -> int:
             "a_conn": {m: s.to_json() for m, s in loc["conn"].items()} if loc else None,
             "a_connlat": {m: s.to_json() for m, s in loc["lat"].items()} if loc else None,
             "b_bulk": {m: s.to_json() for m, s in loc["bulk"].items()} if loc else None,
+            "a2_direct": {k: {m: s.to_json() for m, s in v.items()} for k, v in dr.items()} if dr else None,
             "c_tailnet": {k: {m: s.to_json() for m, s in v.items()} for k, v in tn.items()} if tn else None,
             "d_memory_kib": mem,
             "g_startup_s": {k: v.to_json() for k, v in st.items()} if st else None}

@@ -101,6 +101,26 @@ static int connect_direct(int fd, const struct sockaddr *sa, socklen_t len, int 
 	return real_connect(fd, sa, len);
 }
 
+static void verbose_direct(int fd, const struct tp_addr *dst);
+
+/* What the proxy would only dial directly (the routing table): the kernel's
+ * connect, whatever the socket's kind (anything not ours goes there too), and
+ * no syscall of ours on the way, so it costs what a plain connect costs.
+ * getpeername() needs no entry: the kernel's peer is the destination. */
+static int connect_by_table(int fd, const struct sockaddr *sa, socklen_t len,
+			    const struct tp_addr *dst, int known, int e0)
+{
+	int type;
+
+	if (tp_config()->verbose && sockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) == 0 &&
+	    type == SOCK_STREAM)
+		verbose_direct(fd, dst);        /* TCP only, as for the connects we hand over */
+	if (!known)
+		fdt_clear(fd);  /* a former socket's entry: spares the next connect() an fstat */
+	errno = e0;
+	return real_connect(fd, sa, len);
+}
+
 static void verbose_direct(int fd, const struct tp_addr *dst)
 {
 	struct tp_log l;
@@ -260,12 +280,21 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	struct tp_addr dst;
 	struct fd_info fi;
 	uint64_t ino, token = 0;
-	int e0 = errno, mapped, domain, st, fl, blocking, err = 0;
+	int e0 = errno, mapped, domain, st, fl, blocking, known, pending, err = 0;
 
 	if (c->active && dns_redirect_connect(fd, sa, len, &err))   /* port 53: udpdns.c */
 		return err;
-	if (!c->active || sa_to_tp(sa, len, &dst, &mapped) != 0 ||
-	    !is_our_kind(fd, sa, mapped, &domain)) {
+	if (!c->active || sa_to_tp(sa, len, &dst, &mapped) != 0) {
+		errno = e0;
+		return real_connect(fd, sa, len);
+	}
+	/* A connect() again on a socket handed over before the table changed
+	 * must still wait for the proxy's outcome, so this comes first. */
+	known = fdt_get(fd, &fi);
+	pending = known && fi.state == FD_PENDING;
+	if (!pending && !tp_goes_direct(c, &dst) && tp_table_direct(&dst))
+		return connect_by_table(fd, sa, len, &dst, known, e0);
+	if (!is_our_kind(fd, sa, mapped, &domain)) {
 		errno = e0;
 		return real_connect(fd, sa, len);
 	}
@@ -273,15 +302,8 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		return connect_direct(fd, sa, len, e0);
 	fl = fcntl(fd, F_GETFL);
 	blocking = fl >= 0 && !(fl & O_NONBLOCK);
-	if (fdt_get(fd, &fi) && fi.state == FD_PENDING)
+	if (pending)
 		return again(fd, sa, len, &fi, blocking, e0);
-	/* After the pending check: a connect() again on a socket handed over
-	 * before the table changed must still wait for the proxy's outcome. */
-	if (tp_table_direct(&dst)) {
-		if (c->verbose)
-			verbose_direct(fd, &dst);
-		return connect_direct(fd, sa, len, e0);
-	}
 	ino = sock_ino(fd);
 	st = tcp_state(fd);
 	if (st != TCP_CLOSE) {          /* connected or listening: the kernel's EISCONN/EINVAL */

@@ -143,3 +143,10 @@ def test_connect_hands_over_what_the_table_routes(run, table):
     table.publish(T.EXIT_NODE, TAILNET)
     r = run.run("test_connect", "ok", V6, env=env)
     assert "connected" in r.stderr and "direct" not in r.stderr
+
+
+def test_udp_to_a_direct_destination_is_untouched_and_silent(run, table):
+    table.publish(0, TAILNET)
+    r = run.run("test_connect", "udp", V4, env={"TAILPROXY_TABLE": table.path,
+                                                "TAILPROXY_VERBOSE": "1"})
+    assert "tailproxy:" not in r.stderr, r.stderr
