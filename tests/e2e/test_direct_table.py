@@ -81,6 +81,21 @@ def test_direct_destination_is_the_kernels_own_connection(testnet, state):
     assert not re.search(rf"tailproxy: channel {re.escape(inet)}:{port} ", cp.stderr), cp.stderr
 
 
+def test_proxy_all_hands_the_direct_destination_over(testnet, state):
+    inet, port = testnet["internet"]["ipv4"], testnet["internet"]["http_port"]
+    nr = SYS_GETPEERNAME.get(platform.machine())
+    if nr is None:
+        pytest.skip(f"no getpeername syscall number for {platform.machine()}")
+    with direct_link_to_the_internet(testnet) as own_address:
+        cp = run_tp("--state-dir", state, "--hostname", "direct", "--verbose", "--proxy-all",
+                    *py(KERNEL_PEER), inet, str(port), str(nr))
+    assert cp.returncode == 0, cp.stderr
+    seen = json.loads(cp.stdout)
+    assert seen["kernel_peer"][0] in ("127.0.0.1", "::1")     # the proxy's relay
+    assert seen["hook_peer"] == [inet, port] and seen["client"] == own_address
+    assert re.search(rf"tailproxy: channel {re.escape(inet)}:{port} ok ", cp.stderr), cp.stderr
+
+
 def test_tailnet_destination_is_still_handed_over(testnet, state):
     peer = testnet["peers"]["peer"]
     code = f"""

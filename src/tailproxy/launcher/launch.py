@@ -227,6 +227,8 @@ async def _start_table(parts: contextlib.AsyncExitStack, dialer: RouteDialer, ru
                        settings: Settings, bypass: list[str]) -> str | None:
     """The routing table the preload reads (policy/publisher.py), published and kept
     current; its path, or None (then the preload hands every connection over)."""
+    if settings.proxy_all:
+        return None
     try:
         table = RouteTableFile(os.path.join(rundir, "routes"))
     except OSError as e:
