@@ -5,7 +5,6 @@ import ipaddress
 import os
 import stat
 import struct
-import time
 
 import pytest
 
@@ -150,14 +149,14 @@ def test_exit_node_change_hands_over_until_a_later_status_is_loaded(table):
     dialer.table = pub
     pub.publish()
     assert read_table(table.path)[0] == 0
-    asked_before = time.monotonic()
+    asked_before = view.epoch
     dialer.exit_node_changing()
     assert read_table(table.path)[0] == T.HAND_OVER_ALL
     view.load(STATUS)                               # during the change: still held
     assert read_table(table.path)[0] == T.HAND_OVER_ALL
     dialer.exit_node_changed()
     assert read_table(table.path)[0] == T.HAND_OVER_ALL
-    view.load(STATUS, asked_at=asked_before)        # stale: asked before the change
+    view.load(STATUS, asked_in=asked_before)        # stale: asked before the change
     assert read_table(table.path)[0] == T.HAND_OVER_ALL and not view.fresh
     view.load(with_exit_node())                     # the switch, seen
     assert read_table(table.path)[0] == T.EXIT_NODE
