@@ -105,7 +105,9 @@ static void verbose_direct(int fd, const struct tp_addr *dst);
 
 /* What the proxy would only dial directly (the routing table): the kernel's
  * connect, whatever the socket's kind (anything not ours goes there too), and
- * no syscall of ours on the way, so it costs what a plain connect costs.
+ * no syscall of ours on the way (an fstat in fdt_get at most, once per reuse
+ * of an fd number that held one of our sockets), so it costs what a plain
+ * connect costs.
  * getpeername() needs no entry: the kernel's peer is the destination. */
 static int connect_by_table(int fd, const struct sockaddr *sa, socklen_t len,
 			    const struct tp_addr *dst, int known, int e0)
