@@ -150,3 +150,28 @@ def test_udp_to_a_direct_destination_is_untouched_and_silent(run, table):
     r = run.run("test_connect", "udp", V4, env={"TAILPROXY_TABLE": table.path,
                                                 "TAILPROXY_VERBOSE": "1"})
     assert "tailproxy:" not in r.stderr, r.stderr
+
+
+FORK_EXEC = """
+import os, socket, subprocess, sys
+srv = socket.create_server((sys.argv[1], 0))
+port = srv.getsockname()[1]
+def connect():
+    socket.create_connection((sys.argv[1], port)).close()
+pid = os.fork()                     # the child uses the mapping it inherited
+if pid == 0:
+    connect()
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+subprocess.run([sys.executable, "-c",   # a new image maps the table again
+                f"import socket; socket.create_connection(({sys.argv[1]!r}, {port})).close()"],
+               check=True)
+"""
+
+
+def test_fork_and_exec_keep_following_the_table(run, table):
+    table.publish(0, TAILNET)
+    r = run.run_cmd([sys.executable, "-c", FORK_EXEC, V4],
+                    env={"TAILPROXY_TABLE": table.path, "TAILPROXY_VERBOSE": "1"})
+    direct = [l for l in r.stderr.splitlines() if "direct (not routed by the proxy)" in l]
+    assert len(direct) == 2 and "connected" not in r.stderr, r.stderr
