@@ -175,3 +175,30 @@ def test_fork_and_exec_keep_following_the_table(run, table):
                     env={"TAILPROXY_TABLE": table.path, "TAILPROXY_VERBOSE": "1"})
     direct = [l for l in r.stderr.splitlines() if "direct (not routed by the proxy)" in l]
     assert len(direct) == 2 and "connected" not in r.stderr, r.stderr
+
+
+def test_a_connect_pending_when_the_table_turns_direct_still_waits_for_the_proxy(run, table,
+                                                                                  tmp_path):
+    """A blocking connect handed over and interrupted (EINTR) is still the proxy's when the
+    table then says "direct": connect() again waits for its outcome (the kernel's connect on
+    the parked socket would answer EALREADY at once, or dial a second time)."""
+    table.publish(T.EXIT_NODE, TAILNET)                     # handed over
+    image = T.RouteTableFile(str(tmp_path / "image"))
+    image.publish(0, TAILNET)                               # then: direct
+    run.run("test_connect", "eintr", V4, env={"TAILPROXY_TABLE": table.path,
+                                              "TEST_TABLE_IMAGE": image.path})
+    assert decide(run, table.path, V4) == "direct"          # the image did replace it
+    image.close()
+
+
+def test_a_failed_hand_over_keeps_its_outcome_when_the_table_turns_direct(run, table, tmp_path):
+    """Non-blocking, to a closed port, handed over and failed; then the table says "direct":
+    connect() again reports the proxy's outcome (ECONNREFUSED), not a new dial of the
+    kernel's (EINPROGRESS)."""
+    table.publish(T.EXIT_NODE, TAILNET)
+    image = T.RouteTableFile(str(tmp_path / "image"))
+    image.publish(0, TAILNET)
+    run.run("test_nonblock", "again-refused", V4, env={"TAILPROXY_TABLE": table.path,
+                                                       "TEST_TABLE_IMAGE": image.path})
+    assert decide(run, table.path, V4) == "direct"
+    image.close()
