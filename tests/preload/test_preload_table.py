@@ -58,15 +58,16 @@ def test_200_threads_read_only_whole_tables_while_it_is_republished(run, table):
     try:
         # niced: 200 spinning readers on a small machine would starve the one writer
         r = run.run_cmd(["nice", "-n", "19", os.path.join(run.testbin, "test_table"), "stress",
-                         "200", "3"], env={"TAILPROXY_TABLE": table.path}, channel=False,
+                         "200", "5"], env={"TAILPROXY_TABLE": table.path}, channel=False,
                         timeout=120)
     finally:
         stop.set()
         writer.join()
     m = re.search(r"ok: 200 threads, (\d+) whole reads, (\d+) changes seen", r.stdout)
     assert m, r.stdout + r.stderr
-    assert table.gen > 200, "the writer hardly republished: the test proved nothing"
-    assert int(m.group(2)) > 200, r.stdout      # the readers did see it change under them
+    # on a loaded machine the writer may get little CPU: enough that readers overlapped writes
+    assert table.gen > 100, f"the writer republished {table.gen} times only: proved nothing"
+    assert int(m.group(2)) > 100, r.stdout      # the readers did see it change under them
 
 
 def test_reader_sees_the_published_table(run, table):
