@@ -7,8 +7,15 @@ a temporary directory, then measures, every figure the median of --reps repetiti
 modes interleaved (and their order rotated) in each repetition:
 
   (a) cost per connection: N sequential connect + 1-byte echo to an echo server on the client
-      host's own non-loopback address: direct / tailproxy --no-tailnet / proxychains4 + microsocks;
+      host's own non-loopback address: direct / tailproxy --no-tailnet --proxy-all / proxychains4 +
+      microsocks (--proxy-all: the proxied path is what (a) measures; without it the preload
+      connects a destination the proxy would only dial directly itself, which is (a″));
       (a') the same modes, connect() alone (no data)
+  (a″) (--only h) direct destinations under default tailproxy (on the tailnet, no exit node):
+      the (a) loop, connect() alone and the (b) bulk to the client host's own address, which
+      is not on the tailnet, so the preload connects it itself by the proxy's routing table;
+      plain (no tailproxy) and tailproxy --proxy-all (handed over and relayed, as before the
+      table) side by side. Target: ≤ 1.05x plain per connection and for bulk
   (b) bulk throughput to a sink on the same path, same three modes. Bulk rates are *delivered*
       rates: client's first write to the sink's last byte (the sink logs CLOCK_MONOTONIC times),
       and a bulk whose bytes do not all reach the sink is a failure
@@ -43,6 +50,7 @@ import os
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,7 +74,7 @@ def bench_local(ctx, a: argparse.Namespace) -> dict:
     tb, ip = ctx["tb"], ctx["client_ip"]
     modes = {
         "direct": ([], {}),
-        "tailproxy": (ctx["tp"] + ["--no-tailnet"], ctx["tp_env"]),
+        "tailproxy": (ctx["tp"] + ["--no-tailnet", "--proxy-all"], ctx["tp_env"]),
         "proxychains": (["proxychains4", "-q", "-f", ctx["pc_local"]], {}),
     }
     say(f"\n(a) cost per connection: {a.conns} x (connect + 1-byte echo) to {ip}")
@@ -106,6 +114,92 @@ def bench_local(ctx, a: argparse.Namespace) -> dict:
                 return delivered(ctx["sink_log"], before, d, a.bulk_bytes, (None, ctx["sink_port"]))
             bulk[m].add(one)
     return {"conn": conn, "lat": lat, "bulk": bulk}
+
+
+def bench_direct(ctx, a: argparse.Namespace) -> dict:
+    """(a″) a destination not on the tailnet under default tailproxy (node up, no exit
+    node) next to plain: connect+echo loop, connect() alone, bulk."""
+    tb, ip = ctx["tb"], ctx["client_ip"]
+    modes = {
+        "plain": ([], {}),
+        "tailproxy": (ctx["tp"] + ["--hostname", "bench-direct", "--state-dir", ctx["tp_state"]],
+                      ctx["tp_env"]),
+        # the same destination handed over and relayed, as every one was before the table
+        "proxy-all": (ctx["tp"] + ["--hostname", "bench-direct", "--state-dir", ctx["tp_state"],
+                                   "--proxy-all"], ctx["tp_env"]),
+    }
+    res = {k: {m: Series() for m in modes} for k in ("conn", "lat", "bulk")}
+    say(f"\n(a″) direct destination under default tailproxy: {a.conns} x (connect + 1-byte echo), "
+        f"{a.conns} x connect(), {a.bulk_bytes / GiB:g} GiB bulk, to {ip}")
+    for r in range(a.reps):
+        for m in rotated(list(modes), r):
+            pre, env = modes[m]
+
+            def loop(pre=pre, env=env, port=ctx["echo_ports"]["a2-" + m]):
+                d = result_line(run(pre + [tb, "connloop", ip, str(port), str(a.conns)], env), "connloop")
+                return d["per_conn_us"], d
+            res["conn"][m].add(loop)
+
+            def lat(pre=pre, env=env, port=ctx["echo_ports"]["a2-" + m + "-lat"]):
+                d = result_line(run(pre + [tb, "connlat", ip, str(port), str(a.conns)], env), "connlat")
+                return d["median_us"], d
+            res["lat"][m].add(lat)
+
+            def bulk(pre=pre, env=env):
+                before = sink_count(ctx["sink_log"])
+                d = result_line(run(pre + [tb, "bulk", ip, str(ctx["sink_port"]), str(a.bulk_bytes)], env),
+                                "bulk")
+                return delivered(ctx["sink_log"], before, d, a.bulk_bytes, (None, ctx["sink_port"]))
+            res["bulk"][m].add(bulk)
+    return res
+
+
+def summarize_direct(dr: dict) -> tuple[list[list[str]], list[dict], list[str]]:
+    """Rows, targets and failures of (a″)."""
+    rows, targets, failures = [], [], []
+    # each run's median connection too: on a loaded machine a burst of other work moves a run's
+    # mean (the (a) figure) far more than the microseconds in question
+    dr = dict(dr, conn_median={m: per_run(s, "median_us") for m, s in dr["conn"].items()})
+    for key, what, fmt in (("conn", "(a″) connect+echo, direct destination", "{:.0f} µs/conn"),
+                           ("conn_median", "(a″) connect+echo, median connection of a run, direct destination",
+                            "{:.0f} µs"),
+                           ("lat", "(a″) connect() alone (median), direct destination", "{:.0f} µs"),
+                           ("bulk", "(a″) bulk, direct destination", "{:.2f} Gbit/s")):
+        for m, label in (("plain", "plain (no tailproxy)"), ("tailproxy", "tailproxy (default, on the tailnet)"),
+                         ("proxy-all", "tailproxy --proxy-all (handed over, as before the table)")):
+            for e in dict.fromkeys(dr[key][m].errors):
+                failures.append(f"{what} {m}: {e}")
+            extra = "" if m == "plain" else f"{fr(ratio(dr[key][m].median, dr[key]['plain'].median))} plain"
+            rows.append([what, label, cell(dr[key][m], fmt), extra])
+    for key, label in (("conn", "per connection (connect+echo)"),
+                       ("conn_median", "per connection (connect+echo, median connection)"), ("bulk", "bulk")):
+        t, p = dr[key]["tailproxy"], dr[key]["plain"]
+        r = ratio(p.median, t.median) if key == "bulk" else ratio(t.median, p.median)
+        paired = paired_ratios(p, t) if key == "bulk" else paired_ratios(t, p)
+        detail = (f"{'plain rate / tailproxy rate' if key == 'bulk' else 'time'}: ratio of the medians "
+                  f"{fr(r)}")
+        if paired:
+            detail += (f"; per repetition (modes run one after the other) {', '.join(f'{x:.2f}' for x in paired)}, "
+                       f"median {statistics.median(paired):.2f}x")
+        add_target(targets, f"(a″) direct destination under default tailproxy, {label} ≤ 1.05x plain",
+                   None if r is None else r <= 1.05, t, p, detail)
+    return rows, targets, failures
+
+
+def per_run(s: Series, field: str) -> Series:
+    """Another figure of the same runs (from each run's result line)."""
+    out = Series()
+    out.values = [extra[field] for extra in s.extra]
+    out.errors = list(s.errors)
+    return out
+
+
+def paired_ratios(num: Series, den: Series) -> list[float]:
+    """num/den of each repetition, where the modes ran one after the other: on a shared
+    machine the load moves between repetitions more than between the runs of one."""
+    if num.errors or den.errors or len(num.values) != len(den.values):
+        return []
+    return [n / d for n, d in zip(num.values, den.values) if d]
 
 
 def tailnet_script(tb: str, ip: str, echo: int, sink: int, a: argparse.Namespace) -> str:
@@ -239,7 +333,7 @@ def bench_memory(ctx, a: argparse.Namespace) -> dict:
             say(f"    FAILED: {e}")
 
     local_ip, local_echo = ctx["client_ip"], ctx["echo_ports"]["hold"]
-    tpl = ctx["tp"] + ["--no-tailnet"]
+    tpl = ctx["tp"] + ["--no-tailnet", "--proxy-all"]   # held through the proxy, as before the table
     record("tailproxy --no-tailnet idle",
            lambda: hold_rss(tpl + [tb, "hold", local_ip, str(local_echo), "0"], ctx["tp_env"], tp_targets, 60))
     record(f"tailproxy --no-tailnet {k} conns",
@@ -394,13 +488,13 @@ def summarize(loc: dict | None, tn: dict | None, mem: dict | None, st: dict | No
         d = c["direct"].median
         added = {m: (c[m].median - d) if c[m].median is not None and d is not None else None
                  for m in ("tailproxy", "proxychains")}
-        for m, label in (("direct", "direct (no proxy)"), ("tailproxy", "tailproxy --no-tailnet"),
+        for m, label in (("direct", "direct (no proxy)"), ("tailproxy", "tailproxy --no-tailnet --proxy-all"),
                          ("proxychains", "proxychains4 + microsocks")):
             failed("(a)", m, c[m])
             extra = "" if m == "direct" else f"added {fr(added[m], '{:.0f} µs')}; {fr(ratio(c[m].median, d))} direct"
             rows.append(["(a) connect+echo", label, cell(c[m], "{:.0f} µs/conn"), extra])
         lt = loc["lat"]
-        for m, label in (("direct", "direct (no proxy)"), ("tailproxy", "tailproxy --no-tailnet"),
+        for m, label in (("direct", "direct (no proxy)"), ("tailproxy", "tailproxy --no-tailnet --proxy-all"),
                          ("proxychains", "proxychains4 + microsocks")):
             failed("(a')", m, lt[m])
             extra = "" if m == "direct" else f"{fr(ratio(lt[m].median, lt['direct'].median))} direct"
@@ -411,7 +505,7 @@ def summarize(loc: dict | None, tn: dict | None, mem: dict | None, st: dict | No
                                               f"{fr(added['proxychains'], '{:.0f}')} µs "
                                               f"(ratio {fr(ratio(added['tailproxy'], added['proxychains']))})")
         b = loc["bulk"]
-        for m, label in (("direct", "direct (no proxy)"), ("tailproxy", "tailproxy --no-tailnet"),
+        for m, label in (("direct", "direct (no proxy)"), ("tailproxy", "tailproxy --no-tailnet --proxy-all"),
                          ("proxychains", "proxychains4 + microsocks")):
             failed("(b)", m, b[m])
             extra = "" if m == "direct" else f"{fr(ratio(b[m].median, b['direct'].median))} direct"
@@ -581,7 +675,8 @@ def main() -> int:
     p.add_argument("--reps-start", type=int, default=10, help="(g) runs of each start-up figure (default 10)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcdefg", help="sections to run, e.g. 'ab' (default abcdefg)")
+    p.add_argument("--only", default="abcdefgh",
+                   help="sections to run, e.g. 'ab'; h is (a″) (default abcdefgh)")
     p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
@@ -623,7 +718,7 @@ def main() -> int:
             "args": vars(a), "testnet": {"client": info["client"], "peer": info["peers"]["peer"]}}
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
-    loc = tn = mem = ex = st = None
+    loc = tn = mem = ex = st = dr = None
     dns = None
     try:
         say("\nsetup")
@@ -632,7 +727,8 @@ def main() -> int:
         ctx["echo_ports"] = {}
         # one echo server per mode: each gets its own pool of ports for the TIME_WAITs of the loop
         for m in ("direct", "tailproxy", "proxychains", "direct-lat", "tailproxy-lat", "proxychains-lat",
-                  "hold"):
+                  "hold", "a2-plain", "a2-tailproxy", "a2-proxy-all", "a2-plain-lat", "a2-tailproxy-lat",
+                  "a2-proxy-all-lat"):
             _, ctx["echo_ports"][m] = start_server([tb, "echo-server", "0", ip], os.path.join(tmp, f"echo-{m}.log"),
                                                    note=f"echo server for {m}")
         ctx["sink_log"] = os.path.join(tmp, "sink.log")
@@ -663,6 +759,8 @@ def main() -> int:
 
         if "a" in a.only or "b" in a.only:
             loc = guarded("(a)/(b)", bench_local, ctx, a)
+        if "h" in a.only:
+            dr = guarded("(a″)", bench_direct, ctx, a)
         if "c" in a.only:
             tn = guarded("(c)", bench_tailnet, ctx, a)
         if "d" in a.only:
@@ -683,6 +781,9 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     rows, targets, failures = summarize(loc, tn, mem, st, a)
+    if dr:
+        d_rows, d_targets, d_failures = summarize_direct(dr)
+        rows, targets, failures = rows + d_rows, targets + d_targets, failures + d_failures
     if ex:
         import export_bench
         ex_rows, ex_failures = export_bench.rows(ex)
@@ -708,6 +809,7 @@ def main() -> int:
             "a_conn": {m: s.to_json() for m, s in loc["conn"].items()} if loc else None,
             "a_connlat": {m: s.to_json() for m, s in loc["lat"].items()} if loc else None,
             "b_bulk": {m: s.to_json() for m, s in loc["bulk"].items()} if loc else None,
+            "a2_direct": {k: {m: s.to_json() for m, s in v.items()} for k, v in dr.items()} if dr else None,
             "c_tailnet": {k: {m: s.to_json() for m, s in v.items()} for k, v in tn.items()} if tn else None,
             "d_memory_kib": mem,
             "g_startup_s": {k: v.to_json() for k, v in st.items()} if st else None}

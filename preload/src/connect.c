@@ -1,7 +1,8 @@
-/* connect(): TCP to a non-local, non-bypassed destination is handed to the
- * proxy with the program's own socket attached; the proxy dials and then
- * connects that socket to its relay (docs/CHANNEL.md). Everything else goes
- * to the real connect() untouched. */
+/* connect(): TCP to a non-local, non-bypassed destination that the proxy
+ * routes is handed to the proxy with the program's own socket attached; the
+ * proxy dials and then connects that socket to its relay (docs/CHANNEL.md).
+ * What the proxy would only dial directly (its routing table, table.c) and
+ * everything else goes to the real connect() untouched. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -82,6 +83,56 @@ static void verbose(int fd, const struct tp_addr *dst, int err)
 			log_str(&l, ")");
 		}
 	}
+	log_flush(&l);
+}
+
+/* The kernel's own connect on the program's socket: loopback, bypassed, or a
+ * destination the routing table says the proxy would only dial directly. */
+static int connect_direct(int fd, const struct sockaddr *sa, socklen_t len, int e0)
+{
+	struct fd_info fi;
+
+	/* remembered so getpeername() never asks the proxy about it */
+	memset(&fi, 0, sizeof(fi));
+	fi.ino = sock_ino(fd);
+	fi.state = FD_DIRECT;
+	fdt_set(fd, &fi);
+	errno = e0;
+	return real_connect(fd, sa, len);
+}
+
+static void verbose_direct(int fd, const struct tp_addr *dst);
+
+/* What the proxy would only dial directly (the routing table): the kernel's
+ * connect, whatever the socket's kind (anything not ours goes there too), and
+ * no syscall of ours on the way (an fstat in fdt_get at most, once per reuse
+ * of an fd number that held one of our sockets), so it costs what a plain
+ * connect costs.
+ * getpeername() needs no entry: the kernel's peer is the destination. */
+static int connect_by_table(int fd, const struct sockaddr *sa, socklen_t len,
+			    const struct tp_addr *dst, int known, int e0)
+{
+	int type;
+
+	if (tp_config()->verbose && sockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) == 0 &&
+	    type == SOCK_STREAM)
+		verbose_direct(fd, dst);        /* TCP only, as for the connects we hand over */
+	if (!known)
+		fdt_clear(fd);  /* a former socket's entry: spares the next connect() an fstat */
+	errno = e0;
+	return real_connect(fd, sa, len);
+}
+
+static void verbose_direct(int fd, const struct tp_addr *dst)
+{
+	struct tp_log l;
+
+	log_init(&l);
+	log_str(&l, "tailproxy: connect fd ");
+	log_num(&l, fd);
+	log_str(&l, " to ");
+	log_addr(&l, dst);
+	log_str(&l, ": direct (not routed by the proxy)");
 	log_flush(&l);
 }
 
@@ -231,27 +282,29 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	struct tp_addr dst;
 	struct fd_info fi;
 	uint64_t ino, token = 0;
-	int e0 = errno, mapped, domain, st, fl, blocking, err = 0;
+	int e0 = errno, mapped, domain, st, fl, blocking, known, pending, err = 0;
 
 	if (c->active && dns_redirect_connect(fd, sa, len, &err))   /* port 53: udpdns.c */
 		return err;
-	if (!c->active || sa_to_tp(sa, len, &dst, &mapped) != 0 ||
-	    !is_our_kind(fd, sa, mapped, &domain)) {
+	if (!c->active || sa_to_tp(sa, len, &dst, &mapped) != 0) {
 		errno = e0;
 		return real_connect(fd, sa, len);
 	}
-	if (tp_goes_direct(c, &dst)) {
-		/* remembered so getpeername() never asks the proxy about it */
-		memset(&fi, 0, sizeof(fi));
-		fi.ino = sock_ino(fd);
-		fi.state = FD_DIRECT;
-		fdt_set(fd, &fi);
+	/* A connect() again on a socket handed over before the table changed
+	 * must still wait for the proxy's outcome, so this comes first. */
+	known = fdt_get(fd, &fi);
+	pending = known && fi.state == FD_PENDING;
+	if (!pending && !tp_goes_direct(c, &dst) && tp_table_direct(&dst))
+		return connect_by_table(fd, sa, len, &dst, known, e0);
+	if (!is_our_kind(fd, sa, mapped, &domain)) {
 		errno = e0;
 		return real_connect(fd, sa, len);
 	}
+	if (tp_goes_direct(c, &dst))
+		return connect_direct(fd, sa, len, e0);
 	fl = fcntl(fd, F_GETFL);
 	blocking = fl >= 0 && !(fl & O_NONBLOCK);
-	if (fdt_get(fd, &fi) && fi.state == FD_PENDING)
+	if (pending)
 		return again(fd, sa, len, &fi, blocking, e0);
 	ino = sock_ino(fd);
 	st = tcp_state(fd);

@@ -61,5 +61,7 @@ __attribute__((constructor)) static void real_init(void)
 	real_getsockopt_fn();
 	real_getpeername_fn();
 	tp_config();
+	if (tp_config()->active)
+		tp_table_init();
 	errno = e;
 }

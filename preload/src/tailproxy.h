@@ -52,9 +52,44 @@ struct tp_config {
 };
 
 HIDDEN const struct tp_config *tp_config(void);
+HIDDEN int tp_goes_direct(const struct tp_config *cfg, const struct tp_addr *a);
+
+/* ---- cidr.c ---- */
 HIDDEN int tp_parse_cidr(const char *s, size_t n, struct tp_cidr *out);
 HIDDEN int tp_cidr_match(const struct tp_cidr *c, const struct tp_addr *a);
-HIDDEN int tp_goes_direct(const struct tp_config *cfg, const struct tp_addr *a);
+
+/* ---- table.c: the proxy's routing table, TAILPROXY_TABLE (docs/CHANNEL.md) ---- */
+#define TP_TABLE_MAGIC 0x54525054u      /* "TPRT" read as a little-endian u32 */
+#define TP_TABLE_VERSION 1
+#define TP_TABLE_MAX 64                 /* routes per table */
+enum {
+	TP_TABLE_EXIT_NODE = 1,         /* an exit node is in use: everything goes to the proxy */
+	TP_TABLE_TAILNET_ONLY = 2,      /* --tailnet-only: never connect directly */
+	TP_TABLE_NO_TAILNET = 4,        /* --no-tailnet (informational) */
+	TP_TABLE_HAND_OVER_ALL = 8,     /* hand everything over: the exit node is being changed, or too many routes */
+	TP_TABLE_KNOWN_FLAGS = 15,
+};
+enum { TP_ROUTE_PROXY = 1, TP_ROUTE_BYPASS = 2 };
+
+struct tp_route {           /* one prefix, 20 bytes as in the file */
+	uint8_t family;         /* 4 or 6 */
+	uint8_t bits;
+	uint8_t kind;           /* TP_ROUTE_* */
+	uint8_t zero;
+	uint8_t addr[16];
+};
+
+struct tp_table {           /* one slot, laid out as in the file */
+	uint64_t gen;
+	uint64_t sum;           /* FNV-1a 64 of the rest (table.c) */
+	uint32_t flags;         /* TP_TABLE_* */
+	uint32_t count;
+	struct tp_route routes[TP_TABLE_MAX];
+};
+
+HIDDEN void tp_table_init(void);                     /* map it now (constructor) */
+HIDDEN int tp_table_read(struct tp_table *t);        /* 1: a consistent copy; 0: none */
+HIDDEN int tp_table_direct(const struct tp_addr *a); /* 1: the proxy would only dial it directly */
 
 /* ---- log.c: write(2)-based, async-signal-safe ---- */
 struct tp_log {

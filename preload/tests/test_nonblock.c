@@ -5,6 +5,9 @@
  *   test_nonblock unreach IP poll|epoll   SO_ERROR = EHOSTUNREACH (kernel shows ECONNREFUSED)
  *   test_nonblock again IP                EALREADY while parked, then 0/EISCONN
  *   test_nonblock again-fail IP           repeated connect after failure gives the real errno
+ *   test_nonblock again-refused IP        the same to a closed port: ECONNREFUSED, no new dial
+ *                                         (both: TEST_TABLE_IMAGE replaces the routing table
+ *                                         before the repeated connect)
  *   test_nonblock stress IP N             N connects, alternating success and failure, each
  *                                         checked the moment an event arrives (the proxy's
  *                                         hand-over from parking to relay must not show)
@@ -122,6 +125,8 @@ static void t_again_fail(const char *ip, int port, int want)
 
 	start(fd, ip, port);
 	CHECK(wait_writable(fd, 10000), "no completion event");
+	/* the table may turn direct now: the socket's outcome is still the proxy's */
+	replace_table_from_env();
 	/* the program learns the outcome from connect() instead of SO_ERROR */
 	CHECK_ERRNO(do_connect(fd, ip, port), want);
 	printf("ok: repeated connect gave %s\n", strerror(want));
@@ -178,6 +183,10 @@ int main(int argc, char **argv)
 		t_stress(ip, argc > 4 ? atoi(argv[4]) : 200, how);
 	else if (!strcmp(m, "again-fail"))
 		t_again_fail(ip, 80, EHOSTUNREACH);
+	else if (!strcmp(m, "again-refused")) {
+		int holder;
+		t_again_fail(ip, closed_port(ip, &holder), ECONNREFUSED);
+	}
 	else
 		CHECK(0, "unknown mode %s", m);
 	return 0;

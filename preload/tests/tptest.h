@@ -252,4 +252,25 @@ static inline void expect_peer(int fd, const char *ip, int port)
 	      fmt(&got, a, sizeof(a)), fmt(&want, b, sizeof(b)));
 }
 
+/* TEST_TABLE_IMAGE: a routing table file to copy over TAILPROXY_TABLE in
+ * place (the preload's mapping sees it), as the proxy republishing it. */
+static inline void replace_table_from_env(void)
+{
+	const char *img = getenv("TEST_TABLE_IMAGE"), *path = getenv("TAILPROXY_TABLE");
+	char buf[16384];
+	ssize_t n;
+	int in, out;
+
+	if (!img || !path)
+		return;
+	in = open(img, O_RDONLY);
+	CHECK(in >= 0, "open %s: %s", img, strerror(errno));
+	n = read(in, buf, sizeof(buf));
+	CHECK(n > 0, "read %s", img);
+	close(in);
+	out = open(path, O_WRONLY);
+	CHECK(out >= 0 && pwrite(out, buf, n, 0) == n, "rewrite %s: %s", path, strerror(errno));
+	close(out);
+}
+
 #endif

@@ -192,6 +192,10 @@ SETTINGS: list[Setting] = [
             "prepend a PROXY protocol v2 header carrying the tailnet client's address"),
     Setting("no_tailnet", _bool, False, (),
             "dial destinations directly instead of through the tailnet (debugging, benchmarks)"),
+    Setting("proxy_all", _bool, False, ("TAILPROXY_PROXY_ALL",),
+            "hand every connection to the proxy, even one it would only dial directly (the "
+            "program then connects nothing by itself: --verbose and --connect-timeout see every "
+            "connection; debugging, benchmarks of the proxied path)"),
     Setting("socks5", _hostport, None, ("TAILPROXY_SOCKS5",),
             "with no command: serve SOCKS5 and HTTP proxy clients on HOST:PORT", "HOST:PORT"),
     Setting("socks5_auth", secret(_userpass), None, ("TAILPROXY_SOCKS5_AUTH",),
@@ -242,6 +246,7 @@ class Settings:
     export_max: int | None = _default("export_max")
     export_proxy_protocol: bool = _default("export_proxy_protocol")
     no_tailnet: bool = _default("no_tailnet")
+    proxy_all: bool = _default("proxy_all")
     socks5: tuple[str, int] | None = _default("socks5")
     socks5_auth: tuple[str, str] | None = _default("socks5_auth")
     show_password: bool = _default("show_password")

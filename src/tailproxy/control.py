@@ -172,7 +172,8 @@ def handler(settings: Settings, node, exits, command: list[str], dialer, say: Ca
             if exits is None:
                 from .launcher.exitnodes import ExitNodes
                 exits = ExitNodes(node, [], settings.exit_node_allow_lan_access, say,
-                                  on_change=dialer.exit_node_changed)
+                                  on_change=dialer.exit_node_changed,
+                                  on_changing=dialer.exit_node_changing)
             name = req.get("name") if cmd == "exit-node-set" else None
             if cmd == "exit-node-set" and not isinstance(name, str):
                 return {"ok": False, "error": "exit-node-set needs a name"}

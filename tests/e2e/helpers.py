@@ -1,6 +1,7 @@
 """Running tailproxy and test programs from end-to-end tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,3 +52,23 @@ def procs_mentioning(text: str) -> list[int]:
 def in_netns(netns: str, argv: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", netns, *argv], **kw)
 
+
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+@contextlib.contextmanager
+def direct_link_to_the_internet(testnet, local="198.19.0.9"):
+    """For the length of the block, a point-to-point link from this (client) host to the
+    internet host, so that a direct dial from here reaches it too and the server can tell the
+    two paths apart by the client address it sees. Only in the testnet's namespaces."""
+    inet_ns, inet_ip = testnet["internet"]["netns"], testnet["internet"]["ipv4"]
+    _ip("link", "add", "tprt0", "type", "veth", "peer", "name", "tprt1", "netns", inet_ns)
+    try:
+        _ip("addr", "add", local, "peer", inet_ip, "dev", "tprt0")
+        _ip("link", "set", "tprt0", "up")
+        _ip("-n", inet_ns, "addr", "add", inet_ip, "peer", local, "dev", "tprt1")
+        _ip("-n", inet_ns, "link", "set", "tprt1", "up")
+        yield local
+    finally:
+        _ip("link", "del", "tprt0", check=False)      # takes its peer in the internet host along

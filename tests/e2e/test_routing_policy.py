@@ -1,7 +1,6 @@
 """Issue 14, "Routing policy", on the local tailnet: subnet routes under --accept-routes (the
 testnet's `exit` host routes the internet segment), --tailnet-only trusting only real tailnet
 destinations, and MagicDNS-suffix names that no node has never reaching a resolver."""
-import contextlib
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import py, run_tp, tailproxy_argv
+from helpers import direct_link_to_the_internet, py, run_tp, tailproxy_argv
 from tailproxy import control
 from tailproxy.testnet.dnsmasq import read_queries
 
@@ -30,23 +29,6 @@ def tp(state, *args, **kw):
 
 def ip(*args, check=True):
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-@contextlib.contextmanager
-def direct_link_to_the_internet(testnet, local="198.19.0.9"):
-    """For the length of the block, a point-to-point link from this (client) host to the
-    internet host, so that a direct dial from here reaches it too and the server can tell the
-    two paths apart by the client address it sees. Only in the testnet's namespaces."""
-    inet_ns, inet_ip = testnet["internet"]["netns"], testnet["internet"]["ipv4"]
-    ip("link", "add", "tprt0", "type", "veth", "peer", "name", "tprt1", "netns", inet_ns)
-    try:
-        ip("addr", "add", local, "peer", inet_ip, "dev", "tprt0")
-        ip("link", "set", "tprt0", "up")
-        ip("-n", inet_ns, "addr", "add", inet_ip, "peer", local, "dev", "tprt1")
-        ip("-n", inet_ns, "link", "set", "tprt1", "up")
-        yield local
-    finally:
-        ip("link", "del", "tprt0", check=False)      # takes its peer in the internet host along
 
 
 def client_seen(cp) -> str:

@@ -10,13 +10,18 @@ _PROXY_VARS = ("ALL_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], verbose: bool,
               proxy_addr: tuple[str, int] | None, proxy_auth: tuple[str, str] | None,
               export_listeners: bool = False, dns_server: str | None = None,
-              park_ports: tuple[int, int] = (0, 0)) -> dict:
+              park_ports: tuple[int, int] = (0, 0), table: str | None = None) -> dict:
     env = {k: v for k, v in parent.items() if k not in SECRETS}
     old = env.get("LD_PRELOAD", "").strip()
     env["LD_PRELOAD"] = f"{old}:{preload}" if old else preload
     env["TAILPROXY_SOCKET"] = channel
     env["TAILPROXY_BYPASS"] = ",".join(bypass)
     env["TAILPROXY_PARK"] = "%d,%d" % park_ports
+    if table is not None:
+        # the routing table: what the preload may connect by itself (policy/table.py)
+        env["TAILPROXY_TABLE"] = table
+    else:
+        env.pop("TAILPROXY_TABLE", None)
     if export_listeners:
         env["TAILPROXY_EXPORT_LISTENERS"] = "1"
     else:

@@ -20,12 +20,16 @@ class ExitNodes:
 
     def __init__(self, node: Node, choices: list[str], allow_lan: bool,
                  say: Callable[[str], None], poll_interval: float = 0.5,
-                 on_change: Callable[[], None] | None = None):
+                 on_change: Callable[[], None] | None = None,
+                 on_changing: Callable[[], None] | None = None):
         self.node, self.choices, self.allow_lan = node, list(choices), allow_lan
         self.say, self.poll_interval = say, poll_interval
         # Told after every change of the exit node, so that routing follows it at once
         # (policy.RouteDialer.exit_node_changed).
         self.on_change = on_change or (lambda: None)
+        # Told before every change of the exit node (each followed by on_change), so that
+        # nothing connects directly while it is under way (policy.RouteDialer.exit_node_changing).
+        self.on_changing = on_changing or (lambda: None)
         self.current: dict | None = None
         self._misses = 0                           # pings in a row the exit node did not answer
         self._suspects: dict[str, float] = {}      # peer ID -> until when it is passed over
@@ -36,12 +40,14 @@ class ExitNodes:
         """Blocking: use the first usable choice; raise ExitNodeError listing every failure."""
         errors = []
         for name in self.choices:
+            self.on_changing()
             try:
                 self.current = self.node.set_exit_node(name, self.allow_lan, timeout=timeout)
-                self.on_change()
                 return
             except ExitNodeError as e:
                 errors.append(str(e))
+            finally:
+                self.on_change()
         raise ExitNodeError("; ".join(errors) if len(errors) > 1 else errors[0])
 
     def start_monitor(self) -> None:
@@ -59,6 +65,7 @@ class ExitNodes:
     async def set(self, name: str | None) -> dict | None:
         """Runtime switch (None clears); stops failover, the user decided."""
         async with self._lock:
+            self.on_changing()
             try:
                 if name is None:
                     await asyncio.to_thread(self.node.clear_exit_node)
@@ -91,6 +98,7 @@ class ExitNodes:
         now = time.monotonic()
         self._suspects = {k: t for k, t in self._suspects.items() if t > now}
         for name in self.choices:
+            self.on_changing()
             try:
                 peer = await asyncio.to_thread(self.node.set_exit_node, name, self.allow_lan, 10.0,
                                                frozenset(self._suspects))

@@ -18,7 +18,7 @@ from ..exporter.ports import PortFilter
 from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
-from ..policy import NodeHandoff, RouteDialer, TailnetView
+from ..policy import NodeHandoff, RouteDialer, RouteTableFile, TablePublisher, TailnetView
 from ..printable import printable
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
@@ -132,6 +132,7 @@ def run(settings: Settings, command: list[str]) -> int:
                              tailnet_only=settings.tailnet_only, log=_say)
         if exits:
             exits.on_change = dialer.exit_node_changed
+            exits.on_changing = dialer.exit_node_changing
         serve = _serve(settings, dialer, rundir, preload, program, command, node, exits, names)
         try:
             return eventloop.run(serve)
@@ -207,11 +208,13 @@ async def _serve(settings: Settings, dialer, rundir, preload, program, command, 
         bypass = list(settings.bypass)
         if settings.exit_node_allow_lan_access:
             bypass += [n for n in local_networks() if n not in bypass]
+        table = await _start_table(parts, dialer, rundir, settings, bypass)
         env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
                         bypass=bypass, verbose=settings.verbose,
                         proxy_addr=proxy.socks_address, proxy_auth=auth,
                         export_listeners=exporter is not None, park_ports=proxy.park_ports,
-                        dns_server=responder.env_value() if responder else None)
+                        dns_server=responder.env_value() if responder else None,
+                        table=table)
         status = await _run_child(program, command, env)
         # Data the program sent just before exiting may still be on its way to the node:
         # stopping now would cut it off.
@@ -219,6 +222,25 @@ async def _serve(settings: Settings, dialer, rundir, preload, program, command, 
         if left:
             _say(f"{left} connection(s) still sending after {_DRAIN_S:g}s; closing them")
         return status
+
+
+async def _start_table(parts: contextlib.AsyncExitStack, dialer: RouteDialer, rundir: str,
+                       settings: Settings, bypass: list[str]) -> str | None:
+    """The routing table the preload reads (policy/publisher.py), published and kept
+    current; its path, or None (then the preload hands every connection over)."""
+    if settings.proxy_all:
+        return None
+    try:
+        table = RouteTableFile(os.path.join(rundir, "routes"))
+    except OSError as e:
+        _say(f"warning: no routing table ({e}); every connection goes through the proxy")
+        return None
+    publisher = TablePublisher(table, view=dialer.view, placeholders=dialer.placeholders,
+                               tailnet_only=settings.tailnet_only, bypass=bypass, log=_say)
+    dialer.table = publisher
+    await publisher.start()
+    parts.push_async_callback(publisher.stop)
+    return table.path
 
 
 async def _start_parts(parts: contextlib.AsyncExitStack, exporter, responder, proxy) -> None:

@@ -40,6 +40,8 @@ class RouteDialer:
         self.node, self.direct, self.view = node, direct, view
         self.placeholders, self.tailnet_only, self.log = placeholders, tailnet_only, log
         self._exit_changed: asyncio.Future | None = None     # set by exit_node_changed()
+        # the preload's routing table (policy/publisher.py), told of exit-node changes
+        self.table = None
 
     async def dial(self, host: str, port: int, timeout: float) -> Outbound:
         started = self.start_dial(host, port, timeout)
@@ -134,11 +136,19 @@ class RouteDialer:
         except DialFailed as e:
             raise DialError(e.errno, str(e)) from None
 
+    def exit_node_changing(self) -> None:
+        """The exit node is about to be switched or cleared: the preload hands everything
+        over until the change is done and seen (no connection direct by a stale table)."""
+        if self.table is not None:
+            self.table.exit_node_changing()
+
     def exit_node_changed(self) -> None:
         """The exit node was switched or cleared: route from a fresh view, and dial again
         what is still being dialled through the old one."""
         if self.view is not None:
             self.view.invalidate()
+        if self.table is not None:
+            self.table.exit_node_changed()
         changed, self._exit_changed = self._exit_changed, None
         if changed is not None and not changed.done():
             changed.set_result(None)

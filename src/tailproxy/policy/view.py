@@ -26,9 +26,15 @@ class TailnetView:
         self._routes: list = []             # [(network, peer's DNS name)], accepted only
         self._suffix = ""
         self.exit_node_in_use = False
+        # invalidate() counts up; the status now loaded was asked for at loaded_epoch
+        self.epoch = 0
+        self.loaded_epoch = -1
+        # told after every load (the routing table republishes: policy/publisher.py)
+        self.on_load: Callable[[], None] = lambda: None
 
     def invalidate(self) -> None:
         self._at = float("-inf")
+        self.epoch += 1
 
     @property
     def fresh(self) -> bool:
@@ -37,9 +43,13 @@ class TailnetView:
     async def refresh(self, force: bool = False) -> None:
         if self.fresh and not force:
             return
-        self.load(await asyncio.to_thread(self._status))
+        asked_in = self.epoch
+        self.load(await asyncio.to_thread(self._status), asked_in=asked_in)
 
-    def load(self, st: dict) -> None:
+    def load(self, st: dict, asked_in: int | None = None) -> None:
+        """`asked_in`: the epoch in which `st` was asked for (default: now). A status asked
+        for before the last invalidate() (the exit node changed meanwhile) is loaded but not
+        fresh, so the next use asks again instead of routing by it."""
         peers, names, routes = {}, set(), []
         for p in (st.get("Peer") or {}).values():
             for ip in p.get("TailscaleIPs") or []:
@@ -57,7 +67,14 @@ class TailnetView:
             names.update((me, me.split(".")[0]))
         self._suffix = ((st.get("CurrentTailnet") or {}).get("MagicDNSSuffix") or "").rstrip(".").lower()
         self.exit_node_in_use = bool((st.get("ExitNodeStatus") or {}).get("ID"))
-        self._at = time.monotonic()
+        self.loaded_epoch = self.epoch if asked_in is None else asked_in
+        self._at = time.monotonic() if self.current else float("-inf")
+        self.on_load()
+
+    @property
+    def current(self) -> bool:
+        """Loaded from a status asked for after the last invalidate()."""
+        return self.loaded_epoch == self.epoch
 
     def is_tailnet_name(self, name: str) -> bool:
         """A name in the netmap: a peer's MagicDNS name (FQDN or short name)."""
