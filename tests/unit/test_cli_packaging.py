@@ -174,9 +174,15 @@ zpty -w z 'LISTMAX=1000; setopt nolistbeep nobeep; zstyle ":completion:*" verbos
 zpty -w z 'echo READY'
 zpty -r z line '*READY*'; zpty -r z line '*READY*'
 zpty -w -n z "tailproxy $2"$'\C-d'
-sleep 1
+# wait for the listing: until 2 s pass with no output (at most 15 s); typing on at once would
+# make zsh skip the listing, and a fixed wait is too short on a loaded machine
+out=""; quiet=0
+for i in {1..300}; do
+  if zpty -r -t z chunk; then out+=$chunk; quiet=0; else (( quiet++ )); fi
+  (( quiet >= 40 )) && break
+  sleep 0.05
+done
 zpty -w z $'\C-u'"echo DONE"
-out=""
 for i in {1..200}; do
   zpty -r -t z chunk && out+=$chunk
   [[ $out == *DONE*DONE* ]] && break
