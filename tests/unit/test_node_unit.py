@@ -654,3 +654,27 @@ def test_a_node_stuck_starting_is_not_restarted_without_room(tmp_path, monkeypat
     with pytest.raises(UpTimeout):
         n.up(timeout=0.3)           # less than twice STUCK_STARTING_S: no second start
     assert fake.names().count("node_start") == 1
+
+
+def test_signal_handlers_without_the_signal_stack_get_it():
+    """A handler C code installs without SA_ONSTACK (as libuv does for SIGCHLD) would run on a
+    goroutine's few-KiB stack on a Go thread and overrun it: protect_go_stacks adds the flag
+    and keeps the handler, its mask and its other flags."""
+    import ctypes
+    import signal as _signal
+    from tailproxy.node.library import _SA_ONSTACK, _Sigaction, _libc, protect_go_stacks
+
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda sig: None)
+    new, old = _Sigaction(), _Sigaction()
+    new.handler = ctypes.cast(handler, ctypes.c_void_p).value
+    new.flags = 0x10000000          # SA_RESTART, no SA_ONSTACK
+    assert _libc.sigaction(_signal.SIGUSR2, ctypes.byref(new), ctypes.byref(old)) == 0
+    try:
+        assert _signal.SIGUSR2 in protect_go_stacks()
+        got = _Sigaction()
+        _libc.sigaction(_signal.SIGUSR2, None, ctypes.byref(got))
+        assert got.handler == new.handler and got.flags & _SA_ONSTACK and got.flags & 0x10000000
+        assert _signal.SIGUSR2 not in protect_go_stacks()       # once is enough
+        assert _signal.SIGTERM not in protect_go_stacks()       # default or Python's: untouched
+    finally:
+        _libc.sigaction(_signal.SIGUSR2, ctypes.byref(old), None)

@@ -18,6 +18,7 @@ from ..exporter.ports import PortFilter
 from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
+from ..node.library import protect_go_stacks
 from ..policy import NodeHandoff, RouteDialer, RouteTableFile, TablePublisher, TailnetView
 from ..printable import printable
 from ..proxy.dialer import DirectDialer
@@ -290,6 +291,7 @@ async def _run_child(program: str, command: list[str], env: dict) -> int:
         with programs_own_limit():
             proc = await asyncio.create_subprocess_exec(program, *command[1:], env=env,
                                                         executable=program)
+        protect_go_stacks()     # uvloop's SIGCHLD handler, installed for this child (library.py)
     except FileNotFoundError:
         _say(f"{command[0]}: command not found")
         return 127

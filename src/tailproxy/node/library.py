@@ -77,6 +77,42 @@ def library() -> ctypes.CDLL:
     return _lib
 
 
+class _Sigaction(ctypes.Structure):
+    """glibc's struct sigaction (Linux, 64-bit)."""
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16),
+                ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
+
+
+_SA_ONSTACK = 0x08000000
+_SIG_DFL, _SIG_IGN = 0, 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def protect_go_stacks() -> list[int]:
+    """Give every signal handler installed without SA_ONSTACK the signal stack, and return
+    the signals changed.
+
+    Go runs goroutines on stacks of a few KiB. A handler that C code installed without
+    SA_ONSTACK (libuv's SIGCHLD handler, installed while uvloop runs a child, for one) runs on
+    whatever stack the signal interrupted; on a Go thread its frame overruns the goroutine's
+    stack into the next one, and the node crashes later with "unexpected return pc". With
+    SA_ONSTACK it runs on the thread's signal stack, which every Go thread has (Go's own
+    handlers and Python's already ask for it). Call it after anything that may install such
+    a handler."""
+    changed = []
+    for sig in range(1, 65):
+        sa = _Sigaction()
+        if _libc.sigaction(sig, None, ctypes.byref(sa)) != 0:
+            continue            # glibc's reserved signals, or no such signal
+        handler = sa.handler or _SIG_DFL
+        if handler in (_SIG_DFL, _SIG_IGN) or sa.flags & _SA_ONSTACK:
+            continue
+        sa.flags |= _SA_ONSTACK
+        if _libc.sigaction(sig, ctypes.byref(sa), None) == 0:
+            changed.append(sig)
+    return changed
+
+
 def take_string(ptr: int | None) -> str | None:
     """A malloc'd C string from the library, freed."""
     if not ptr:
