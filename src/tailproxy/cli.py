@@ -10,7 +10,7 @@ import sys
 
 from . import __version__
 from . import manage
-from .config import BY_KEY, SETTINGS, ConfigError, check_command, resolve
+from .config import BY_KEY, SETTINGS, ConfigError, check_command, check_run, resolve, uses_agent
 from .manage import SUBCOMMANDS
 from .printable import printable
 from .secretargs import is_reference, reexec_without, take_handed_over
@@ -43,7 +43,9 @@ def usage() -> str:
     lines.append(f"  {'--profile NAME':<34} use [profiles.NAME] from the config file")
     lines.append(f"  {'--version':<34} print the version")
     lines += ["", "management (`tailproxy -- NAME` always runs a program NAME instead):",
-              "  tailproxy ps                               list running tailproxies",
+              "  tailproxy ps                               list running agents and tailproxies",
+              "  tailproxy [OPTIONS] up                     start this identity's agent (--linger)",
+              "  tailproxy [--hostname H|--state-dir D] down   stop this identity's agent",
               "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)"]
     return "\n".join(lines)
 
@@ -142,9 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         if command and not meta.get("explicit") and command[0] in SUBCOMMANDS:
             return manage.main(command, settings, flags.get("hostname"))
         check_command(settings, command)
+        if uses_agent(settings, command):
+            check_run(settings)
     except (UsageError, ConfigError) as e:
         print(f"tailproxy: {printable(str(e))}", file=sys.stderr)
         return 2
+    if uses_agent(settings, command):   # the identity's shared agent (agent/client.py)
+        from .agent.client import run_attached
+        return run_attached(settings, command)
     from .launcher.launch import run  # imported late: --help and usage errors stay instant
     return run(settings, command)
 

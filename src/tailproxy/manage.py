@@ -1,15 +1,17 @@
-"""Management subcommands: `tailproxy ps` and `tailproxy exit-node set NAME|clear|list`."""
+"""Management subcommands: `tailproxy ps`, `up`, `down` and `exit-node set NAME|clear|list`."""
 from __future__ import annotations
 
 import sys
 
 from . import control
-from .config import Settings
+from .config import ConfigError, Settings
 from .printable import printable
 from .rundir import RunDirError
 
-SUBCOMMANDS = ("ps", "exit-node")
+SUBCOMMANDS = ("ps", "exit-node", "up", "down")
 USAGE = """usage: tailproxy ps
+       tailproxy [OPTIONS] up            (start or keep this identity's agent; --linger forever)
+       tailproxy [--hostname NAME | --state-dir DIR] down
        tailproxy [--hostname NAME] exit-node set NAME|auto
        tailproxy [--hostname NAME] exit-node clear
        tailproxy [OPTIONS] exit-node list
@@ -33,8 +35,19 @@ def _pick(runs, hostname: str | None):
     return None, f"several tailproxies are running ({names}); choose one with --hostname"
 
 
+def _all_runs() -> list[tuple[str, dict]]:
+    """Agents first, then tailproxies that run a node of their own (--agent=false, --socks5)."""
+    from .agent.client import agents
+    return agents() + control.running()
+
+
+def _started(t) -> str:
+    import time
+    return time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+
+
 def ps() -> int:
-    runs = control.running()
+    runs = _all_runs()
     rows = [("PID", "HOSTNAME", "NODE", "ADDRESSES", "EXIT NODE", "ROUTES", "EXPORTS", "COMMAND")]
     for _, i in runs:
         rows.append((str(i.get("pid")), i.get("hostname") or "-", i.get("node_name") or "-",
@@ -46,6 +59,53 @@ def ps() -> int:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    agents = [i for _, i in runs if i.get("agent")]
+    for i in agents:
+        linger = i.get("linger")
+        print(f"\nagent {i.get('pid')} ({i.get('hostname')}, {i.get('state_dir')}): "
+              f"linger {linger if linger == 'forever' else f'{linger:g}s'}, "
+              f"{i.get('tracked', 0)} process(es) tracked, "
+              f"{i.get('connections', 0)} connection(s) relayed by the proxy (not counting the node's fast path)")
+        for p in i.get("programs") or []:
+            print(f"  {p.get('pid'):>7}  {_started(p.get('started'))}  "
+                  f"{printable(' '.join(p.get('command') or [])) or '(up)'}")
+    return 0
+
+
+def up(settings: Settings) -> int:
+    """Start this identity's agent, or keep the running one, with --linger from `settings`."""
+    from .agent.client import AgentError, attach
+    from .agent.identity import IdentityError
+    from .config import check_run
+    check_run(settings)
+    try:
+        conn, reply = attach(settings, [])
+    except AgentError as e:
+        return _err(str(e)) if str(e) else e.status
+    except IdentityError as e:
+        return _err(str(e))
+    with conn:
+        from .agent.client import _request
+        linger = "forever" if settings.linger == float("inf") else settings.linger
+        _request(conn, {"cmd": "linger", "linger": linger})
+    how = "until `tailproxy down`" if linger == "forever" else f"linger {linger:g}s"
+    print(f"agent {reply['agent_pid']} serves {settings.hostname} ({settings.state_dir}); {how}")
+    return 0
+
+
+def down(settings: Settings) -> int:
+    """Stop this identity's agent and wait until it has exited."""
+    from .agent.client import ask, wait_until_gone
+    from .agent.identity import IdentityError
+    reply = ask(settings, {"cmd": "down"})
+    if reply is None:
+        return _err(f"no agent runs for {settings.hostname} ({settings.state_dir})")
+    try:
+        if not wait_until_gone(settings.state_dir, 30):
+            return _err(f"agent {reply.get('pid')} did not stop within 30s")
+    except IdentityError as e:
+        return _err(str(e))
+    print(f"agent {reply.get('pid')} stopped")
     return 0
 
 
@@ -77,20 +137,20 @@ def _list_with_own_node(settings: Settings) -> int:
 def main(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
     try:
         return _run_subcommand(args, settings, hostname_flag)
-    except RunDirError as e:
+    except (RunDirError, ConfigError) as e:
         return _err(str(e))
 
 
 def _run_subcommand(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
-    if args[0] == "ps":
+    if args[0] in ("ps", "up", "down"):
         if len(args) != 1:
-            return _err("ps takes no arguments\n" + USAGE)
-        return ps()
+            return _err(f"{args[0]} takes no arguments (options go before it)\n" + USAGE)
+        return {"ps": ps, "up": lambda: up(settings), "down": lambda: down(settings)}[args[0]]()
     sub = args[1:] if len(args) > 1 else []
     if not sub or sub[0] not in ("set", "clear", "list") or \
             (sub[0] == "set" and len(sub) != 2) or (sub[0] != "set" and len(sub) != 1):
         return _err(USAGE)
-    runs = control.running()
+    runs = _all_runs()
     target, why = _pick(runs, hostname_flag)
     # list with nothing to ask: bring this identity's node up briefly. That is the case when
     # no tailproxy runs, or when --hostname names one that does not (whatever else runs).
