@@ -68,6 +68,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def channel_answers(state: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+        try:
+            c.connect(os.path.join(identity.run_dir(state), "channel.sock"))
+            return True
+        except OSError:
+            return False
+
+
 def wait_until(pred, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -144,7 +153,10 @@ def test_daemonized_descendant_keeps_the_agent(ident, peer, short_tmp):
     code = py(f"""
         import os, sys, time
         if os.fork() == 0:
-            os.setsid()
+            os.setsid()                   # a daemon: own session, stdio let go
+            fd = os.open(os.devnull, os.O_RDWR)
+            for i in (0, 1, 2):
+                os.dup2(fd, i)
             time.sleep(1.5)               # the launcher has returned by now
             exec(compile({work!r}, "child", "exec"))
             os._exit(0)
@@ -166,6 +178,9 @@ def test_daemonized_child_alone_returns_at_once(ident):
     code = py("""
         import os, time
         if os.fork() == 0:
+            fd = os.open(os.devnull, os.O_RDWR)
+            for i in (0, 1, 2):
+                os.dup2(fd, i)            # else the test's pipes wait for it, not tailproxy
             time.sleep(3)
             os._exit(0)
     """)
@@ -227,8 +242,9 @@ def test_sigkilled_agent_enetdown_then_recovered(ident, peer):
         s.close()
         print("READY", flush=True)
         sys.stdin.readline()
+        s = socket.socket()     # blocking, as test_outbound's dead-proxy test
         try:
-            socket.create_connection(({peer['ipv4']!r}, {peer['echo_port']}), timeout=10)
+            s.connect(({peer['ipv4']!r}, {peer['echo_port']}))
             print("connected?")
         except OSError as e:
             print("ERRNO", errno.errorcode.get(e.errno))
@@ -237,7 +253,8 @@ def test_sigkilled_agent_enetdown_then_recovered(ident, peer):
                   stderr=subprocess.PIPE, text=True)
     assert readline(p.stdout, 60).strip() == "READY"
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: not alive(pid), 10)
+    # until its channel is gone: its last thread has exited, not just the first
+    assert wait_until(lambda: not channel_answers(ident[0]), 10)
     out, err = p.communicate("\n", timeout=30)
     assert "ERRNO ENETDOWN" in out, out + err
     assert err.count("cannot reach the tailproxy proxy") == 1, err
