@@ -265,7 +265,13 @@ class Agent:
             # The run dir is 0700 already; this holds even for a process that can pass it.
             print(f"tailproxy: refused a control connection from uid {uid}", file=sys.stderr,
                   flush=True)
+            # Its request is read (and ignored) first: closing a unix socket with unread data
+            # resets the peer, which would then not see the refusal.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader.readline(), 2)
             writer.write(json.dumps({"ok": False, "error": "not your agent"}).encode() + b"\n")
+            with contextlib.suppress(Exception):
+                await writer.drain()
             writer.close()
             return
         token = object()
