@@ -55,7 +55,8 @@ def ps() -> int:
                      ",".join(f"{r.get('route')}@{r.get('via')}" for r in i.get("routes") or [])
                      or "-",
                      ",".join(str(p) for p in i.get("exports") or []) or "-",
-                     " ".join(i.get("command") or []) or "(proxy only)"))
+                     "(agent: programs below)" if i.get("agent")
+                     else " ".join(i.get("command") or []) or "(proxy only)"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
@@ -65,7 +66,8 @@ def ps() -> int:
         print(f"\nagent {i.get('pid')} ({i.get('hostname')}, {i.get('state_dir')}): "
               f"linger {linger if linger == 'forever' else f'{linger:g}s'}, "
               f"{i.get('tracked', 0)} process(es) tracked, "
-              f"{i.get('connections', 0)} connection(s) relayed by the proxy (not counting the node's fast path)")
+              f"{i.get('connections', 0)} connection(s) relayed by the proxy "
+              f"(the node's fast path not counted)")
         for p in i.get("programs") or []:
             print(f"  {p.get('pid'):>7}  {_started(p.get('started'))}  "
                   f"{printable(' '.join(p.get('command') or [])) or '(up)'}")
