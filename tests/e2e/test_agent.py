@@ -144,7 +144,9 @@ def test_attach_is_fast_and_reuses_the_agent(ident):
     median = statistics.median(times)
     print(f"attach start-to-exec median {median * 1000:.1f} ms; cold start {cold:.2f} s")
     assert agent_pid(ident[0]) == pid, "a run started a second agent"
-    assert median < 0.3 and median < cold / 2, (median, cold)
+    # No absolute bound: on the shared 2-core test machine the load alone moves it by 0.3 s
+    # (bench/attach_start.py gives the figure); a cold start per run fails this.
+    assert median < cold / 2, (median, cold)
 
 
 def test_daemonized_descendant_keeps_the_agent(ident, peer, short_tmp):
@@ -174,23 +176,43 @@ def test_daemonized_descendant_keeps_the_agent(ident, peer, short_tmp):
     assert wait_until(lambda: not alive(pid), 15), "the agent outlived its last process"
 
 
-def test_daemonized_child_alone_returns_at_once(ident):
-    code = py("""
+def test_daemonized_child_alone_returns_at_once(ident, short_tmp):
+    done = str(short_tmp / "done")
+    code = py(f"""
         import os, time
         if os.fork() == 0:
             fd = os.open(os.devnull, os.O_RDWR)
             for i in (0, 1, 2):
                 os.dup2(fd, i)            # else the test's pipes wait for it, not tailproxy
-            time.sleep(3)
+            time.sleep(5)
+            open({done!r}, "w").close()
             os._exit(0)
     """)
-    tpa(ident, "--linger", "0", "true", check=True)      # the agent is up already
-    t0 = time.monotonic()
     tpa(ident, "--linger", "0", *code, check=True)
-    assert time.monotonic() - t0 < 2.5, "the launcher waited for its program's child"
+    assert not os.path.exists(done), "the launcher waited for its program's child"
     pid = agent_pid(ident[0])
     assert pid and alive(pid)
     assert wait_until(lambda: not alive(pid), 15)
+
+
+def test_exit_status_and_signals_reach_the_direct_child_as_before(ident, short_tmp):
+    assert tpa(ident, "--linger", "5", "sh", "-c", "exit 7").returncode == 7
+    assert tpa(ident, "--linger", "5", "/nonexistent/prog").returncode == 127
+    got = str(short_tmp / "got")
+    p = popen_tpa(ident, "--linger", "5", "sh", "-c",
+                  f"trap 'echo TERM > {got}; exit 3' TERM; echo ready; "
+                  "while :; do sleep 0.1; done", stdout=subprocess.PIPE, text=True)
+    assert readline(p.stdout, 60).strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(30) == 3
+    assert open(got).read().strip() == "TERM"
+    p = popen_tpa(ident, "--linger", "5", "sleep", "30", stdout=subprocess.PIPE)
+    # listed from its attach on; its own pid once it runs (before that, as today, a SIGHUP
+    # ends tailproxy itself)
+    assert wait_until(lambda: any(pr.get("command") == ["sleep", "30"] and pr["pid"] != p.pid
+                                  for pr in (agent_info(ident[0]) or {}).get("programs", [])), 30)
+    p.send_signal(signal.SIGHUP)
+    assert p.wait(30) == 128 + signal.SIGHUP
 
 
 def test_linger_zero_and_n(ident):
@@ -226,6 +248,8 @@ def test_up_ps_down(ident):
     assert p.returncode == 0
     time.sleep(1)
     assert agent_pid(state) == pid, "`up --linger forever`: the agent left with its program"
+    cp = tpa(ident, "exit-node", "list")        # answered by the agent's node
+    assert cp.returncode == 0 and "online" in cp.stdout, cp.stdout + cp.stderr
     cp = tpa(ident, "down")
     assert cp.returncode == 0 and f"agent {pid} stopped" in cp.stdout, cp.stderr
     assert not alive(pid)

@@ -191,17 +191,16 @@ class _AgentLines:
 
 
 def _serve_program(conn: socket.socket, program: str, command: list[str], env: dict) -> int:
-    from ..launcher.child import cannot_run, spawn, wait_child
-    try:
-        pid = spawn(program, command, env)
-    except OSError as e:
-        return cannot_run(command, e)
+    from ..launcher.child import run_program
     lines = _AgentLines(conn)
-    try:
-        conn.sendall(json.dumps({"cmd": "started", "pid": pid}).encode() + b"\n")
-    except OSError:
-        pass        # the agent is gone: the program's connects say so (ENETDOWN)
-    status = wait_child(pid, command)
+
+    def started(pid: int) -> None:
+        try:
+            conn.sendall(json.dumps({"cmd": "started", "pid": pid}).encode() + b"\n")
+        except OSError:
+            pass    # the agent is gone: the program's connects say so (ENETDOWN)
+
+    status = run_program(program, command, env, on_start=started)
     # What the program sent just before exiting may still be on its way: the agent drains it.
     try:
         conn.sendall(b'{"cmd": "detach"}\n')

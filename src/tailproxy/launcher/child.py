@@ -1,7 +1,7 @@
 """Run the program as tailproxy's direct child: exit status, signals and Ctrl-C as a shell would.
 
 Two drivers share one policy (SignalForwarder, exit_status): `run_child` on an asyncio loop (a
-run with a node of its own), and `spawn` + `wait_child` with no event loop at all (a run
+run with a node of its own), and `run_program` with no event loop at all (a run
 attached to an agent: importing asyncio alone costs more than the 50 ms an attach may take).
 Kept free of heavy imports for that reason.
 """
@@ -101,26 +101,33 @@ async def run_child(program: str, command: list[str], env: dict) -> int:
     return exit_status(status, command)
 
 
-def spawn(program: str, command: list[str], env: dict) -> int:
-    """Start the program; its pid, or OSError (see cannot_run) when it cannot be executed."""
-    with programs_own_limit():
-        return os.posix_spawn(program, [command[0], *command[1:]], env, setsigdef=_RESTORED)
-
-
-def cannot_run(command: list[str], e: OSError) -> int:
-    return _cannot_run(command, e)
-
-
-def wait_child(pid: int, command: list[str]) -> int:
-    """Wait for the program with signals forwarded as `run_child` does; its exit status."""
+def run_program(program: str, command: list[str], env: dict,
+                on_start: Callable[[int], None] | None = None) -> int:
+    """`run_child` without an event loop: the program's exit status. The forwarded signals are
+    blocked from before the spawn until their handlers are in place, so one that arrives in
+    between is passed on, not fatal to tailproxy; the program starts with tailproxy's own mask."""
+    pid = 0
     done = False
 
     def send(sig: int) -> None:
         os.kill(pid, sig)
 
     forward = SignalForwarder(send, lambda: send(signal.SIGKILL), lambda: not done)
-    old = {sig: signal.signal(sig, lambda s, _f: forward(s)) for sig in FORWARDED}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    old = {}
     try:
+        try:
+            with programs_own_limit():
+                pid = os.posix_spawn(program, [command[0], *command[1:]], env,
+                                     setsigdef=_RESTORED, setsigmask=mask)
+        except OSError as e:
+            return _cannot_run(command, e)
+        old = {sig: signal.signal(sig, lambda s, _f: forward(s)) for sig in FORWARDED}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        if on_start:
+            on_start(pid)
         while True:
             try:
                 _, status = os.waitpid(pid, 0)
