@@ -62,6 +62,14 @@ class Lifetime:
         self.holds.discard(token)
         self._changed()
 
+    def set_linger(self, seconds: float) -> None:
+        """`tailproxy up --linger`: a new linger for a running agent, counted from now."""
+        self.linger = seconds
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        self._changed()
+
     @property
     def busy(self) -> bool:
         return bool(self.holds or self.tracked)

@@ -105,8 +105,7 @@ class Agent:
         self.dialer = None
         self.responder = None
         self.lifetime = Lifetime(settings.linger, self._idle, log=self.say)
-        self._info = None
-        self._env: dict = {}
+        self.auth = ("tailproxy", secrets.token_urlsafe(16))    # the SOCKS5/HTTP port's
 
     # -- saying things -------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -173,10 +172,9 @@ class Agent:
             self.exits.on_change = self.dialer.exit_node_changed
         self.proxy = Proxy(self.dialer, channel_path=os.path.join(self.run_dir, "channel.sock"),
                            socks_listen=("127.0.0.1", 0),
-                           socks_auth=("tailproxy", secrets.token_urlsafe(16)),
+                           socks_auth=self.auth,
                            connect_timeout=s.connect_timeout, verbose=s.verbose,
                            log=self._log_line, handoff=NodeHandoff(node))
-        self._auth = self.proxy._socks_auth
         # Every agent has an exporter: exporting is per program (the preload of a program run
         # with --export-listeners sends the notices), the filter is the agent's.
         self.exporter = Exporter(node, PortFilter(s.export_allow_ports, s.export_deny_ports,
@@ -323,8 +321,7 @@ class Agent:
             return {"ok": True, "pid": os.getpid()}
         if cmd == "linger":
             value = req.get("linger")
-            self.lifetime.linger = float("inf") if value == "forever" else float(value)
-            self.lifetime._changed()
+            self.lifetime.set_linger(float("inf") if value == "forever" else float(value))
             return {"ok": True}
         if cmd == "info":
             info = await self._handler({"cmd": "info"})
@@ -358,7 +355,7 @@ class Agent:
         dns = self.responder.env_value() if self.responder else None
         return {"ok": True, "agent_pid": os.getpid(), "channel": self.proxy.channel_path,
                 "register": os.path.join(self.run_dir, identity.REGISTER),
-                "proxy_addr": list(self.proxy.socks_address), "proxy_auth": list(self._auth),
+                "proxy_addr": list(self.proxy.socks_address), "proxy_auth": list(self.auth),
                 "park_ports": list(self.proxy.park_ports), "dns_server": dns}
 
 
