@@ -378,7 +378,7 @@ def uses_agent(settings: Settings, command: list[str]) -> bool:
 
 # Settings one agent applies to every program it serves (the node's, the proxy's, the name
 # service's); a program asking for other values cannot join a running agent.
-AGENT_WIDE = ("control_url", "ephemeral", "exit_node", "exit_node_allow_lan_access",
+AGENT_WIDE = ("hostname", "control_url", "ephemeral", "exit_node", "exit_node_allow_lan_access",
               "accept_routes", "tailnet_only", "connect_timeout", "export_allow_ports",
               "export_deny_ports", "export_max", "export_proxy_protocol", "dns",
               "dns_placeholder_v4", "dns_placeholder_v6")

@@ -340,6 +340,17 @@ def test_different_exit_node_is_refused_before_the_program_starts(ident, testnet
         p.communicate("\n", timeout=30)
 
 
+def test_a_lingering_agent_gives_way_to_other_settings(ident):
+    tpa(ident, "--linger", "60", "true", check=True)
+    first = agent_pid(ident[0])
+    cp = tpa(ident, "--linger", "60", "--tailnet-only", "true")
+    assert cp.returncode == 0, cp.stderr
+    second = agent_pid(ident[0])
+    assert second and second != first and not alive(first)
+    with open(os.path.join(ident[0], "agent.log")) as f:
+        assert "giving way to a program with other --tailnet-only" in f.read()
+
+
 def test_state_dir_that_is_a_file_gives_a_clear_message(short_tmp):
     bad = short_tmp / "notadir"
     bad.write_text("x")

@@ -340,7 +340,9 @@ class Agent:
         if diff:
             if not self.lifetime.busy:
                 # Only lingering: give way to the new settings rather than refuse them.
-                self._idle()
+                print(f"tailproxy: giving way to a program with other {', '.join(diff)}",
+                      file=sys.stderr, flush=True)
+                self._stop_now()
                 return {"ok": False, "retry": True, "error": "the agent is stopping"}
             running = "; ".join(f"pid {p['pid']}: {' '.join(p['command'])}"
                                 for p in self._programs()) or "a process it tracks"
