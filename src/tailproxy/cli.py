@@ -44,8 +44,8 @@ def usage() -> str:
     lines.append(f"  {'--version':<34} print the version")
     lines += ["", "management (`tailproxy -- NAME` always runs a program NAME instead):",
               "  tailproxy ps                               list running agents and tailproxies",
-              "  tailproxy [OPTIONS] up                     start this identity's agent (--linger)",
-              "  tailproxy [--hostname H|--state-dir D] down   stop this identity's agent",
+              "  tailproxy up [OPTIONS]                     start this identity's agent (--linger)",
+              "  tailproxy down [--hostname H|--state-dir D]   stop this identity's agent",
               "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)"]
     return "\n".join(lines)
 

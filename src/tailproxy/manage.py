@@ -10,8 +10,8 @@ from .rundir import RunDirError
 
 SUBCOMMANDS = ("ps", "exit-node", "up", "down")
 USAGE = """usage: tailproxy ps
-       tailproxy [OPTIONS] up            (start or keep this identity's agent; --linger forever)
-       tailproxy [--hostname NAME | --state-dir DIR] down
+       tailproxy up [OPTIONS]            (start or keep this identity's agent; --linger forever)
+       tailproxy down [--hostname NAME | --state-dir DIR]
        tailproxy [--hostname NAME] exit-node set NAME|auto
        tailproxy [--hostname NAME] exit-node clear
        tailproxy [OPTIONS] exit-node list
@@ -136,6 +136,23 @@ def _list_with_own_node(settings: Settings) -> int:
         node.close()
 
 
+def _options_after(name: str, words: list[str]) -> Settings | None:
+    """`tailproxy down --hostname H`: options after `up`/`down` are read as if they came first
+    (with the environment and config file, not with options given before the subcommand)."""
+    import os
+
+    from .cli import UsageError, parse_args
+    from .config import resolve
+    try:
+        flags, meta, rest = parse_args(words)
+        if rest:
+            raise UsageError(f"{name} takes options only, not {rest[0]!r}")
+        return resolve(flags, dict(os.environ), meta.get("config"), meta.get("profile"))
+    except (UsageError, ConfigError) as e:
+        _err(str(e))
+        return None
+
+
 def main(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
     try:
         return _run_subcommand(args, settings, hostname_flag)
@@ -144,10 +161,16 @@ def main(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
 
 
 def _run_subcommand(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
-    if args[0] in ("ps", "up", "down"):
+    if args[0] == "ps":
         if len(args) != 1:
-            return _err(f"{args[0]} takes no arguments (options go before it)\n" + USAGE)
-        return {"ps": ps, "up": lambda: up(settings), "down": lambda: down(settings)}[args[0]]()
+            return _err("ps takes no arguments\n" + USAGE)
+        return ps()
+    if args[0] in ("up", "down"):
+        if len(args) > 1:
+            settings = _options_after(args[0], args[1:])
+            if settings is None:
+                return 2
+        return up(settings) if args[0] == "up" else down(settings)
     sub = args[1:] if len(args) > 1 else []
     if not sub or sub[0] not in ("set", "clear", "list") or \
             (sub[0] == "set" and len(sub) != 2) or (sub[0] != "set" and len(sub) != 1):

@@ -233,7 +233,7 @@ def test_linger_zero_and_n(ident):
 
 def test_up_ps_down(ident):
     state, host = ident
-    cp = tpa(ident, "--linger", "forever", "up")
+    cp = run_tp("up", "--state-dir", state, "--hostname", host, "--linger", "forever", env=AGENT)
     assert cp.returncode == 0 and "until `tailproxy down`" in cp.stdout, cp.stderr
     pid = agent_pid(state)
     p = popen_tpa(ident, "sh", "-c", "echo ready; read x", stdin=subprocess.PIPE,
@@ -250,7 +250,7 @@ def test_up_ps_down(ident):
     assert agent_pid(state) == pid, "`up --linger forever`: the agent left with its program"
     cp = tpa(ident, "exit-node", "list")        # answered by the agent's node
     assert cp.returncode == 0 and "online" in cp.stdout, cp.stdout + cp.stderr
-    cp = tpa(ident, "down")
+    cp = run_tp("down", "--state-dir", state, "--hostname", host, env=AGENT)   # options after
     assert cp.returncode == 0 and f"agent {pid} stopped" in cp.stdout, cp.stderr
     assert not alive(pid)
     cp = tpa(ident, "down")

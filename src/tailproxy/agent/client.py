@@ -192,9 +192,13 @@ class _AgentLines:
 
 def _serve_program(conn: socket.socket, program: str, command: list[str], env: dict) -> int:
     from ..launcher.child import run_program
-    lines = _AgentLines(conn)
+    lines: _AgentLines | None = None
 
     def started(pid: int) -> None:
+        nonlocal lines
+        # The reader thread starts only now, once the signal handlers are in place: a signal
+        # for tailproxy may be delivered to any thread, and before that it would be fatal.
+        lines = _AgentLines(conn)
         try:
             conn.sendall(json.dumps({"cmd": "started", "pid": pid}).encode() + b"\n")
         except OSError:
@@ -204,7 +208,7 @@ def _serve_program(conn: socket.socket, program: str, command: list[str], env: d
     # What the program sent just before exiting may still be on its way: the agent drains it.
     try:
         conn.sendall(b'{"cmd": "detach"}\n')
-        if lines.detached.wait(10) and lines.left:
+        if lines and lines.detached.wait(10) and lines.left:
             _say(f"{lines.left} connection(s) still sending after 5s; closing them")
     except OSError:
         pass
