@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# The tests written for one node per run keep that mode (--agent=false) unless they ask for the
+# shared agent (tests/e2e/test_agent.py sets TAILPROXY_AGENT=1 itself).
+os.environ.setdefault("TAILPROXY_AGENT", "0")
+
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("TESTNET_INFO") or os.environ.get("TAILPROXY_REQUIRE_TESTNET") == "1":

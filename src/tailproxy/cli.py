@@ -13,7 +13,7 @@ import sys
 
 from . import __version__
 from .completion import SHELLS, CompletionSpec, OptionSpec, SubcommandSpec
-from .config import BY_KEY, SETTINGS, ConfigError, check_command, resolve
+from .config import BY_KEY, SETTINGS, ConfigError, check_command, check_run, resolve, uses_agent
 from .printable import printable
 from .secretargs import is_reference, reexec_without, take_handed_over
 
@@ -26,7 +26,7 @@ _META_HELP = {"config": "config file (default ~/.config/tailproxy/config.toml)",
               "profile": "use [profiles.NAME] from the config file"}
 _SWITCHES = {"help": "print this help", "version": "print the version"}   # -h is --help
 # Management subcommands (manage.py): they act on running tailproxies and need settings.
-MANAGE_SUBCOMMANDS = ("ps", "exit-node")
+MANAGE_SUBCOMMANDS = ("ps", "exit-node", "up", "down")
 EXIT_NODE_ACTIONS = ("set", "clear", "list")
 # Subcommands that need no settings: a broken config file must not stop them.
 INFO_SUBCOMMANDS = ("help", "completion")
@@ -55,7 +55,9 @@ def usage() -> str:
     for name, text in _SWITCHES.items():
         lines.append(f"  {'--' + name:<34} {text}")
     lines += ["", "subcommands (`tailproxy -- NAME` always runs a program NAME instead):",
-              "  tailproxy ps                               list running tailproxies",
+              "  tailproxy ps                               list running agents and tailproxies",
+              "  tailproxy up [OPTIONS]                     start this identity's agent (--linger)",
+              "  tailproxy down [--hostname H|--state-dir D]   stop this identity's agent",
               "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)",
               f"  tailproxy completion {'|'.join(SHELLS):<21} print a shell completion script",
               "  tailproxy help TOPIC                       config, exit-nodes, exports, names"]
@@ -86,7 +88,9 @@ def completion_spec() -> CompletionSpec:
     options += [OptionSpec((n,), _value_kind(m), _META_HELP[n]) for n, m in _META_FLAGS.items()]
     options += [OptionSpec((n,), None, text) for n, text in _SWITCHES.items()]
     subcommands = (
-        SubcommandSpec("ps", "list running tailproxies"),
+        SubcommandSpec("ps", "list running agents and tailproxies"),
+        SubcommandSpec("up", "start this identity's agent in the background"),
+        SubcommandSpec("down", "stop this identity's agent"),
         SubcommandSpec("exit-node", "set, clear or list a running tailproxy's exit node",
                        EXIT_NODE_ACTIONS),
         SubcommandSpec("completion", "print a shell completion script", SHELLS),
@@ -214,9 +218,14 @@ def main(argv: list[str] | None = None) -> int:
             from . import manage   # imported late: it brings asyncio
             return manage.main(command, settings, flags.get("hostname"))
         check_command(settings, command)
+        if uses_agent(settings, command):
+            check_run(settings)
     except (UsageError, ConfigError) as e:
         print(f"tailproxy: {printable(str(e))}", file=sys.stderr)
         return 2
+    if uses_agent(settings, command):   # the identity's shared agent (agent/client.py)
+        from .agent.client import run_attached
+        return run_attached(settings, command)
     from .launcher.launch import run  # imported late: --help and usage errors stay instant
     return run(settings, command)
 

@@ -6,7 +6,7 @@ The config file is TOML (default ~/.config/tailproxy/config.toml): top-level key
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -43,6 +43,19 @@ def _seconds(v: Any) -> float:
     return f
 
 
+def _linger(v: Any) -> float:
+    """Seconds, or `forever` (math.inf): how long an agent outlives its last program."""
+    if isinstance(v, str) and v.strip().lower() == "forever":
+        return math.inf
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds or 'forever'") from None
+    if not 0 <= f <= 86400 and f != math.inf:
+        raise ValueError("expected seconds between 0 and 86400, or 'forever'")
+    return f
+
+
 def _url(v: Any) -> str:
     v = _str(v)
     if not v.startswith(("http://", "https://")):
@@ -58,6 +71,7 @@ def _hostname(v: Any) -> str:
 
 
 def _cidrs(v: Any) -> list[str]:
+    import ipaddress    # here: ~4 ms that a run without --bypass does not need
     items = v.split(",") if isinstance(v, str) else v
     if not isinstance(items, list):
         raise ValueError("expected a list of CIDRs")
@@ -214,6 +228,12 @@ SETTINGS: list[Setting] = [
             "CIDR"),
     Setting("dns_placeholder_v6", _placeholder_v6, "fd74:7072:6f78::/48", (),
             "IPv6 range of the placeholder addresses (for IPv6-only lookups)", "CIDR"),
+    Setting("agent", _bool, True, ("TAILPROXY_AGENT",),
+            "run the program on this identity's shared background agent (one node per state "
+            "dir); --agent=false gives this run a node of its own that stops with it"),
+    Setting("linger", _linger, 30.0, ("TAILPROXY_LINGER",),
+            "seconds the agent stays up after its last program ends (0: stop at once; "
+            "forever: until `tailproxy down`)", "SECONDS"),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -254,6 +274,8 @@ class Settings:
     dns: str = _default("dns")
     dns_placeholder_v4: str = _default("dns_placeholder_v4")
     dns_placeholder_v6: str = _default("dns_placeholder_v6")
+    agent: bool = _default("agent")
+    linger: float = _default("linger")
 
     def __getitem__(self, key: str) -> Any:
         """A setting by its config key (as files and error messages name it)."""
@@ -289,12 +311,13 @@ def load_file(path: str, profile: str | None, required: bool) -> dict:
     import tomllib      # here, not at the top: --help and --version read no file
     try:
         with open(path, "rb") as f:
+            import tomllib      # here: most runs have no config file, and the import costs ~10 ms
             data = tomllib.load(f)
     except FileNotFoundError:
         if required or profile:
             raise ConfigError(f"config file {path} does not exist") from None
         return {}
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:     # tomllib.TOMLDecodeError
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
@@ -351,6 +374,20 @@ def check_command(settings: Settings, command: list[str]) -> None:
         raise ConfigError("no command given (usage: tailproxy [OPTIONS] [--] CMD [ARGS...])")
     if command and settings.socks5:
         raise ConfigError("--socks5 serves proxy clients and takes no command")
+
+
+def uses_agent(settings: Settings, command: list[str]) -> bool:
+    """A program run on the identity's shared agent: not --socks5 (it serves its own port) and
+    not --no-tailnet (there is no node to share)."""
+    return bool(command) and settings.agent and not settings.no_tailnet
+
+
+# Settings one agent applies to every program it serves (the node's, the proxy's, the name
+# service's); a program asking for other values cannot join a running agent.
+AGENT_WIDE = ("hostname", "control_url", "ephemeral", "exit_node", "exit_node_allow_lan_access",
+              "accept_routes", "tailnet_only", "connect_timeout", "export_allow_ports",
+              "export_deny_ports", "export_max", "export_proxy_protocol", "dns",
+              "dns_placeholder_v4", "dns_placeholder_v6")
 
 
 def check_run(settings: Settings) -> None:

@@ -6,7 +6,6 @@ reply per line. A socket nobody answers on is a run that ended; it is removed wh
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from .rundir import open_private_dir, user_runtime_dir
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .config import Settings
 
 Handler = Callable[[dict], Awaitable[dict]]
@@ -34,6 +35,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        import asyncio      # here, not at the top: an attaching `tailproxy CMD` never needs it
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -55,6 +57,7 @@ class ControlServer:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
             try:
@@ -148,6 +151,7 @@ def handler(settings: Settings, node, exits, command: list[str], dialer, say: Ca
     from .node.exitnode import peer_label
 
     async def handle(req: dict) -> dict:
+        import asyncio
         nonlocal exits
         cmd = req["cmd"]
         if cmd == "info":

@@ -1,14 +1,16 @@
-"""Management subcommands: `tailproxy ps` and `tailproxy exit-node set NAME|clear|list`."""
+"""Management subcommands: `tailproxy ps`, `up`, `down` and `exit-node set NAME|clear|list`."""
 from __future__ import annotations
 
 import sys
 
 from . import control
-from .config import Settings
+from .config import ConfigError, Settings
 from .printable import printable
 from .rundir import RunDirError
 
 USAGE = """usage: tailproxy ps
+       tailproxy up [OPTIONS]            (start or keep this identity's agent; --linger forever)
+       tailproxy down [--hostname NAME | --state-dir DIR]
        tailproxy [--hostname NAME] exit-node set NAME|auto
        tailproxy [--hostname NAME] exit-node clear
        tailproxy [OPTIONS] exit-node list
@@ -32,8 +34,19 @@ def _pick(runs, hostname: str | None):
     return None, f"several tailproxies are running ({names}); choose one with --hostname"
 
 
+def _all_runs() -> list[tuple[str, dict]]:
+    """Agents first, then tailproxies that run a node of their own (--agent=false, --socks5)."""
+    from .agent.client import agents
+    return agents() + control.running()
+
+
+def _started(t) -> str:
+    import time
+    return time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+
+
 def ps() -> int:
-    runs = control.running()
+    runs = _all_runs()
     rows = [("PID", "HOSTNAME", "NODE", "ADDRESSES", "EXIT NODE", "ROUTES", "EXPORTS", "COMMAND")]
     for _, i in runs:
         rows.append((str(i.get("pid")), i.get("hostname") or "-", i.get("node_name") or "-",
@@ -41,10 +54,59 @@ def ps() -> int:
                      ",".join(f"{r.get('route')}@{r.get('via')}" for r in i.get("routes") or [])
                      or "-",
                      ",".join(str(p) for p in i.get("exports") or []) or "-",
-                     " ".join(i.get("command") or []) or "(proxy only)"))
+                     "(agent: programs below)" if i.get("agent")
+                     else " ".join(i.get("command") or []) or "(proxy only)"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    agents = [i for _, i in runs if i.get("agent")]
+    for i in agents:
+        linger = i.get("linger")
+        print(f"\nagent {i.get('pid')} ({i.get('hostname')}, {i.get('state_dir')}): "
+              f"linger {linger if linger == 'forever' else f'{linger:g}s'}, "
+              f"{i.get('tracked', 0)} process(es) tracked, "
+              f"{i.get('connections', 0)} connection(s) relayed by the proxy "
+              f"(the node's fast path not counted)")
+        for p in i.get("programs") or []:
+            print(f"  {p.get('pid'):>7}  {_started(p.get('started'))}  "
+                  f"{printable(' '.join(p.get('command') or [])) or '(up)'}")
+    return 0
+
+
+def up(settings: Settings) -> int:
+    """Start this identity's agent, or keep the running one, with --linger from `settings`."""
+    from .agent.client import AgentError, attach
+    from .agent.identity import IdentityError
+    from .config import check_run
+    check_run(settings)
+    try:
+        conn, reply = attach(settings, [])
+    except AgentError as e:
+        return _err(str(e)) if str(e) else e.status
+    except IdentityError as e:
+        return _err(str(e))
+    with conn:
+        from .agent.client import _request
+        linger = "forever" if settings.linger == float("inf") else settings.linger
+        _request(conn, {"cmd": "linger", "linger": linger})
+    how = "until `tailproxy down`" if linger == "forever" else f"linger {linger:g}s"
+    print(f"agent {reply['agent_pid']} serves {settings.hostname} ({settings.state_dir}); {how}")
+    return 0
+
+
+def down(settings: Settings) -> int:
+    """Stop this identity's agent and wait until it has exited."""
+    from .agent.client import ask, wait_until_gone
+    from .agent.identity import IdentityError
+    reply = ask(settings, {"cmd": "down"})
+    if reply is None:
+        return _err(f"no agent runs for {settings.hostname} ({settings.state_dir})")
+    try:
+        if not wait_until_gone(settings.state_dir, 30):
+            return _err(f"agent {reply.get('pid')} did not stop within 30s")
+    except IdentityError as e:
+        return _err(str(e))
+    print(f"agent {reply.get('pid')} stopped")
     return 0
 
 
@@ -73,10 +135,27 @@ def _list_with_own_node(settings: Settings) -> int:
         node.close()
 
 
+def _options_after(name: str, words: list[str]) -> Settings | None:
+    """`tailproxy down --hostname H`: options after `up`/`down` are read as if they came first
+    (with the environment and config file, not with options given before the subcommand)."""
+    import os
+
+    from .cli import UsageError, parse_args
+    from .config import resolve
+    try:
+        flags, meta, rest = parse_args(words)
+        if rest:
+            raise UsageError(f"{name} takes options only, not {rest[0]!r}")
+        return resolve(flags, dict(os.environ), meta.get("config"), meta.get("profile"))
+    except (UsageError, ConfigError) as e:
+        _err(str(e))
+        return None
+
+
 def main(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
     try:
         return _run_subcommand(args, settings, hostname_flag)
-    except RunDirError as e:
+    except (RunDirError, ConfigError) as e:
         return _err(str(e))
 
 
@@ -85,11 +164,17 @@ def _run_subcommand(args: list[str], settings: Settings, hostname_flag: str | No
         if len(args) != 1:
             return _err("ps takes no arguments\n" + USAGE)
         return ps()
+    if args[0] in ("up", "down"):
+        if len(args) > 1:
+            settings = _options_after(args[0], args[1:])
+            if settings is None:
+                return 2
+        return up(settings) if args[0] == "up" else down(settings)
     sub = args[1:] if len(args) > 1 else []
     if not sub or sub[0] not in ("set", "clear", "list") or \
             (sub[0] == "set" and len(sub) != 2) or (sub[0] != "set" and len(sub) != 1):
         return _err(USAGE)
-    runs = control.running()
+    runs = _all_runs()
     target, why = _pick(runs, hostname_flag)
     # list with nothing to ask: bring this identity's node up briefly. That is the case when
     # no tailproxy runs, or when --hostname names one that does not (whatever else runs).

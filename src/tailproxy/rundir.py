@@ -12,9 +12,7 @@ removes the run directories whose owner process is gone.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 
 RUN_PREFIX = "tailproxy-"
 _OWNER = "owner"
@@ -87,6 +85,7 @@ def create_run_dir(env: dict | None = None) -> str:
         raise RunDirError(f"the runtime directory {base} is too long a path for unix sockets "
                           f"(at most {_SUN_PATH_MAX - 1} bytes); set XDG_RUNTIME_DIR to a "
                           "shorter one")
+    import tempfile     # imported here: an attaching run never creates a run dir
     remove_stale_run_dirs(base)
     path = tempfile.mkdtemp(prefix=RUN_PREFIX, dir=base)
     pid = os.getpid()
@@ -130,6 +129,7 @@ def remove_stale_run_dirs(base: str) -> list[str]:
                 continue
             if _owner_alive(dir_fd, name):
                 continue
+            import shutil
             shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)
             removed.append(name)
     finally:

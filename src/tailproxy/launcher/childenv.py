@@ -1,8 +1,6 @@
 """The environment a program runs with under tailproxy."""
 from __future__ import annotations
 
-import urllib.parse
-
 SECRETS = ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY", "TAILPROXY_SOCKS5_AUTH")
 _PROXY_VARS = ("ALL_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
@@ -39,6 +37,7 @@ def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], ve
         env.pop("TAILPROXY_VERBOSE", None)
     if proxy_addr:
         # For programs the preload cannot reach (static Go binaries...) that honour proxy variables.
+        import urllib.parse     # here: an attaching run is timed to its program's exec
         host, port = proxy_addr
         cred = ""
         if proxy_auth:

@@ -13,18 +13,18 @@ from .. import control as control_mod
 from ..config import ConfigError, Settings, check_run
 from ..control import ControlServer
 from ..exporter.exporter import Exporter
-from ..fdlimit import programs_own_limit, raise_soft_limit
+from ..fdlimit import raise_soft_limit
 from ..exporter.ports import PortFilter
 from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
-from ..node.library import protect_go_stacks
 from ..policy import NodeHandoff, RouteDialer, RouteTableFile, TablePublisher, TailnetView
 from ..printable import printable
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
 from ..resolver import DNSResponder, NameService, PlaceholderMap, node_dns_query
 from ..rundir import RunDirError, create_run_dir
+from .child import run_child as _run_child
 from .childenv import child_env
 from .exitnodes import ExitNodes
 from .lan import local_networks
@@ -32,7 +32,6 @@ from .program import ProgramError, coverage_warning, locate
 from .. import eventloop
 
 _DRAIN_S = 5.0      # after the program exits, for its last bytes to reach the tailnet
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def _say(msg: str) -> None:
@@ -276,61 +275,3 @@ async def _serve_proxy_only(proxy, auth, show_password: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     return 0
-
-
-def _in_terminal_foreground() -> bool:
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except OSError:
-        return False
-
-
-async def _run_child(program: str, command: list[str], env: dict) -> int:
-    loop = asyncio.get_running_loop()
-    try:
-        with programs_own_limit():
-            proc = await asyncio.create_subprocess_exec(program, *command[1:], env=env,
-                                                        executable=program)
-        protect_go_stacks()     # uvloop's SIGCHLD handler, installed for this child (library.py)
-    except FileNotFoundError:
-        _say(f"{command[0]}: command not found")
-        return 127
-    except PermissionError:
-        _say(f"{command[0]}: permission denied")
-        return 126
-    except OSError as e:
-        _say(f"{command[0]}: cannot run: {e.strerror}")
-        return 126
-
-    interrupts = 0
-
-    def on_signal(sig: signal.Signals) -> None:
-        nonlocal interrupts
-        if proc.returncode is not None:
-            return
-        if sig == signal.SIGINT:
-            interrupts += 1
-            if interrupts >= 2:
-                _say("second interrupt: stopping the program")
-                proc.kill()
-                return
-        # A terminal's Ctrl-C / Ctrl-\ already reached the program (same process group).
-        if sig in (signal.SIGINT, signal.SIGQUIT) and _in_terminal_foreground():
-            return
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-    for sig in _FORWARDED:
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        status = await proc.wait()
-    finally:
-        for sig in _FORWARDED:
-            loop.remove_signal_handler(sig)
-    if status < 0:
-        name = signal.Signals(-status).name if -status in signal.Signals._value2member_map_ else -status
-        _say(f"{command[0]} was killed by {name}")
-        return 128 - status
-    return status

@@ -1,0 +1,208 @@
+"""The agent's pieces without a tailnet: settings on the wire, the identity's lock and run dir,
+process registration (the preload's datagram, decoded) and the linger timer."""
+import asyncio
+import math
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tailproxy.agent import identity
+from tailproxy.agent.lifetime import Lifetime, decode_credentials
+from tailproxy.agent.wire import agent_wide, differences, settings_from_json, settings_to_json
+from tailproxy.config import Settings, resolve
+from tailproxy.native import native_path
+
+
+# -- settings on the wire -----------------------------------------------------------------
+def test_settings_survive_the_pipe_including_the_secret_and_forever():
+    s = Settings(authkey="tskey-secret", linger=math.inf, socks5=("127.0.0.1", 1080),
+                 export_allow_ports=[(3000, 3000), (8000, 8100)], bypass=["10.0.0.0/8"],
+                 state_dir="/tmp/x")
+    back = settings_from_json(settings_to_json(s))
+    assert back == s
+    assert "tskey-secret" not in repr(back)
+
+
+def test_agent_wide_differences_name_the_flags():
+    a = agent_wide(Settings(exit_node=["a"]))
+    b = agent_wide(Settings(exit_node=["b"], tailnet_only=True))
+    assert differences(a, b) == ["--exit-node", "--tailnet-only"]
+    assert differences(a, agent_wide(Settings(exit_node=["a"], verbose=True))) == []
+
+
+@pytest.mark.parametrize("text,value", [("0", 0.0), ("30", 30.0), ("forever", math.inf),
+                                        ("FOREVER", math.inf)])
+def test_linger_values(text, value):
+    env = {"TAILPROXY_LINGER": text, "XDG_CONFIG_HOME": "/nonexistent"}
+    assert resolve({}, env, None, None).linger == value
+
+
+def test_linger_rejects_negative():
+    from tailproxy.config import ConfigError
+    with pytest.raises(ConfigError, match="TAILPROXY_LINGER"):
+        resolve({}, {"TAILPROXY_LINGER": "-1", "XDG_CONFIG_HOME": "/nonexistent"}, None, None)
+
+
+# -- identity, lock, run dir ----------------------------------------------------------------
+def test_state_dir_that_is_a_file_or_foreign_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(identity.IdentityError, match="is not a directory"):
+        identity.check_state_dir(str(f))
+    if os.getuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(identity.IdentityError, match="belongs to uid 65534"):
+            identity.check_state_dir(str(foreign))
+
+
+def test_one_lock_holder_and_recovery_after_sigkill(tmp_path):
+    state = str(tmp_path / "s")
+    identity.check_state_dir(state)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from tailproxy.agent import identity
+        fd = identity.open_lock({state!r})
+        assert identity.try_lock(fd)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        fd = identity.open_lock(state)
+        assert not identity.try_lock(fd)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        assert identity.try_lock(fd), "the kernel released a SIGKILLed holder's lock"
+        other = identity.open_lock(state)
+        assert not identity.try_lock(other)
+        os.close(other)
+        os.close(fd)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_run_dir_is_per_identity_private_and_cleared_of_stale_sockets(tmp_path, short_tmp):
+    env = {"XDG_RUNTIME_DIR": str(short_tmp / "rt")}
+    os.mkdir(env["XDG_RUNTIME_DIR"], 0o700)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert identity.run_dir(a, env) != identity.run_dir(b, env)
+    assert identity.run_dir(a, env) == identity.run_dir(str(tmp_path / "x" / ".." / "a"), env)
+    d = identity.create_run_dir(a, env)
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(os.path.join(d, identity.CONTROL))
+    stale.close()                       # a dead agent's socket file
+    assert identity.create_run_dir(a, env) == d
+    assert not os.path.exists(os.path.join(d, identity.CONTROL))
+
+
+# -- registration and linger ---------------------------------------------------------------
+def test_decode_credentials():
+    data = struct.pack("=iII", 1234, 1000, 1000)
+    assert decode_credentials([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, data)]) == (1234, 1000)
+    assert decode_credentials([(socket.SOL_SOCKET, socket.SCM_RIGHTS, data)]) is None
+    assert decode_credentials([]) is None
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_linger_starts_after_the_last_hold_and_a_new_hold_cancels_it():
+    async def main():
+        fired = []
+        life = Lifetime(0.3, lambda: fired.append(time.monotonic()), settle=0.0)
+        life.hold("a")
+        life.start()
+        await asyncio.sleep(0.4)
+        assert not fired, "idle while held"
+        life.release("a")
+        t0 = time.monotonic()
+        await asyncio.sleep(0.15)
+        life.hold("b")                  # back before the linger ended
+        await asyncio.sleep(0.4)
+        assert not fired
+        life.release("b")
+        await asyncio.sleep(0.5)
+        assert len(fired) == 1 and fired[0] - t0 >= 0.3
+        life.close()
+    _run(main())
+
+
+def test_linger_zero_still_waits_the_settle_and_forever_never_fires():
+    async def main():
+        fired = []
+        life = Lifetime(0.0, lambda: fired.append(1), settle=0.2)
+        life.start()
+        await asyncio.sleep(0.1)
+        assert not fired
+        await asyncio.sleep(0.2)
+        assert fired == [1]
+        life.close()
+        never = Lifetime(math.inf, lambda: fired.append(2), settle=0.0)
+        never.start()
+        await asyncio.sleep(0.2)
+        assert fired == [1]
+        never.close()
+    _run(main())
+
+
+def test_a_tracked_process_holds_until_it_ends_and_the_table_is_bounded():
+    async def main():
+        fired = []
+        life = Lifetime(0.0, lambda: fired.append(1), settle=0.05, max_tracked=1)
+        p = subprocess.Popen(["sleep", "0.5"])
+        q = subprocess.Popen(["sleep", "5"])
+        try:
+            assert life.track(p.pid)
+            assert not life.track(q.pid), "over the bound"
+            life.start()
+            await asyncio.sleep(0.3)
+            assert not fired
+            await asyncio.get_running_loop().run_in_executor(None, p.wait)
+            await asyncio.sleep(0.3)
+            assert fired == [1]
+            assert not life.track(p.pid), "a reaped pid cannot be tracked"
+        finally:
+            q.kill()
+            q.wait()
+            life.close()
+    _run(main())
+
+
+def test_the_preload_registers_each_process_image_and_fork_child(tmp_path):
+    async def main():
+        life = Lifetime(math.inf, lambda: None)
+        path = str(tmp_path / "register.sock")
+        life.open_registration(path)
+        code = textwrap.dedent("""
+            import errno, os, sys, time
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(2)
+                os._exit(0)
+            print(os.getpid(), pid, flush=True)
+            os.waitpid(pid, 0)
+        """)
+        env = dict(os.environ, LD_PRELOAD=native_path("libtailproxy.so"),
+                   TAILPROXY_REGISTER=path)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=env,
+                                                    stdout=asyncio.subprocess.PIPE)
+        parent, child = map(int, (await proc.stdout.readline()).split())
+        await asyncio.sleep(0.3)
+        assert {parent, child} <= set(life.tracked), (parent, child, life.tracked)
+        await proc.wait()
+        await asyncio.sleep(0.2)
+        assert parent not in life.tracked and child not in life.tracked
+        life.close()
+    _run(main())
