@@ -228,9 +228,18 @@ func TestParkedConnectCompletedAndRelayed(t *testing.T) {
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
+	// The program's connect completes inside the node's completion, just before the node
+	// starts tracking the relay: wait for it (bounded) rather than race it.
 	progAddr := netip.MustParseAddrPort(c.LocalAddr().String())
-	if dst, ok := r.p.peerOf(progAddr); !ok || dst != r.target {
-		t.Fatalf("peerOf(%v) = %v, %v while relaying; want %v", progAddr, dst, ok, r.target)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		dst, ok := r.p.peerOf(progAddr)
+		if ok && dst == r.target {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("peerOf(%v) = %v, %v while relaying; want %v", progAddr, dst, ok, r.target)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	c.(*net.TCPConn).CloseWrite()
 	got, err := io.ReadAll(c)
