@@ -3,6 +3,7 @@ attaching is fast, a daemonized descendant keeps the agent, linger, up/down/ps, 
 agent is recovered, another uid is refused. Run with --exit-nodes 2 for the exit-node test."""
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -357,3 +358,27 @@ def test_state_dir_that_is_a_file_gives_a_clear_message(short_tmp):
     cp = run_tp("--state-dir", str(bad), "true", env=AGENT)
     assert cp.returncode == 1
     assert f"the state dir {bad} is not a directory" in cp.stderr, cp.stderr
+
+
+def test_programs_on_an_agent_get_the_routing_table_and_the_nodes_fast_path(ident, peer, testnet):
+    """A program attached to an agent connects a direct destination itself (the agent publishes
+    the routing table, issue 15) and has its connection to a peer completed and relayed by the
+    node (the parked-connect hand-off): the same fast paths as a run without an agent."""
+    from helpers import direct_link_to_the_internet
+    inet, port = testnet["internet"]["ipv4"], testnet["internet"]["http_port"]
+    code = f"""
+        import socket
+        for host, port in (({inet!r}, {port}), ({peer['ipv4']!r}, {peer['echo_port']})):
+            s = socket.create_connection((host, port), timeout=15)
+            s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n" if port == {port} else b"ping")
+            print(host, len(s.recv(4096)) > 0)
+            s.close()
+    """
+    with direct_link_to_the_internet(testnet):
+        cp = tpa(ident, "--verbose", "--linger", "0", *py(code))
+    assert cp.returncode == 0 and cp.stdout.split() == [inet, "True", peer["ipv4"], "True"], \
+        cp.stdout + cp.stderr
+    assert re.search(rf"to {re.escape(inet)}:{port}: direct \(not routed by the proxy\)",
+                     cp.stderr), cp.stderr
+    assert re.search(rf"tailproxy: node {re.escape(peer['ipv4'])}:{peer['echo_port']} ok ",
+                     cp.stderr), cp.stderr
