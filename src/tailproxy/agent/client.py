@@ -220,23 +220,13 @@ def _serve_program(conn: socket.socket, program: str, command: list[str], env: d
 def run_attached(settings: Settings, command: list[str]) -> int:
     """`tailproxy CMD` on the identity's agent; the program's exit status."""
     from ..fdlimit import raise_soft_limit
-    from ..launcher.program import ProgramError, coverage_warning, locate
-    from ..native import native_path
+    from ..launcher.program import program_and_preload
     from ..rundir import RunDirError
     raise_soft_limit()
-    try:
-        program = locate(command[0], os.environ.get("PATH"))
-    except ProgramError as e:
-        _say(str(e))
-        return e.exit_status
-    warning = coverage_warning(program, os.environ.get("PATH"))
-    if warning:
-        _say("warning: " + warning)
-    try:
-        preload = native_path("libtailproxy.so")
-    except FileNotFoundError as e:
-        _say(str(e))
-        return 1
+    found = program_and_preload(command, _say)
+    if isinstance(found, int):
+        return found
+    program, preload = found
     try:
         conn, reply = attach(settings, command)
     except AgentError as e:

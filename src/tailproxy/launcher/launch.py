@@ -15,7 +15,6 @@ from ..control import ControlServer
 from ..exporter.exporter import Exporter
 from ..fdlimit import raise_soft_limit
 from ..exporter.ports import PortFilter
-from ..native import native_path
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
 from ..policy import NodeHandoff, RouteDialer, RouteTableFile, TablePublisher, TailnetView
@@ -28,7 +27,7 @@ from .child import run_child as _run_child
 from .childenv import child_env
 from .exitnodes import ExitNodes
 from .lan import local_networks
-from .program import ProgramError, coverage_warning, locate
+from .program import program_and_preload
 from .. import eventloop
 
 _DRAIN_S = 5.0      # after the program exits, for its last bytes to reach the tailnet
@@ -66,21 +65,10 @@ def run(settings: Settings, command: list[str]) -> int:
     raise_soft_limit()      # fds for every connection of the program (fdlimit.py)
     verbose = settings.verbose
     log = _say if verbose else (lambda msg: None)
-    program = None
-    if command:
-        try:
-            program = locate(command[0], os.environ.get("PATH"))
-        except ProgramError as e:
-            _say(str(e))
-            return e.exit_status
-        warning = coverage_warning(program, os.environ.get("PATH"))
-        if warning:
-            _say("warning: " + warning)
-    try:
-        preload = native_path("libtailproxy.so")
-    except FileNotFoundError as e:
-        _say(str(e))
-        return 1
+    found = program_and_preload(command, _say)
+    if isinstance(found, int):
+        return found
+    program, preload = found
     try:
         check_run(settings)     # flag combinations (config.py)
     except ConfigError as e:

@@ -5,6 +5,7 @@ import os
 import shutil
 import stat
 import struct
+from typing import Callable
 
 PT_INTERP = 3
 
@@ -78,3 +79,24 @@ def coverage_warning(path: str, search_path: str | None, depth: int = 0) -> str 
             interp = shutil.which(os.fsdecode(words[1]), path=search_path) or interp
         return coverage_warning(interp, search_path, depth + 1)
     return None
+
+
+def program_and_preload(command: list[str], say: Callable[[str], None]) -> tuple[str | None, str] | int:
+    """The program's path (None without a command; a coverage warning said) and the preload's,
+    or the exit status to end with (the reason said): what a run checks before anything starts."""
+    from ..native import native_path
+    program = None
+    if command:
+        try:
+            program = locate(command[0], os.environ.get("PATH"))
+        except ProgramError as e:
+            say(str(e))
+            return e.exit_status
+        warning = coverage_warning(program, os.environ.get("PATH"))
+        if warning:
+            say("warning: " + warning)
+    try:
+        return program, native_path("libtailproxy.so")
+    except FileNotFoundError as e:
+        say(str(e))
+        return 1

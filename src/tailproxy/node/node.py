@@ -357,17 +357,7 @@ class Node:
     async def dial(self, host: str, port: int, timeout: float = 30.0) -> socket.socket:
         """A connected, non-blocking socket to host:port through the tailnet (one end of a
         socket pair whose other end the node relays)."""
-        conn = await self.connect(host, port, timeout)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            conn.relay(theirs)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        return ours
+        return _relayed_to_a_socket(await self.connect(host, port, timeout), socket.SOCK_STREAM)
 
     async def dial_udp(self, host: str, port: int, timeout: float = 30.0) -> socket.socket:
         """A UDP association with host:port through the tailnet: a non-blocking SOCK_SEQPACKET
@@ -378,16 +368,7 @@ class Node:
         carry. It ends when the socket is closed, or after two minutes without a datagram
         either way (recv() then returns b""). Raises DialFailed."""
         conn = await self._connect(b"udp", host, port, timeout)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            conn.relay(theirs)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        return ours
+        return _relayed_to_a_socket(conn, socket.SOCK_SEQPACKET)
 
     def _attach_events(self) -> EventRouter:
         if self._events is None:
@@ -627,6 +608,20 @@ class ParkedConnects:
             self.node._unlisten(self._ident)
         except NodeError:
             pass
+
+
+def _relayed_to_a_socket(conn: "TailnetConn", kind: int) -> socket.socket:
+    """Our end, non-blocking, of a socket pair of `kind` whose other end the node relays."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    try:
+        conn.relay(theirs)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    return ours
 
 
 def _split_hostport(hp: str) -> tuple[str, int]:

@@ -50,10 +50,7 @@ class RouteDialer:
     def start_dial(self, host: str, port: int, timeout: float) -> Outbound | Awaitable[Outbound]:
         ip = _ip(host)
         if ip is not None and self.placeholders is not None and self._is_placeholder(ip):
-            name = self.placeholders.name_of(ip)
-            if name is None:
-                raise DialError(errno.EHOSTUNREACH,
-                                f"{host}: a placeholder address that stands for no name in this run")
+            name = self._placeholder_name(host, ip)
             self.log(f"{host} is {name}")
             if self.node is None:        # --no-tailnet: this host resolves it
                 start = lambda: self.direct.start_dial(name, port, timeout)  # noqa: E731
@@ -68,6 +65,13 @@ class RouteDialer:
         if not self.view.fresh:
             return self._route_after_refresh(host, ip, port, timeout)
         return self._route(host, ip, port, timeout)
+
+    def _placeholder_name(self, host: str, ip) -> str:
+        name = self.placeholders.name_of(ip)
+        if name is None:
+            raise DialError(errno.EHOSTUNREACH,
+                            f"{host}: a placeholder address that stands for no name in this run")
+        return name
 
     def _is_placeholder(self, ip) -> bool:
         v4 = ip if ip.version == 4 or ip.ipv4_mapped is None else ip.ipv4_mapped
@@ -106,10 +110,7 @@ class RouteDialer:
         sends its next datagram through the new exit node.)"""
         ip = _ip(host)
         if ip is not None and self.placeholders is not None and self._is_placeholder(ip):
-            name = self.placeholders.name_of(ip)
-            if name is None:
-                raise DialError(errno.EHOSTUNREACH,
-                                f"{host}: a placeholder address that stands for no name in this run")
+            name = self._placeholder_name(host, ip)
             if self.node is None:
                 return await self.direct.dial_udp(name, port, timeout)
             return await self._udp_via_node(name, port, timeout)   # resolved on the far side
