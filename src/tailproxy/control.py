@@ -182,6 +182,10 @@ def handler(settings: Settings, node, exits, command: list[str], dialer, say: Ca
             if cmd == "exit-node-set" and not isinstance(name, str):
                 return {"ok": False, "error": "exit-node-set needs a name"}
             peer = await exits.set(name)
+            if dialer.view is not None:
+                # done when routing follows it: the view (and the preload's table, published on
+                # each load) from a status asked after the change, before the command returns
+                await dialer.view.refresh(force=True)
             if names:
                 await names.refresh()   # placeholders from now on (or not): no stale mode
             say(f"exit node set to {peer_label(peer)}" if peer else "exit node cleared")
