@@ -166,7 +166,7 @@ func fileConn(fd int) (halfCloser, error) {
 // seconds after start, so a real refusal later is reported at once.
 func (n *node) dialRetrying(ctx context.Context, network, addr string) (net.Conn, error) {
 	for {
-		c, err := n.srv.Dial(ctx, network, addr)
+		c, err := n.dialTailnetOnly(ctx, network, addr)
 		if err == nil {
 			return c, nil
 		}

@@ -102,6 +102,27 @@ def test_dial_closed_port_is_refused(node, testnet):
     assert e.value.errno == errno.ECONNREFUSED
 
 
+@pytest.mark.parametrize("where", ["loopback", "client LAN address"])
+def test_dial_off_the_tailnet_is_refused_not_sent_from_the_host(node, testnet, where):
+    """tsnet's dialer would dial an address no peer covers from the host itself: the node
+    refuses it (ENETUNREACH), and nothing reaches a listener at that address."""
+    import errno
+    host = "127.0.0.1" if where == "loopback" else testnet["client"]["ipv4"]
+    with socket.create_server((host, 0)) as ln:
+        ln.settimeout(0.5)
+        # In its first seconds a node retries what it cannot route yet (its peers may not be
+        # known), until the dial times out; after that the refusal is immediate.
+        deadline = time.monotonic() + 20
+        while True:
+            with pytest.raises(DialFailed) as e:
+                asyncio.run(node.dial(host, ln.getsockname()[1], timeout=3))
+            if e.value.errno != errno.ETIMEDOUT or time.monotonic() > deadline:
+                break
+        assert e.value.errno == errno.ENETUNREACH, e.value
+        with pytest.raises(socket.timeout):
+            ln.accept()
+
+
 def test_listen_accepts_from_peer_and_knows_who(node, testnet):
     p = testnet["peers"]["peer"]
 
