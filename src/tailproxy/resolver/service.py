@@ -33,6 +33,7 @@ from dns.rdtypes.IN.AAAA import AAAA
 from ..proxy import channel_proto as cp
 from . import dnsmsg
 from .hosts import HostsFile
+from .nametable import Answer
 from .placeholders import PlaceholderMap, PlaceholdersFull
 from .system import SystemResolver
 from .tailnet import TailnetNames
@@ -90,6 +91,8 @@ class NameService:
         self._refreshing: asyncio.Task | None = None
         self.stats = {"resolve": 0, "reverse": 0, "query": 0, "placeholder": 0,
                       "placeholders_full": 0}
+        # told after a new tailnet snapshot was loaded (the name table republishes)
+        self.on_change: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------ tailnet snapshot
     async def refresh(self) -> None:
@@ -100,6 +103,7 @@ class NameService:
             st = await asyncio.to_thread(self.status)
             self._tn = TailnetNames.from_status(st)
             self._tn_at = time.monotonic()
+            self.on_change()
         except Exception as e:          # keep the last snapshot; retried on the next lookup
             self.log(f"name service: cannot read the node's status: {e}")
             if self._tn is None:
@@ -116,6 +120,32 @@ class NameService:
 
     def tailnet_dns(self, tn: TailnetNames) -> bool:
         return self.mode == "tailnet" or tn.exit_node_in_use
+
+    def known_answers(self) -> list[Answer]:
+        """What resolve() answers from memory alone, for the preload's name table: every name of
+        the hosts file, then the tailnet's names the hosts file does not have, each for the
+        families 0, 4 and 6 — the same answers, by the same order rules. Names resolve() would
+        refuse (invalid) or that are not ASCII (the preload compares bytes) are left out: the
+        name service answers them."""
+        out: list[Answer] = []
+        hosts = self.hosts.names()
+        for key in hosts:
+            if not (key.isascii() and valid_name(key)):
+                continue
+            for v in (0, 4, 6):
+                h = self.hosts.lookup(key, v)
+                if h is not None:
+                    out.append(Answer(key, v, cp.RES_HOSTS, h.canon, tuple(h.addrs),
+                                      tuple(h.aliases)))
+        seen = set(hosts)
+        tn = self._tn or TailnetNames()
+        for key, (fqdn, ips) in tn.names.items():
+            if key in seen or not (key.isascii() and valid_name(key)):
+                continue
+            for v in (0, 4, 6):
+                addrs = tuple(i for i in ips if not v or (":" in i) == (v == 6))
+                out.append(Answer(key, v, cp.RES_TAILNET, fqdn, addrs))
+        return out
 
     # ------------------------------------------------------------ lookups
     async def resolve(self, name: bytes | str, version: int = 0, idn: bool = False) -> Result:
