@@ -12,10 +12,12 @@ import time
 import pytest
 
 from helpers import py, run_tp, tailproxy_argv
+from test_dns import DNSLog
 
 pytestmark = pytest.mark.tailnet
 
 FROM_TABLE = "answered from the name table"
+OTHER = "internet.test"     # not a tailnet name: a placeholder only while an exit node is in use
 
 LOOKUPS = """
     import json, socket, sys
@@ -88,7 +90,7 @@ def test_a_joining_peer_and_exit_node_switches_are_followed(testnet, state, tmp_
                               capture_output=True, text=True, timeout=60)
 
     p = subprocess.Popen(tailproxy_argv("--state-dir", state, "--hostname", "namesloop",
-                                        "--verbose", *py(LOOP), "peer", joiner),
+                                        "--verbose", *py(LOOP), "peer", joiner, OTHER),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     err_lines: list[str] = []
@@ -118,16 +120,31 @@ def test_a_joining_peer_and_exit_node_switches_are_followed(testnet, state, tmp_
         assert len(joined) == 1 and joined[0].startswith("100."), joined
         wait_until(lambda: any(f"lookup {joiner}: {FROM_TABLE}" in l for l in err_lines),
                    "the joiner answered from the table")
-        # exit node set, then cleared: tailnet names stay in the program, answered alike
+        assert all(isinstance(r[OTHER], str) for r in rounds)  # the system's resolver refuses
+        # exit node set, then cleared: tailnet names stay in the program, answered alike; other
+        # names get placeholders while the exit node is in use (from the table once they have
+        # one, and never asked of this host's DNS server), and never once it is cleared
         for args in (("exit-node", "set", testnet["exit_node"]["name"]), ("exit-node", "clear")):
             out = tp(*args)
             assert out.returncode == 0, out.stderr
             switched, n = time.monotonic(), len(err_lines)
-            wait_until(lambda: sum(r["t"] > switched for r in rounds) >= 5, f"after {args}")
+            wait_until(lambda: sum(r["t"] > switched for r in rounds) >= 10, f"after {args}")
             after = [r for r in rounds if r["t"] > switched]
             assert all(r["peer"] == [peer["ipv4"]] and r[joiner] == joined for r in after)
             new = [l for l in err_lines[n:] if "lookup peer:" in l]
             assert new and all(FROM_TABLE in l for l in new), new
+            if args[1] == "set":
+                assert all(r[OTHER][0].startswith("240.") for r in after), after
+                assert len({r[OTHER][0] for r in after}) == 1
+                assert any(f"lookup {OTHER}: {FROM_TABLE}" in l for l in err_lines[n:])
+                with DNSLog(testnet) as log:
+                    wait_until(lambda: sum(r["t"] > time.monotonic() - 1 for r in rounds) >= 3,
+                               "lookups with the exit node")
+                    time.sleep(1)
+                assert not [q for q in log.queries if OTHER in q["qname"]], log.queries
+            else:
+                assert all(isinstance(r[OTHER], str) for r in after), after
+                assert not any(f"lookup {OTHER}: {FROM_TABLE}" in l for l in err_lines[n:])
     finally:
         p.stdin.close()
         p.wait(60)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -309,6 +310,20 @@ def test_placeholders_for_other_names(exitnames):
     # tailnet names and hosts entries are still real addresses
     assert PEER4 in exitnames.out("gai", "peer", "80", 0, STREAM, 0, 0)
     assert "10.1.2.3" in exitnames.out("ghbn", "myhost")
+
+
+def test_a_placeholder_once_given_is_answered_like_the_first_time(exitnames):
+    """With the name table, from the table (published within 50 ms of the first answer)."""
+    env = {"TAILPROXY_VERBOSE": "1"}
+    first = exitnames.run("test_resolve", "gai", "again.test", "80", 0, STREAM, 0, AI_CANONNAME,
+                          env=env)
+    assert first.stderr == "tailproxy: lookup again.test: answered by the name service\n"
+    time.sleep(0.5)
+    again = exitnames.run("test_resolve", "gai", "again.test", "80", 0, STREAM, 0, AI_CANONNAME,
+                          env=env)
+    assert again.stdout == first.stdout and "240.0.0." in again.stdout
+    how = "from the name table" if exitnames.proxy.table else "by the name service"
+    assert again.stderr == f"tailproxy: lookup again.test: answered {how}\n"
 
 
 def test_200_threads_resolve_distinct_names_at_once(exitnames):

@@ -145,18 +145,65 @@ def test_a_peer_joining_and_leaving_is_followed(setup):
     assert read(table.path, "myhost", 4) is not None
 
 
-def test_an_exit_node_switch_keeps_tailnet_and_hosts_names(setup):
+def test_an_exit_node_switch_keeps_tailnet_and_hosts_names_and_adds_placeholders(setup):
     """Tailnet and hosts names come before placeholders in every mode: with an exit node they
-    are still answered in the program (and a placeholder is never in the table)."""
+    are still answered in the program; placeholders a name already has are too, while the exit
+    node is in use, and pinned in the map for as long as the table holds them."""
     names, table, pub, st = setup
+    peers = {"peer": ["100.64.0.2", "fd7a:115c:a1e0::2"], "shadowed": ["100.64.0.3"]}
     pub.publish()
     before = read(table.path, "peer", 0)
-    st["now"] = status({"peer": ["100.64.0.2", "fd7a:115c:a1e0::2"],
-                        "shadowed": ["100.64.0.3"]}, exit_node=True)
+    r = asyncio.run(names.resolve("far.test", 4))   # no exit node: the system's resolver
+    assert r.flags == 0 and read(table.path, "far.test", 4) is None
+    st["now"] = status(peers, exit_node=True)
     asyncio.run(names.refresh())                    # the control command's refresh
     assert read(table.path, "peer", 0) == before
-    r = asyncio.run(names.resolve("far.test", 4))
-    assert r.flags == cp.RES_PLACEHOLDER and read(table.path, "far.test", 4) is None
+    r = asyncio.run(names.resolve("Far.Test.", 4))
+    assert r.flags == cp.RES_PLACEHOLDER
+    for v in (0, 4):                                # published at once (no event loop here)
+        assert read(table.path, "far.test", v) == (cp.RES_PLACEHOLDER, "far.test", r.addrs, [])
+    assert read(table.path, "far.test", 6) is None  # none yet: the service allocates it
+    r6 = asyncio.run(names.resolve("far.test", 6))
+    assert read(table.path, "far.test", 6) == (cp.RES_PLACEHOLDER, "far.test", r6.addrs, [])
+    assert names.placeholders._pinned == {"far.test"}
+    st["now"] = status(peers)                       # exit node cleared
+    asyncio.run(names.refresh())
+    assert read(table.path, "far.test", 4) is None and read(table.path, "peer", 0) == before
+    assert names.placeholders._pinned == frozenset()
+
+
+def test_a_pinned_placeholder_is_never_evicted():
+    from tailproxy.resolver.placeholders import ENTRY_OVERHEAD, PlaceholderMap
+    m = PlaceholderMap(max_bytes=2 * (ENTRY_OVERHEAD + 1), recent_s=0, clock=lambda: 100.0)
+    a = m.get("a", 4)
+    m.get("b", 4)
+    m.pin({"a"})
+    m.get("c", 4)                                   # full: the oldest unpinned one goes
+    assert m.name_of(a) == "a" and "b" not in m._by_name
+    m.pin(())                                       # "a" counts as just used
+    m.get("d", 4)
+    assert m.name_of(a) == "a" and "c" not in m._by_name
+
+
+def test_new_placeholders_are_published_in_batches(tmp_path, hosts):
+    os.chmod(tmp_path, 0o700)
+    st = status({}, exit_node=True)
+
+    async def main():
+        import contextlib
+        names = NameService(status=lambda: st, hosts=HostsFile(hosts))
+        await names.refresh()
+        async with contextlib.AsyncExitStack() as parts:
+            path = await start_name_table(parts, names, str(tmp_path), lambda m: None)
+            gen = int.from_bytes(open(path, "rb").read(16)[8:16], "little")
+            addrs = [(await names.resolve(f"n{i}.example", 4)).addrs for i in range(50)]
+            assert read(path, "n0.example", 4) is None          # not yet: batched
+            await asyncio.sleep(0.3)
+            for i in (0, 49):
+                assert read(path, f"n{i}.example", 4)[2] == addrs[i]
+            after = int.from_bytes(open(path, "rb").read(16)[8:16], "little")
+            assert after - gen <= 3, (gen, after)               # not one per name
+    asyncio.run(main())
 
 
 def test_a_hosts_file_edit_is_followed(setup, hosts):

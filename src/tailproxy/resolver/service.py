@@ -121,12 +121,14 @@ class NameService:
     def tailnet_dns(self, tn: TailnetNames) -> bool:
         return self.mode == "tailnet" or tn.exit_node_in_use
 
-    def known_answers(self) -> list[Answer]:
+    def known_answers(self, placeholders: int = 0) -> list[Answer]:
         """What resolve() answers from memory alone, for the preload's name table: every name of
         the hosts file, then the tailnet's names the hosts file does not have, each for the
-        families 0, 4 and 6 — the same answers, by the same order rules. Names resolve() would
-        refuse (invalid) or that are not ASCII (the preload compares bytes) are left out: the
-        name service answers them."""
+        families 0, 4 and 6 — the same answers, by the same order rules; then, while names go
+        through the tailnet (an exit node in use, or mode "tailnet"), the placeholders of up to
+        `placeholders` names most recently used, for the families they have one of. Names
+        resolve() would refuse (invalid) or that are not ASCII (the preload compares bytes) are
+        left out: the name service answers them."""
         out: list[Answer] = []
         hosts = self.hosts.names()
         for key in hosts:
@@ -145,6 +147,14 @@ class NameService:
             for v in (0, 4, 6):
                 addrs = tuple(i for i in ips if not v or (":" in i) == (v == 6))
                 out.append(Answer(key, v, cp.RES_TAILNET, fqdn, addrs))
+        if placeholders and self.tailnet_dns(tn):
+            for key, a4, a6 in self.placeholders.recent(placeholders):
+                if (key in seen or key in tn.names or tn.under_suffix(key) or
+                        not (key.isascii() and valid_name(key))):
+                    continue
+                for v, addr in ((0, a4), (4, a4), (6, a6)):
+                    if addr is not None:
+                        out.append(Answer(key, v, cp.RES_PLACEHOLDER, key, (addr,)))
         return out
 
     # ------------------------------------------------------------ lookups
