@@ -67,6 +67,10 @@ class HostsFile:
         self._load()
         return list(self._by_name)
 
+    def has(self, key: str) -> bool:
+        """Whether the file, as last read, names `key` (lower case, no trailing dot)."""
+        return key in self._by_name
+
     def lookup(self, name: str, version: int = 0) -> HostsEntry | None:
         """Addresses of `name` (version 0: both, in file order); None if no line names it. A name
         the file has only for the other version gets an entry without addresses."""

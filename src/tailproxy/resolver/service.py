@@ -33,7 +33,7 @@ from dns.rdtypes.IN.AAAA import AAAA
 from ..proxy import channel_proto as cp
 from . import dnsmsg
 from .hosts import HostsFile
-from .nametable import Answer
+from .nametable import MAX_RECORDS, Answer
 from .placeholders import PlaceholderMap, PlaceholdersFull
 from .system import SystemResolver
 from .tailnet import TailnetNames
@@ -93,6 +93,7 @@ class NameService:
                       "placeholders_full": 0}
         # told after a new tailnet snapshot was loaded (the name table republishes)
         self.on_change: Callable[[], None] = lambda: None
+        self._hosts_cache: tuple = (None, None)     # (hosts signature, its known answers)
 
     # ------------------------------------------------------------ tailnet snapshot
     async def refresh(self) -> None:
@@ -129,33 +130,45 @@ class NameService:
         `placeholders` names most recently used, for the families they have one of. Names
         resolve() would refuse (invalid) or that are not ASCII (the preload compares bytes) are
         left out: the name service answers them."""
-        out: list[Answer] = []
-        hosts = self.hosts.names()
-        for key in hosts:
-            if not (key.isascii() and valid_name(key)):
-                continue
-            for v in (0, 4, 6):
-                h = self.hosts.lookup(key, v)
-                if h is not None:
-                    out.append(Answer(key, v, cp.RES_HOSTS, h.canon, tuple(h.addrs),
-                                      tuple(h.aliases)))
-        seen = set(hosts)
+        out = list(self._hosts_answers())
         tn = self._tn or TailnetNames()
+        seen = self.hosts.has
         for key, (fqdn, ips) in tn.names.items():
-            if key in seen or not (key.isascii() and valid_name(key)):
+            if seen(key) or not (key.isascii() and valid_name(key)):
                 continue
             for v in (0, 4, 6):
                 addrs = tuple(i for i in ips if not v or (":" in i) == (v == 6))
                 out.append(Answer(key, v, cp.RES_TAILNET, fqdn, addrs))
         if placeholders and self.tailnet_dns(tn):
             for key, a4, a6 in self.placeholders.recent(placeholders):
-                if (key in seen or key in tn.names or tn.under_suffix(key) or
+                if (seen(key) or key in tn.names or tn.under_suffix(key) or
                         not (key.isascii() and valid_name(key))):
                     continue
                 for v, addr in ((0, a4), (4, a4), (6, a6)):
                     if addr is not None:
                         out.append(Answer(key, v, cp.RES_PLACEHOLDER, key, (addr,)))
         return out
+
+    def _hosts_answers(self) -> tuple[Answer, ...]:
+        """The hosts file's part of known_answers(), taken again only when the file changed, and
+        no more than a name table holds (a hosts file of 100,000 blocked names is not turned
+        into answers every two seconds)."""
+        names = self.hosts.names()          # reads the file again if it changed
+        sig = self.hosts.signature
+        if self._hosts_cache[0] != sig or self._hosts_cache[1] is None:
+            out: list[Answer] = []
+            for key in names:
+                if len(out) >= MAX_RECORDS:
+                    break
+                if not (key.isascii() and valid_name(key)):
+                    continue
+                for v in (0, 4, 6):
+                    h = self.hosts.lookup(key, v)
+                    if h is not None:
+                        out.append(Answer(key, v, cp.RES_HOSTS, h.canon, tuple(h.addrs),
+                                          tuple(h.aliases)))
+            self._hosts_cache = (sig, tuple(out))
+        return self._hosts_cache[1]
 
     # ------------------------------------------------------------ lookups
     async def resolve(self, name: bytes | str, version: int = 0, idn: bool = False) -> Result:
