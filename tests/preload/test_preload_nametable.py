@@ -177,3 +177,26 @@ def test_200_threads_read_only_whole_answers_while_it_is_republished(run, table,
     assert table.gen > 50, f"the writer republished {table.gen} times only: proved nothing"
     assert int(m.group(2)) > 50, r.stdout           # the readers did see it change under them
     print(r.stdout, f"writer: {table.gen} tables")
+
+
+FORK_EXEC = """
+import os, socket, subprocess, sys
+def lookup():
+    return sorted({a[4][0] for a in socket.getaddrinfo("peer", 80, type=socket.SOCK_STREAM)})
+assert lookup() == sys.argv[1:], lookup()
+pid = os.fork()                     # the child uses the mapping it inherited
+if pid == 0:
+    os._exit(0 if lookup() == sys.argv[1:] else 1)
+assert os.waitpid(pid, 0)[1] == 0
+subprocess.run([sys.executable, "-c",   # a new image maps the table again
+                "import socket; socket.getaddrinfo('peer', 80)"], check=True)
+"""
+
+
+def test_fork_and_exec_keep_answering_from_the_table(run, table, hosts):
+    table.publish(hosts_sig(hosts), ANSWERS)
+    r = run.run_cmd([sys.executable, "-c", FORK_EXEC, PEER4, PEER6],
+                    env={"TAILPROXY_NAMES": table.path, "TAILPROXY_RESOLVE": "1",
+                         "TAILPROXY_VERBOSE": "1"})
+    lines = [l for l in r.stderr.splitlines() if "lookup peer" in l]
+    assert lines == ["tailproxy: lookup peer: answered from the name table"] * 3, r.stderr
