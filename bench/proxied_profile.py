@@ -19,10 +19,12 @@ Prints the exact commands and the summaries (for bench/REPORT.md).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pstats
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,16 +118,13 @@ def main() -> int:
         B.say("  " + (r.stdout.strip().splitlines() or ["(no output)"])[-1])
         for key in ("tottime", "cumulative"):
             B.say(f"\n  by {key}:")
-            s = pstats.Stats(prof)
-            s.sort_stats(key)
-            import io
             out = io.StringIO()
-            s.stream = out
-            s.print_stats(22)
+            pstats.Stats(prof, stream=out).sort_stats(key).print_stats(22)
             B.say("\n".join(l for l in out.getvalue().splitlines()[6:] if l.strip()))
     finally:
         B.stop_all()
         time.sleep(0.1)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
