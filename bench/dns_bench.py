@@ -9,7 +9,13 @@ N times:
       from a bind-mounted /etc/hosts (glibc alone cannot resolve MagicDNS names: there is no
       system Tailscale), the closest anchor;
   a name behind the exit node (tailproxy --exit-node: a placeholder, no DNS query at all).
-Through tailproxy a lookup is one request on the private channel (one local round trip).
+Through tailproxy, names the name service knows (hosts file, MagicDNS names of known peers) are
+answered in the program from the name table it publishes (issue 15); each also runs with the
+table hidden from the program ("round trip": TAILPROXY_NAMES unset, each lookup one request on
+the private channel, as before the table). So does a placeholder once the name has one (the
+first lookup is a round trip; the loop's warm-up makes it). Target (issue
+15): tailproxy's rate for hosts names, short names and FQDNs >= 0.5x glibc's /etc/hosts rate
+(the ip6-localhost glibc row, same run).
 Prints each command, a table, and returns the figures (median of --reps runs).
 """
 from __future__ import annotations
@@ -45,6 +51,11 @@ int main(int argc, char **argv) {
 	return bad ? 1 : 0;
 }
 """
+
+
+HOSTS_ROW = "/etc/hosts name (ip6-localhost)"
+EXIT_ROW = "name behind the exit node (internet.test)"
+TARGET = 0.5        # issue 15: tailproxy >= 0.5x glibc's /etc/hosts rate
 
 
 def say(msg=""):
@@ -84,14 +95,22 @@ def section(info: dict, tp: list[str], tp_env: dict, tmp: str, lookups: int = 20
     tpx = tp + ["--state-dir", state, "--hostname", "dnsbench"]
     exit_name = info["exit_node"]["name"]
     mounted = ["unshare", "-m", "sh", "-c", f'mount --bind "$0" /etc/hosts && exec "$@"', hosts]
+    no_table = ["env", "-u", "TAILPROXY_NAMES"]
+    fqdn = f"tailnet FQDN ({peer['fqdn']})"
     rows = {
-        ("/etc/hosts name (ip6-localhost)", "glibc"): [loop, "ip6-localhost", str(lookups)],
-        ("/etc/hosts name (ip6-localhost)", "tailproxy"): tpx + [loop, "ip6-localhost", str(lookups)],
+        (HOSTS_ROW, "glibc"): [loop, "ip6-localhost", str(lookups)],
+        (HOSTS_ROW, "tailproxy"): tpx + [loop, "ip6-localhost", str(lookups)],
+        (HOSTS_ROW, "tailproxy, round trip"): tpx + no_table + [loop, "ip6-localhost", str(lookups)],
         ("tailnet name (peer)", "glibc, name in /etc/hosts"): mounted + [loop, "peer", str(lookups)],
         ("tailnet name (peer)", "tailproxy"): tpx + [loop, "peer", str(lookups)],
-        (f"tailnet FQDN ({peer['fqdn']})", "tailproxy"): tpx + [loop, peer["fqdn"], str(lookups)],
-        ("name behind the exit node (internet.test)", "tailproxy --exit-node"):
+        ("tailnet name (peer)", "tailproxy, round trip"): tpx + no_table + [loop, "peer", str(lookups)],
+        (fqdn, "glibc, name in /etc/hosts"): mounted + [loop, peer["fqdn"], str(lookups)],
+        (fqdn, "tailproxy"): tpx + [loop, peer["fqdn"], str(lookups)],
+        (fqdn, "tailproxy, round trip"): tpx + no_table + [loop, peer["fqdn"], str(lookups)],
+        (EXIT_ROW, "tailproxy --exit-node"):
             tpx + ["--exit-node", exit_name, loop, "internet.test", str(lookups)],
+        (EXIT_ROW, "tailproxy --exit-node, round trip"):
+            tpx + ["--exit-node", exit_name] + no_table + [loop, "internet.test", str(lookups)],
     }
     out, failures = {}, []
     for rep in range(reps):
@@ -108,12 +127,29 @@ def section(info: dict, tp: list[str], tp_env: dict, tmp: str, lookups: int = 20
     return {"lookups": lookups, "reps": reps, "rates": med, "failures": failures}
 
 
+def targets(res: dict) -> list[str]:
+    """Issue 15's target per name kind: tailproxy's rate / glibc's /etc/hosts rate."""
+    glibc = res["rates"].get(HOSTS_ROW, {}).get("glibc")
+    out = []
+    for row, modes in res["rates"].items():
+        rate = modes.get("tailproxy")
+        if rate is None:
+            continue
+        if not glibc:
+            out.append(f"target {row}: no glibc /etc/hosts rate to compare with")
+            continue
+        r = rate / glibc
+        out.append(f"target {row}: tailproxy {rate:.0f}/s = {r:.2f}x glibc's /etc/hosts rate "
+                   f"({glibc:.0f}/s), goal >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'}")
+    return out
+
+
 def table(res: dict) -> str:
     lines = [f"{'name lookups (getaddrinfo, 1 thread)':44} {'mode':28} {'lookups/s':>10} {'µs/lookup':>10}"]
     for row, modes in res["rates"].items():
         for m, rate in modes.items():
             lines.append(f"{row:44} {m:28} {rate:10.0f} {1e6 / rate:10.1f}")
-    return "\n".join(lines)
+    return "\n".join(lines + targets(res))
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
 /* getaddrinfo/freeaddrinfo, gethostbyname{,2}{,_r}, gethostbyaddr{,_r}, getnameinfo: names are
- * answered by the proxy's name service (one RESOLVE/REVERSE round trip), so tailnet names work
- * and, with an exit node, no lookup leaves this host. Numeric and local inputs (address
+ * answered by the proxy's name service (one RESOLVE/REVERSE round trip; names it already knows
+ * from the name table it publishes, without one: nametable.c), so tailnet names work and, with
+ * an exit node, no lookup leaves this host. Numeric and local inputs (address
  * literals, AI_NUMERICHOST, a NULL node, "localhost", NI_NUMERICHOST) and invalid hints go to
  * glibc itself, so those results are glibc's own. Inert without TAILPROXY_SOCKET and
  * TAILPROXY_RESOLVE=1. */
@@ -15,7 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "names.h"
+#include "nametable.h"
 
 typedef int (*gai_fn)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
 typedef void (*fai_fn)(struct addrinfo *);
@@ -204,13 +205,13 @@ EXPORT int getaddrinfo(const char *node, const char *service, const struct addri
 	want = family == AF_INET ? 4 : family == AF_INET6 ? 6 : 0;
 	if (want == 0 && fams == 2)
 		want = 6;               /* AI_ADDRCONFIG on an IPv6-only host */
-	err = tp_resolve(node, want, (flags & AI_IDN) != 0, &got);
+	err = tp_name_lookup(node, want, (flags & AI_IDN) != 0, &got);
 	if (err == 0)
 		for (i = 0; i < got.naddr; i++)
 			list[n++] = got.addr[i];
 	if (family == AF_INET6 && (flags & AI_V4MAPPED) && (n == 0 || (flags & AI_ALL)) &&
 	    (err == 0 || err == ENODATA)) {
-		int e2 = tp_resolve(node, 4, (flags & AI_IDN) != 0, &more);
+		int e2 = tp_name_lookup(node, 4, (flags & AI_IDN) != 0, &more);
 		if (e2 == 0) {
 			for (i = 0; i < more.naddr && n < 2 * TP_RES_MAX_ADDRS; i++)
 				list[n++] = more.addr[i];
@@ -219,7 +220,7 @@ EXPORT int getaddrinfo(const char *node, const char *service, const struct addri
 			err = 0;
 		}
 	}
-	tp_names_log("lookup", node, err);
+	tp_name_lookup_log(node, err, &got);
 	if (err == 0 && fams != 3) {
 		int k = 0;
 		for (i = 0; i < n; i++)
@@ -332,8 +333,8 @@ static int byname_r(const char *name, int af, struct hostent *ret, char *buf, si
 	int err, i, n = 0, r;
 
 	*result = NULL;
-	err = tp_resolve(name, af == AF_INET ? 4 : 6, 0, &nm);
-	tp_names_log("lookup", name, err);
+	err = tp_name_lookup(name, af == AF_INET ? 4 : 6, 0, &nm);
+	tp_name_lookup_log(name, err, &nm);
 	if (err == 0)
 		for (i = 0; i < nm.naddr; i++)
 			if (nm.addr[i].family == (af == AF_INET ? 4 : 6))

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -29,9 +30,14 @@ HOSTS = open("/etc/hosts").read() + "\n10.1.2.3 myhost.example myhost alias2\n"
 
 
 class NamesProxy:
-    def __init__(self, prefix, rundir, tag, extra):
+    def __init__(self, prefix, rundir, tag, extra, table=False):
         self.dir = os.path.join(rundir, f"names-{tag}")
         os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        # the name table: names the service knows answered in the program (nametable.c)
+        self.table = os.path.join(self.dir, "names") if table else None
+        if self.table and os.path.exists(self.table):
+            os.unlink(self.table)
         self.channel = os.path.join(self.dir, "channel")
         hosts = os.path.join(self.dir, "hosts")
         with open(hosts, "w") as f:
@@ -42,6 +48,8 @@ class NamesProxy:
         argv = [sys.executable, "-m", "tailproxy.resolver", "--channel", self.channel,
                 "--name", f"peer={PEER4},{PEER6}", "--self", f"me={ME4}", "--hosts", hosts,
                 "--upstream", f"far.test={V4}", "--server-file", self.server_file, *extra]
+        if self.table:
+            argv += ["--names-table", self.table]
         self.log = open(os.path.join(self.dir, "log"), "ab")
         self.proc = subprocess.Popen(prefix + argv, stdout=subprocess.PIPE, stderr=self.log, env=env)
         line = readline(self.proc.stdout, 60)
@@ -69,6 +77,8 @@ class NamesRunner(Runner):
 
     def env(self, extra=None, channel=True):
         e = {"TAILPROXY_RESOLVE": "1", "TAILPROXY_DNS_SERVER": self.proxy.server}
+        if self.proxy.table:
+            e["TAILPROXY_NAMES"] = self.proxy.table
         e.update(extra or {})
         return super().env(e, channel)
 
@@ -86,17 +96,20 @@ class NamesRunner(Runner):
         return r.stdout
 
 
-@pytest.fixture(scope="module")
-def names(build, netns, rundir):
-    p = NamesProxy(netns, rundir, "auto", [])
+# Every test runs twice: each lookup a round trip to the name service, and with the name table
+# it publishes (hosts and tailnet names answered in the program): the results must be the same.
+@pytest.fixture(scope="module", params=["roundtrip", "table"])
+def names(build, netns, rundir, request):
+    p = NamesProxy(netns, rundir, f"auto-{request.param}", [], table=request.param == "table")
     yield NamesRunner(netns, *build, p)
     p.stop()
 
 
-@pytest.fixture(scope="module")
-def exitnames(build, netns, rundir):
+@pytest.fixture(scope="module", params=["roundtrip", "table"])
+def exitnames(build, netns, rundir, request):
     """Names through the tailnet (as with an exit node): placeholders."""
-    p = NamesProxy(netns, rundir, "exit", ["--exit-node"])
+    p = NamesProxy(netns, rundir, f"exit-{request.param}", ["--exit-node"],
+                   table=request.param == "table")
     yield NamesRunner(netns, *build, p)
     p.stop()
 
@@ -267,12 +280,17 @@ def test_inert_without_tailproxy_resolve(names):
 
 def test_verbose_line_per_lookup(names):
     r = names.run("test_resolve", "ghbn", "peer", env={"TAILPROXY_VERBOSE": "1"})
-    assert "tailproxy: lookup peer: answered by the name service" in r.stderr
+    how = "from the name table" if names.proxy.table else "by the name service"
+    assert r.stderr == f"tailproxy: lookup peer: answered {how}\n"
+    r = names.run("test_resolve", "ghbn", "nosuch.ts.test", env={"TAILPROXY_VERBOSE": "1"})
+    assert r.stderr.startswith("tailproxy: lookup nosuch.ts.test: ") and \
+        "table" not in r.stderr, r.stderr             # not held: the name service said so
 
 
 def test_dead_proxy_is_a_temporary_failure_with_one_line(names, rundir):
     env = {"TAILPROXY_SOCKET": os.path.join(rundir, "nowhere", "channel")}
-    r = names.run("test_resolve", "gai", "peer", "80", 0, STREAM, 0, 0, env=env)
+    # (a name the table does not hold: one the table holds is still answered)
+    r = names.run("test_resolve", "gai", "unknown.example", "80", 0, STREAM, 0, 0, env=env)
     assert r.stdout.startswith("ret=-3 "), r.stdout               # EAI_AGAIN, no lookup elsewhere
     assert r.stderr.count("cannot reach the tailproxy proxy") == 1
 
@@ -292,6 +310,20 @@ def test_placeholders_for_other_names(exitnames):
     # tailnet names and hosts entries are still real addresses
     assert PEER4 in exitnames.out("gai", "peer", "80", 0, STREAM, 0, 0)
     assert "10.1.2.3" in exitnames.out("ghbn", "myhost")
+
+
+def test_a_placeholder_once_given_is_answered_like_the_first_time(exitnames):
+    """With the name table, from the table (published within 50 ms of the first answer)."""
+    env = {"TAILPROXY_VERBOSE": "1"}
+    first = exitnames.run("test_resolve", "gai", "again.test", "80", 0, STREAM, 0, AI_CANONNAME,
+                          env=env)
+    assert first.stderr == "tailproxy: lookup again.test: answered by the name service\n"
+    time.sleep(0.5)
+    again = exitnames.run("test_resolve", "gai", "again.test", "80", 0, STREAM, 0, AI_CANONNAME,
+                          env=env)
+    assert again.stdout == first.stdout and "240.0.0." in again.stdout
+    how = "from the name table" if exitnames.proxy.table else "by the name service"
+    assert again.stderr == f"tailproxy: lookup again.test: answered {how}\n"
 
 
 def test_200_threads_resolve_distinct_names_at_once(exitnames):

@@ -161,7 +161,7 @@ def _program_env(settings: Settings, reply: dict, preload: str) -> dict:
                     proxy_auth=tuple(reply["proxy_auth"]),
                     export_listeners=settings.export_listeners,
                     park_ports=tuple(reply["park_ports"]), dns_server=reply.get("dns_server"),
-                    table=reply.get("table"))
+                    table=reply.get("table"), names=reply.get("names"))
     env["TAILPROXY_REGISTER"] = reply["register"]
     return env
 

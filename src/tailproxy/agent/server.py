@@ -38,6 +38,7 @@ from ..printable import printable
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
 from ..resolver import DNSResponder, NameService, PlaceholderMap, node_dns_query
+from ..resolver.namepublisher import start_name_table
 from . import identity
 from .lifetime import Lifetime
 from .wire import agent_wide, differences, settings_from_json
@@ -105,6 +106,7 @@ class Agent:
         self.dialer = None
         self.responder = None
         self.table_path: str | None = None     # the routing table the preloads read
+        self.names_path: str | None = None     # the name table the preloads read
         self.lifetime = Lifetime(settings.linger, self._idle, log=self.say)
         self.auth = ("tailproxy", secrets.token_urlsafe(16))    # the SOCKS5/HTTP port's
 
@@ -218,6 +220,7 @@ class Agent:
             # program's own --bypass still reaches its preload through its environment)
             self.table_path = await _start_table(parts, self.dialer, self.run_dir, self.settings,
                                                  list(self.settings.bypass))
+            self.names_path = await start_name_table(parts, self.names, self.run_dir, self.say)
             if self.exits:
                 self.exits.start_monitor()
                 parts.push_async_callback(self.exits.stop)
@@ -365,7 +368,7 @@ class Agent:
                 "register": os.path.join(self.run_dir, identity.REGISTER),
                 "proxy_addr": list(self.proxy.socks_address), "proxy_auth": list(self.auth),
                 "park_ports": list(self.proxy.park_ports), "dns_server": dns,
-                "table": self.table_path}
+                "table": self.table_path, "names": self.names_path}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ _PROXY_VARS = ("ALL_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], verbose: bool,
               proxy_addr: tuple[str, int] | None, proxy_auth: tuple[str, str] | None,
               export_listeners: bool = False, dns_server: str | None = None,
-              park_ports: tuple[int, int] = (0, 0), table: str | None = None) -> dict:
+              park_ports: tuple[int, int] = (0, 0), table: str | None = None,
+              names: str | None = None) -> dict:
     env = {k: v for k, v in parent.items() if k not in SECRETS}
     old = env.get("LD_PRELOAD", "").strip()
     env["LD_PRELOAD"] = f"{old}:{preload}" if old else preload
@@ -31,6 +32,11 @@ def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], ve
     else:
         env.pop("TAILPROXY_RESOLVE", None)
         env.pop("TAILPROXY_DNS_SERVER", None)
+    if dns_server is not None and names is not None:
+        # the name table: names answered without a round trip (resolver/nametable.py)
+        env["TAILPROXY_NAMES"] = names
+    else:
+        env.pop("TAILPROXY_NAMES", None)
     if verbose:
         env["TAILPROXY_VERBOSE"] = "1"
     else:

@@ -22,6 +22,7 @@ from ..printable import printable
 from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
 from ..resolver import DNSResponder, NameService, PlaceholderMap, node_dns_query
+from ..resolver.namepublisher import start_name_table
 from ..rundir import RunDirError, create_run_dir
 from .child import run_child as _run_child
 from .childenv import child_env
@@ -197,12 +198,13 @@ async def _serve(settings: Settings, dialer, rundir, preload, program, command, 
         if settings.exit_node_allow_lan_access:
             bypass += [n for n in local_networks() if n not in bypass]
         table = await _start_table(parts, dialer, rundir, settings, bypass)
+        names_table = await start_name_table(parts, names, rundir, _say)
         env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
                         bypass=bypass, verbose=settings.verbose,
                         proxy_addr=proxy.socks_address, proxy_auth=auth,
                         export_listeners=exporter is not None, park_ports=proxy.park_ports,
                         dns_server=responder.env_value() if responder else None,
-                        table=table)
+                        table=table, names=names_table)
         status = await _run_child(program, command, env)
         # Data the program sent just before exiting may still be on its way to the node:
         # stopping now would cut it off.

@@ -11,11 +11,13 @@ and the DNS benchmark. Prints ``ready`` on stdout once listening.
   --upstream NAME=IP         what the far side resolves NAME to when a placeholder is dialled
   --placeholder-v4 CIDR, --placeholder-v6 CIDR
   --server-file PATH         write the responder's addresses (TAILPROXY_DNS_SERVER) there
+  --names-table PATH         publish the name table there (TAILPROXY_NAMES; a 0700 directory)
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -23,6 +25,8 @@ from ..proxy.dialer import DirectDialer
 from ..proxy.server import Proxy
 from ..policy import RouteDialer
 from .hosts import HostsFile
+from .namepublisher import NameTablePublisher
+from .nametable import NameTableFile
 from .placeholders import DEFAULT_V4, DEFAULT_V6, PlaceholderMap
 from .responder import DNSResponder
 from .service import NameService
@@ -80,12 +84,17 @@ async def _run(a) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        print("ready", flush=True)
-        await stop.wait()
-    finally:
-        await proxy.close()
-        await responder.close()
+    async with contextlib.AsyncExitStack() as parts:
+        if a.names_table:
+            publisher = NameTablePublisher(NameTableFile(a.names_table, names.hosts.path), names)
+            await publisher.start()
+            parts.push_async_callback(publisher.stop)
+        try:
+            print("ready", flush=True)
+            await stop.wait()
+        finally:
+            await proxy.close()
+            await responder.close()
     return 0
 
 
@@ -103,6 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--placeholder-v4", default=DEFAULT_V4)
     p.add_argument("--placeholder-v6", default=DEFAULT_V6)
     p.add_argument("--server-file")
+    p.add_argument("--names-table")
     p.add_argument("--verbose", "-v", action="store_true")
     return asyncio.run(_run(p.parse_args(argv)))
 

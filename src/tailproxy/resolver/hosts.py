@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import threading
+from typing import Callable
 from dataclasses import dataclass, field
 
 
@@ -23,11 +24,14 @@ class HostsFile:
         self._lock = threading.Lock()
         self._lines: list[tuple[ipaddress._BaseAddress, list[str]]] = []
         self._by_name: dict[str, list[int]] = {}
+        self.signature: tuple[int, int, int, int] | None = None    # (dev, ino, size, mtime ns)
+        # told after the file was read again (the name table republishes: namepublisher.py)
+        self.on_change: Callable[[], None] = lambda: None
 
     def _load(self) -> None:
         try:
             st = os.stat(self.path)
-            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+            sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         except OSError:
             sig = None
         if sig == self._sig:
@@ -54,6 +58,18 @@ class HostsFile:
                     by_name.setdefault(n.rstrip(".").lower(), []).append(len(lines) - 1)
         with self._lock:
             self._lines, self._by_name, self._sig = lines, by_name, sig
+            self.signature = sig
+        self.on_change()
+
+    def names(self) -> list[str]:
+        """Every name the file has (as looked up: lower case, no trailing dot), in file order;
+        read again first if the file changed."""
+        self._load()
+        return list(self._by_name)
+
+    def has(self, key: str) -> bool:
+        """Whether the file, as last read, names `key` (lower case, no trailing dot)."""
+        return key in self._by_name
 
     def lookup(self, name: str, version: int = 0) -> HostsEntry | None:
         """Addresses of `name` (version 0: both, in file order); None if no line names it. A name

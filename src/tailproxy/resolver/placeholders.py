@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from typing import Callable
 from collections import OrderedDict, deque
 
 DEFAULT_V4 = "240.0.0.0/4"
@@ -74,6 +75,11 @@ class PlaceholderMap:
         self._by_name: OrderedDict[str, int] = OrderedDict()
         self._by_off: dict[int, dict[int, str]] = {4: {}, 6: {}}
         self._held: dict[str, int] = {}           # name -> live connections using it
+        # names the preload's name table answers (namepublisher.py): a program may get them at
+        # any time without the service seeing it, so they are in use while published
+        self._pinned: frozenset[str] = frozenset()
+        # told after a name got a new placeholder, outside the lock (the name table republishes)
+        self.on_new: Callable[[], None] = lambda: None
         self._next = {4: 1, 6: 1}
         self._free: dict[int, deque] = {4: deque(), 6: deque()}
         self.bytes = 0
@@ -98,17 +104,17 @@ class PlaceholderMap:
         self._by_name.move_to_end(name)
 
     def _in_use(self, name: str, packed: int) -> bool:
-        if name in self._held:
+        if name in self._held or name in self._pinned:
             return True
         return self._clock() - (packed >> 2 * _OFF_BITS) < self.recent_s
 
     def _evict_oldest(self) -> None:
         """Forget the least recently used name; PlaceholdersFull if it is still in use."""
-        for _ in range(len(self._held) + 1):
+        for _ in range(len(self._held) + len(self._pinned) + 1):
             if not self._by_name:
                 break
             name, packed = next(iter(self._by_name.items()))
-            if name in self._held:           # a live connection: it is used now
+            if name in self._held or name in self._pinned:   # used now
                 self._touch(name, packed)
                 continue
             if self._in_use(name, packed):   # the oldest is recent: so is everything else
@@ -138,6 +144,14 @@ class PlaceholderMap:
     def get(self, name: str, version: int) -> str:
         """The placeholder of `name` (normalised: lower case, no trailing dot) for IPv4 or IPv6;
         PlaceholdersFull when no room can be made."""
+        new = [False]
+        try:
+            return self._get(name, version, new)
+        finally:
+            if new[0]:
+                self.on_new()
+
+    def _get(self, name: str, version: int, new: list) -> str:
         key = name.rstrip(".").lower()
         with self._lock:
             packed = self._by_name.get(key)
@@ -159,6 +173,7 @@ class PlaceholderMap:
                     raise
                 packed = self._by_name[key] | off << (0 if version == 4 else _OFF_BITS)
                 self._by_off[version][off] = key
+                new[0] = True
             self._touch(key, packed)
             return str(self.nets[version].network_address + off)
 
@@ -184,6 +199,32 @@ class PlaceholderMap:
             if name is not None:
                 self._touch(name, self._by_name[name])
             return name
+
+    def recent(self, limit: int) -> list[tuple[str, str | None, str | None]]:
+        """Up to `limit` names, most recently used first: (name, IPv4 placeholder or None,
+        IPv6 placeholder or None)."""
+        out = []
+        with self._lock:
+            for name in reversed(self._by_name):
+                if len(out) == limit:
+                    break
+                packed = self._by_name[name]
+                o4, o6 = self._offset(packed, 4), self._offset(packed, 6)
+                out.append((name, str(self.nets[4].network_address + o4) if o4 else None,
+                            str(self.nets[6].network_address + o6) if o6 else None))
+        return out
+
+    def pin(self, names) -> None:
+        """`names` are answered without the service from now on (the name table): never
+        evicted while pinned; a name unpinned counts as just used (a program may have cached
+        its answer)."""
+        names = frozenset(names)
+        with self._lock:
+            for name in self._pinned - names:
+                packed = self._by_name.get(name)
+                if packed is not None:
+                    self._touch(name, packed)
+            self._pinned = names
 
     def hold(self, name: str) -> None:
         """A live connection uses `name`'s placeholder: never evicted until `release`."""

@@ -33,6 +33,7 @@ from dns.rdtypes.IN.AAAA import AAAA
 from ..proxy import channel_proto as cp
 from . import dnsmsg
 from .hosts import HostsFile
+from .nametable import MAX_RECORDS, Answer
 from .placeholders import PlaceholderMap, PlaceholdersFull
 from .system import SystemResolver
 from .tailnet import TailnetNames
@@ -90,6 +91,9 @@ class NameService:
         self._refreshing: asyncio.Task | None = None
         self.stats = {"resolve": 0, "reverse": 0, "query": 0, "placeholder": 0,
                       "placeholders_full": 0}
+        # told after a new tailnet snapshot was loaded (the name table republishes)
+        self.on_change: Callable[[], None] = lambda: None
+        self._hosts_cache: tuple = (None, None)     # (hosts signature, its known answers)
 
     # ------------------------------------------------------------ tailnet snapshot
     async def refresh(self) -> None:
@@ -100,6 +104,7 @@ class NameService:
             st = await asyncio.to_thread(self.status)
             self._tn = TailnetNames.from_status(st)
             self._tn_at = time.monotonic()
+            self.on_change()
         except Exception as e:          # keep the last snapshot; retried on the next lookup
             self.log(f"name service: cannot read the node's status: {e}")
             if self._tn is None:
@@ -116,6 +121,54 @@ class NameService:
 
     def tailnet_dns(self, tn: TailnetNames) -> bool:
         return self.mode == "tailnet" or tn.exit_node_in_use
+
+    def known_answers(self, placeholders: int = 0) -> list[Answer]:
+        """What resolve() answers from memory alone, for the preload's name table: every name of
+        the hosts file, then the tailnet's names the hosts file does not have, each for the
+        families 0, 4 and 6 — the same answers, by the same order rules; then, while names go
+        through the tailnet (an exit node in use, or mode "tailnet"), the placeholders of up to
+        `placeholders` names most recently used, for the families they have one of. Names
+        resolve() would refuse (invalid) or that are not ASCII (the preload compares bytes) are
+        left out: the name service answers them."""
+        out = list(self._hosts_answers())
+        tn = self._tn or TailnetNames()
+        seen = self.hosts.has
+        for key, (fqdn, ips) in tn.names.items():
+            if seen(key) or not (key.isascii() and valid_name(key)):
+                continue
+            for v in (0, 4, 6):
+                addrs = tuple(i for i in ips if not v or (":" in i) == (v == 6))
+                out.append(Answer(key, v, cp.RES_TAILNET, fqdn, addrs))
+        if placeholders and self.tailnet_dns(tn):
+            for key, a4, a6 in self.placeholders.recent(placeholders):
+                if (seen(key) or key in tn.names or tn.under_suffix(key) or
+                        not (key.isascii() and valid_name(key))):
+                    continue
+                for v, addr in ((0, a4), (4, a4), (6, a6)):
+                    if addr is not None:
+                        out.append(Answer(key, v, cp.RES_PLACEHOLDER, key, (addr,)))
+        return out
+
+    def _hosts_answers(self) -> tuple[Answer, ...]:
+        """The hosts file's part of known_answers(), taken again only when the file changed, and
+        no more than a name table holds (a hosts file of 100,000 blocked names is not turned
+        into answers every two seconds)."""
+        names = self.hosts.names()          # reads the file again if it changed
+        sig = self.hosts.signature
+        if self._hosts_cache[0] != sig or self._hosts_cache[1] is None:
+            out: list[Answer] = []
+            for key in names:
+                if len(out) >= MAX_RECORDS:
+                    break
+                if not (key.isascii() and valid_name(key)):
+                    continue
+                for v in (0, 4, 6):
+                    h = self.hosts.lookup(key, v)
+                    if h is not None:
+                        out.append(Answer(key, v, cp.RES_HOSTS, h.canon, tuple(h.addrs),
+                                          tuple(h.aliases)))
+            self._hosts_cache = (sig, tuple(out))
+        return self._hosts_cache[1]
 
     # ------------------------------------------------------------ lookups
     async def resolve(self, name: bytes | str, version: int = 0, idn: bool = False) -> Result:
