@@ -377,17 +377,21 @@ def check_command(settings: Settings, command: list[str]) -> None:
 
 
 def uses_agent(settings: Settings, command: list[str]) -> bool:
-    """A program run on the identity's shared agent: not --socks5 (it serves its own port) and
-    not --no-tailnet (there is no node to share)."""
-    return bool(command) and settings.agent and not settings.no_tailnet
+    """A program, or a --socks5 proxy, run on the identity's shared agent: not with
+    --no-tailnet (there is no node to share)."""
+    return bool(command or settings.socks5) and settings.agent and not settings.no_tailnet
 
 
-# Settings one agent applies to every program it serves (the node's, the proxy's, the name
-# service's); a program asking for other values cannot join a running agent.
+# Settings one agent applies to every program it serves (the node's, and the placeholder ranges
+# its one address map hands out); a program asking for other values cannot join a running agent.
 AGENT_WIDE = ("hostname", "control_url", "ephemeral", "exit_node", "exit_node_allow_lan_access",
-              "accept_routes", "tailnet_only", "connect_timeout", "export_allow_ports",
-              "export_deny_ports", "export_max", "export_proxy_protocol", "dns",
-              "dns_placeholder_v4", "dns_placeholder_v6")
+              "accept_routes", "dns_placeholder_v4", "dns_placeholder_v6")
+# Settings that travel with each program's registration: the agent applies them to that
+# program's connections, names and exports only (agent/session.py). --bypass needs no agent:
+# the program's preload reads it from its environment.
+PER_PROGRAM = ("verbose", "tailnet_only", "connect_timeout", "dns", "proxy_all",
+               "export_listeners", "export_allow_ports", "export_deny_ports", "export_max",
+               "export_proxy_protocol")
 
 
 def check_run(settings: Settings) -> None:

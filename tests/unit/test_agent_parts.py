@@ -32,9 +32,11 @@ def test_settings_survive_the_pipe_including_the_secret_and_forever():
 
 def test_agent_wide_differences_name_the_flags():
     a = agent_wide(Settings(exit_node=["a"]))
-    b = agent_wide(Settings(exit_node=["b"], tailnet_only=True))
-    assert differences(a, b) == ["--exit-node", "--tailnet-only"]
-    assert differences(a, agent_wide(Settings(exit_node=["a"], verbose=True))) == []
+    b = agent_wide(Settings(exit_node=["b"], accept_routes=True))
+    assert differences(a, b) == ["--exit-node", "--accept-routes"]
+    # per-program settings never keep a program off a running agent
+    assert differences(a, agent_wide(Settings(exit_node=["a"], verbose=True, tailnet_only=True,
+                                              dns="off", connect_timeout=3))) == []
 
 
 @pytest.mark.parametrize("text,value", [("0", 0.0), ("30", 30.0), ("forever", math.inf),

@@ -17,16 +17,17 @@ from ..config import Settings
 from ..launcher.childenv import SECRETS, child_env
 from ..printable import printable
 from . import identity
-from .wire import agent_wide, settings_to_json
+from .wire import agent_wide, policy_of, settings_to_json
 
 _POLL_S = 0.02
 _AGENT_START_GRACE_S = 15.0   # beyond --timeout: Python start-up, exit-node choice, the proxy
 
 
 class AgentError(Exception):
-    def __init__(self, message: str, status: int = 1):
+    def __init__(self, message: str, status: int = 1, differ: list | None = None):
         super().__init__(message)
         self.status = status
+        self.differ = [d for d in differ or [] if isinstance(d, str)]   # agent-wide flags
 
 
 def _say(msg: str) -> None:
@@ -117,13 +118,58 @@ def _spawn_agent(settings: Settings, lock_fd: int) -> None:
 _spawned: list = []     # the agents this launcher started (subprocess.Popen)
 
 
-def attach(settings: Settings, command: list[str]) -> tuple[socket.socket, dict]:
+# What one node does for every program on it, yet a program may want otherwise: such a program
+# runs on a sibling node (its own agent) rather than be refused, when an auth key lets one join.
+_SIBLING_FLAGS = {"--exit-node", "--exit-node-allow-lan-access"}
+MAX_SIBLINGS = 8
+
+
+def sibling(settings: Settings, n: int) -> Settings:
+    """The n-th sibling identity (n >= 2): `<hostname>-n`, its state dir next to the first's,
+    ephemeral (it leaves the tailnet when it stops)."""
+    import dataclasses
+    return dataclasses.replace(settings, hostname=f"{settings.hostname}-{n}",
+                               state_dir=f"{identity.identity(settings.state_dir)}-{n}",
+                               ephemeral=True)
+
+
+def attach(settings: Settings, command: list[str],
+           socks5: dict | None = None) -> tuple[socket.socket, dict]:
     """A connection to the identity's agent with the program attached, and the agent's reply
-    (what the program's environment needs). Starts the agent when none runs."""
+    (what the program's environment needs). Starts the agent when none runs. A program that
+    wants another exit node than the running agent's runs on a sibling node (sibling()) when
+    there is an auth key to log it in; without one it is refused (AgentError)."""
+    try:
+        return _attach(settings, command, socks5)
+    except AgentError as e:
+        if not (set(e.differ) and set(e.differ) <= _SIBLING_FLAGS and (command or socks5)):
+            raise
+        if not settings.authkey:
+            raise AgentError(f"{e}; without an auth key (--authkey) this program cannot have a "
+                             f"node of its own") from None
+        first = e
+    for n in range(2, MAX_SIBLINGS + 2):
+        try:
+            conn, reply = _attach(sibling(settings, n), command, socks5)
+        except AgentError as e:
+            if set(e.differ) and set(e.differ) <= _SIBLING_FLAGS:
+                continue            # that sibling serves yet another exit node
+            raise
+        if settings.verbose:
+            _say(f"the agent for {settings.hostname} uses another exit node: this program runs "
+                 f"on the node {settings.hostname}-{n}")
+        return conn, reply
+    raise AgentError(f"{first}; its {MAX_SIBLINGS} sibling nodes all serve other exit nodes")
+
+
+def _attach(settings: Settings, command: list[str],
+            socks5: dict | None) -> tuple[socket.socket, dict]:
     identity.check_state_dir(settings.state_dir)
     run_dir = identity.run_dir(settings.state_dir)
     req = {"cmd": "attach", "pid": os.getpid(), "command": command,
-           "verbose": settings.verbose, "settings": agent_wide(settings)}
+           "settings": agent_wide(settings), "policy": policy_of(settings)}
+    if socks5 is not None:
+        req["socks5"] = socks5          # its password on the control socket only (0700, uid)
     deadline = time.monotonic() + settings.timeout + _AGENT_START_GRACE_S
     while True:
         s = _connect(run_dir)
@@ -137,10 +183,12 @@ def attach(settings: Settings, command: list[str]) -> tuple[socket.socket, dict]
                 return s, reply
             s.close()
             if not reply.get("retry"):
-                raise AgentError(reply.get("error") or "the agent refused this program")
+                raise AgentError(reply.get("error") or "the agent refused this program",
+                                 differ=reply.get("differ") or [])
         lock_fd = identity.open_lock(settings.state_dir)
         try:
             if identity.try_lock(lock_fd):
+                identity.remove_dead_run_dir(settings.state_dir)   # a SIGKILLed agent's
                 _spawn_agent(settings, lock_fd)
                 continue
         finally:
@@ -243,12 +291,68 @@ def run_attached(settings: Settings, command: list[str]) -> int:
     return _serve_program(conn, program, command, _program_env(settings, reply, preload))
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop(signum, frame) -> None:
+    raise _Stop()
+
+
+def run_proxy_attached(settings: Settings) -> int:
+    """`tailproxy --socks5 HOST:PORT` on the identity's agent: the agent serves SOCKS5 and HTTP
+    proxy clients there (this run's credentials, the per-program policy of this run) until
+    Ctrl-C or SIGTERM/SIGHUP here; the agent's lines are printed meanwhile."""
+    import signal
+    from ..launcher.launch import say_proxy_address
+    from ..rundir import RunDirError
+    if settings.socks5_no_auth:
+        auth = None
+    else:
+        import secrets
+        auth = settings.socks5_auth or ("tailproxy", secrets.token_urlsafe(16))
+    old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    conn = None
+    try:
+        conn, reply = attach(settings, [], socks5={"listen": list(settings.socks5),
+                                                   "auth": list(auth) if auth else None})
+        if settings.verbose:
+            _say(f"attached to agent {reply['agent_pid']}")
+        say_proxy_address(tuple(reply["proxy_addr"]), auth, settings.show_password)
+        for line in conn.makefile("rb"):
+            msg = json.loads(line)
+            if "log" in msg:
+                print(msg["log"], file=sys.stderr, flush=True)
+        _say("the agent stopped")
+        return 1
+    except AgentError as e:
+        if str(e):
+            _say(str(e))
+        return e.status
+    except (identity.IdentityError, RunDirError) as e:
+        _say(str(e))
+        return 1
+    except (KeyboardInterrupt, _Stop):
+        return 0
+    except (OSError, ValueError) as e:
+        _say(f"the agent stopped ({e})")
+        return 1
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if conn is not None:
+            conn.close()
+
+
 def agents() -> list[tuple[str, dict]]:
     """(control socket path, info) of every agent of this user that answers."""
     out = []
     for d in identity.agent_run_dirs():
         s = _connect(d)
         if s is None:
+            state = identity.identity_of_run_dir(d)
+            if state is not None:
+                identity.remove_if_dead(state)       # left by a SIGKILLed agent
             continue
         with s:
             try:
