@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tailproxy: {printable(str(e))}", file=sys.stderr)
         return 2
     if uses_agent(settings, command):   # the identity's shared agent (agent/client.py)
+        if not command:
+            from .agent.client import run_proxy_attached
+            return run_proxy_attached(settings)
         from .agent.client import run_attached
         return run_attached(settings, command)
     from .launcher.launch import run  # imported late: --help and usage errors stay instant

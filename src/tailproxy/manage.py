@@ -98,8 +98,13 @@ def down(settings: Settings) -> int:
     """Stop this identity's agent and wait until it has exited."""
     from .agent.client import ask, wait_until_gone
     from .agent.identity import IdentityError
+    from .agent.identity import remove_if_dead
     reply = ask(settings, {"cmd": "down"})
     if reply is None:
+        try:
+            remove_if_dead(settings.state_dir)       # what a SIGKILLed agent left
+        except OSError:
+            pass
         return _err(f"no agent runs for {settings.hostname} ({settings.state_dir})")
     try:
         if not wait_until_gone(settings.state_dir, 30):

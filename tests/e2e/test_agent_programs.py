@@ -5,12 +5,15 @@ second program exporting a port already exported gets a clear refusal while both
 working."""
 import os
 import re
+import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
 from helpers import direct_link_to_the_internet, py, readline, run_tp
+from tailproxy.agent import identity
 from test_agent import agent_pid, ident, peer, popen_tpa, tpa  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.tailnet
@@ -234,3 +237,91 @@ def test_two_exit_nodes_at_once_run_on_sibling_nodes(ident, testnet, short_tmp):
     assert a_out.split()[-2:] == ["CLIENT", exits[0]["egress_ipv4"]], a_out + a_err
     assert b_out.split()[-2:] == ["CLIENT", exits[1]["egress_ipv4"]], b_out + b_err
     assert f"this program runs on the node {host}-2" in b_err, b_err
+
+
+def _sigkill_agent_with_a_program(ident) -> str:
+    """An agent (linger forever) serving a program, SIGKILLed: its run dir is left with the
+    program's sockets in it. Returns the run dir."""
+    from test_agent import alive
+    state = ident[0]
+    tpa(ident, "--linger", "forever", "up", check=True)
+    pid = agent_pid(state)
+    p = popen_tpa(ident, "sh", "-c", "echo ready; read x", stdin=subprocess.PIPE,
+                  stdout=subprocess.PIPE, text=True)
+    assert readline(p.stdout, 60).strip() == "ready"
+    os.kill(pid, signal.SIGKILL)
+    p.communicate("\n", timeout=30)
+    deadline = time.monotonic() + 10
+    while alive(pid):
+        assert time.monotonic() < deadline, "the SIGKILLed agent is still there"
+        time.sleep(0.05)
+    run = identity.run_dir(state)
+    left = os.listdir(run)
+    assert identity.CONTROL in left and any(n.endswith("channel.sock") for n in left), left
+    return run
+
+
+@pytest.mark.parametrize("next_command", [["down"], ["ps"]])
+def test_a_sigkilled_agents_run_dir_is_removed_by_the_next_tailproxy(ident, next_command):
+    run = _sigkill_agent_with_a_program(ident)
+    cp = tpa(ident, *next_command)
+    assert not os.path.exists(run), (os.listdir(run), cp.stdout, cp.stderr)
+    if next_command == ["down"]:
+        assert cp.returncode == 1 and "no agent runs" in cp.stderr, cp.stderr
+
+
+def test_a_sigkilled_agents_sockets_are_gone_when_the_next_agent_starts(ident):
+    run = _sigkill_agent_with_a_program(ident)
+    stale = os.stat(os.path.join(run, identity.CONTROL)).st_ino
+    cp = tpa(ident, "--linger", "0", "sh", "-c", f"ls {run}")
+    assert cp.returncode == 0, cp.stderr
+    # the dead agent's program sockets (p1-...) are gone: the new program is p1 again, in a
+    # directory made anew
+    assert sorted(n for n in cp.stdout.split() if n.startswith("p")) == \
+        ["p1-channel.sock", "p1-channel.sock.dgram", "p1-register.sock"], cp.stdout
+    assert not os.path.exists(run) or os.stat(os.path.join(run, identity.CONTROL)).st_ino != stale
+
+
+def test_socks5_proxy_only_mode_runs_on_the_agent(ident, peer, testnet):
+    """`tailproxy --socks5` attaches to the identity's agent (next to a program running there),
+    serves proxy clients with its own credentials, and its end leaves the agent to linger."""
+    from test_agent import agent_info, alive
+    state, host = ident
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = popen_tpa(ident, "sh", "-c", "echo ready; read x", stdin=subprocess.PIPE,
+                  stdout=subprocess.PIPE, text=True)
+    proxy = None
+    try:
+        assert readline(p.stdout, 90).strip() == "ready"
+        pid = agent_pid(state)
+        proxy = popen_tpa(ident, "--linger", "0", "--socks5", f"127.0.0.1:{port}",
+                          "--socks5-auth", "-", stdin=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+        proxy.stdin.write("user:s3cret-pw\n")
+        proxy.stdin.close()
+        _stderr_line(proxy, rf"SOCKS5 and HTTP proxy on 127\.0\.0\.1:{port}", 60)
+        assert agent_pid(state) == pid, "--socks5 started an agent of its own"
+        commands = [pr["command"] for pr in agent_info(state)["programs"]]
+        assert ["tailproxy", "--socks5", f"127.0.0.1:{port}"] in commands, commands
+        url = f"http://{peer['ipv4']}:{peer['http_port']}/"
+        curl = ["curl", "-sS", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}",
+                "--socks5-hostname", f"127.0.0.1:{port}"]
+        got = subprocess.run(curl + ["--proxy-user", "user:s3cret-pw", url],
+                             capture_output=True, text=True, timeout=40)
+        assert got.stdout == "200", got.stdout + got.stderr
+        wrong = subprocess.run(curl + ["--proxy-user", "user:wrong", url],
+                               capture_output=True, text=True, timeout=40)
+        assert wrong.stdout != "200", "the proxy took a wrong password"
+        proxy.send_signal(signal.SIGINT)
+        assert proxy.wait(30) == 0
+        proxy.stderr.read()
+        assert alive(pid), "the agent stopped with the proxy while a program runs on it"
+        with socket.socket() as c:
+            assert c.connect_ex(("127.0.0.1", port)) != 0, "the proxy port is still served"
+    finally:
+        p.communicate("\n", timeout=30)
+        if proxy is not None and proxy.poll() is None:
+            proxy.kill()
+            proxy.communicate()
