@@ -208,3 +208,88 @@ def test_the_preload_registers_each_process_image_and_fork_child(tmp_path):
         assert parent not in life.tracked and child not in life.tracked
         life.close()
     _run(main())
+
+
+# -- per-program policy, export claims, proxy-only requests ---------------------------------
+def test_a_programs_policy_travels_whole_and_is_checked():
+    from tailproxy.agent.wire import ProgramPolicy, policy_from_json, policy_of
+    s = Settings(verbose=True, tailnet_only=True, connect_timeout=2.5, dns="off",
+                 export_listeners=True, export_allow_ports=[(3000, 3000), (8000, 8100)],
+                 export_max=3)
+    p = policy_from_json(policy_of(s))
+    assert p == ProgramPolicy(verbose=True, tailnet_only=True, connect_timeout=2.5, dns="off",
+                              export_listeners=True,
+                              export_allow_ports=((3000, 3000), (8000, 8100)), export_max=3)
+    assert policy_from_json({}) == ProgramPolicy()
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ([], "expected a JSON object"),
+    ({"hostname": "x"}, "unknown key 'hostname'"),
+    ({"verbose": "yes"}, "verbose must be true or false"),
+    ({"connect_timeout": 0}, "connect_timeout"),
+    ({"connect_timeout": True}, "connect_timeout"),
+    ({"dns": "everything"}, "dns must be"),
+    ({"export_max": 0}, "export_max"),
+    ({"export_allow_ports": [[5, 70000]]}, "bad port range"),
+    ({"export_deny_ports": [[9, 3]]}, "bad port range"),
+    ({"export_deny_ports": [[1, 2]] * 1025}, "at most 1024"),
+])
+def test_a_bad_policy_is_refused_naming_the_key(bad, needle):
+    from tailproxy.agent.wire import policy_from_json
+    with pytest.raises(ValueError, match=needle):
+        policy_from_json(bad)
+
+
+def test_a_port_exported_by_one_program_is_refused_to_another_until_released():
+    from tailproxy.exporter.claims import OwnerClaims, PortClaims
+    claims = PortClaims()
+    a, b = OwnerClaims(claims, "A", "pid 1: a"), OwnerClaims(claims, "B", "pid 2: b")
+    assert a.claim(8080) is None and a.claim(8080) is None       # again: still its own
+    assert b.claim(8080) == "it is exported already by another program on this node (pid 1: a)"
+    assert b.claim(8081) is None
+    b.release(8080)                                                # not B's to release
+    assert claims.held_by("A") == [8080]
+    a.release(8080)
+    assert b.claim(8080) is None and claims.held_by("B") == [8080, 8081]
+
+
+def test_proxy_only_requests_are_checked():
+    from tailproxy.agent.server import proxy_request
+    assert proxy_request(None) is None
+    assert proxy_request({"listen": ["127.0.0.1", 1080], "auth": ["u", "p"]}) == \
+        (("127.0.0.1", 1080), ("u", "p"))
+    assert proxy_request({"listen": ["::1", 0], "auth": None}) == (("::1", 0), None)
+    for bad in ({"listen": ["h"]}, {"listen": ["h", 70000]}, {"listen": ["h", "80"]},
+                {"listen": ["h", 80], "auth": ["u"]}, {"listen": ["h", 80], "auth": ["", "p"]},
+                "x"):
+        with pytest.raises(ValueError):
+            proxy_request(bad)
+
+
+def test_a_sibling_identity_is_ephemeral_and_next_to_the_first(tmp_path):
+    from tailproxy.agent.client import sibling
+    s = Settings(hostname="box", state_dir=str(tmp_path / "box"), authkey="k")
+    two = sibling(s, 2)
+    assert (two.hostname, two.state_dir, two.ephemeral, two.authkey) == \
+        ("box-2", str(tmp_path / "box") + "-2", True, "k")
+
+
+def test_a_dead_agents_run_dir_is_removed_only_when_the_lock_is_free(tmp_path, monkeypatch):
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    state = identity.check_state_dir(str(tmp_path / "state"))
+    run = identity.create_run_dir(state)
+    open(os.path.join(run, "control.sock"), "w").close()
+    assert identity.identity_of_run_dir(run) == state
+    held = identity.open_lock(state)
+    try:
+        assert identity.try_lock(held)
+        assert identity.remove_if_dead(state) is False       # a live agent holds it
+        assert os.path.exists(os.path.join(run, "control.sock"))
+    finally:
+        os.close(held)                                        # the agent "dies"
+    assert identity.remove_if_dead(state) is True
+    assert not os.path.exists(run)
+    assert identity.remove_if_dead(state) is False           # nothing left to remove
