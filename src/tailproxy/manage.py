@@ -85,10 +85,12 @@ def up(settings: Settings) -> int:
         return _err(str(e)) if str(e) else e.status
     except IdentityError as e:
         return _err(str(e))
-    with conn:
+    try:
         from .agent.client import _request
         linger = "forever" if settings.linger == float("inf") else settings.linger
         _request(conn, {"cmd": "linger", "linger": linger})
+    finally:
+        conn.close()
     how = "until `tailproxy down`" if linger == "forever" else f"linger {linger:g}s"
     print(f"agent {reply['agent_pid']} serves {settings.hostname} ({settings.state_dir}); {how}")
     return 0

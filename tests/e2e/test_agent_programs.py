@@ -318,8 +318,13 @@ def test_socks5_proxy_only_mode_runs_on_the_agent(ident, peer, testnet):
         assert proxy.wait(30) == 0
         proxy.stderr.read()
         assert alive(pid), "the agent stopped with the proxy while a program runs on it"
-        with socket.socket() as c:
-            assert c.connect_ex(("127.0.0.1", port)) != 0, "the proxy port is still served"
+        def port_closed() -> bool:
+            with socket.socket() as c:
+                return c.connect_ex(("127.0.0.1", port)) != 0
+        deadline = time.monotonic() + 10      # the session ends once its launcher has gone
+        while not port_closed():
+            assert time.monotonic() < deadline, "the proxy port is still served"
+            time.sleep(0.05)
     finally:
         p.communicate("\n", timeout=30)
         if proxy is not None and proxy.poll() is None:

@@ -212,7 +212,8 @@ def test_the_preload_registers_each_process_image_and_fork_child(tmp_path):
 
 # -- per-program policy, export claims, proxy-only requests ---------------------------------
 def test_a_programs_policy_travels_whole_and_is_checked():
-    from tailproxy.agent.wire import ProgramPolicy, policy_from_json, policy_of
+    from tailproxy.agent.policy import ProgramPolicy, policy_from_json
+    from tailproxy.agent.wire import policy_of
     s = Settings(verbose=True, tailnet_only=True, connect_timeout=2.5, dns="off",
                  export_listeners=True, export_allow_ports=[(3000, 3000), (8000, 8100)],
                  export_max=3)
@@ -236,7 +237,7 @@ def test_a_programs_policy_travels_whole_and_is_checked():
     ({"export_deny_ports": [[1, 2]] * 1025}, "at most 1024"),
 ])
 def test_a_bad_policy_is_refused_naming_the_key(bad, needle):
-    from tailproxy.agent.wire import policy_from_json
+    from tailproxy.agent.policy import policy_from_json
     with pytest.raises(ValueError, match=needle):
         policy_from_json(bad)
 
@@ -293,3 +294,42 @@ def test_a_dead_agents_run_dir_is_removed_only_when_the_lock_is_free(tmp_path, m
     assert identity.remove_if_dead(state) is True
     assert not os.path.exists(run)
     assert identity.remove_if_dead(state) is False           # nothing left to remove
+
+
+@pytest.mark.parametrize("value", [
+    {"ok": True, "channel": "/run/x/p1-channel.sock", "park_ports": [1, 0], "table": None,
+     "proxy_auth": ["tailproxy", "p/w+=é"], "n": -3, "f": 2.5, "big": 10 ** 20},
+    [], {}, "line\nwith \"quotes\" and \\", [[3000, 3000]], float("inf")])
+def test_the_control_sockets_json_is_jsons(value):
+    import json
+    from tailproxy.agent import jsonline
+    assert jsonline.dumps(value) == json.dumps(value)
+    assert jsonline.loads(jsonline.dumps(value)) == json.loads(json.dumps(value))
+    assert jsonline.loads(jsonline.dumps(value).encode() + b"\n") == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("bad", ["", "{", "[1,]", "{} {}", "nul", b"\xff", "{'a': 1}"])
+def test_bad_json_on_the_control_socket_is_a_value_error(bad):
+    from tailproxy.agent import jsonline
+    with pytest.raises(ValueError):
+        jsonline.loads(bad)
+
+
+SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(identity.__file__))))
+
+
+def test_an_attaching_run_imports_none_of_the_heavy_modules():
+    """What keeps an attach within its budget (bench/REPORT.md, issue 16): the modules of the
+    path from `tailproxy CMD` to the program's exec bring no dataclasses, typing, json, re,
+    socket, asyncio, shutil or urllib."""
+    code = ("import sys\n"
+            "import tailproxy.cli, tailproxy.agent.client, tailproxy.launcher.child\n"
+            "import tailproxy.launcher.program, tailproxy.launcher.childenv, tailproxy.fdlimit\n"
+            "assert tailproxy.cli.main(['/nonexistent/program']) == 127\n"   # settings read
+            "heavy = {'dataclasses', 'typing', 'json', 're', 'socket', 'asyncio', 'shutil',\n"
+            "         'urllib.parse', 'inspect', 'ipaddress', 'contextlib', 'tomllib'}\n"
+            "print(sorted(heavy & set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=SRC, TAILPROXY_AGENT="1",
+                                  XDG_CONFIG_HOME="/nonexistent"))
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

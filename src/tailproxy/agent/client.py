@@ -7,16 +7,15 @@ attach until the new agent answers. A client never removes a socket.
 """
 from __future__ import annotations
 
-import json
+import _socket     # not `socket`: its enums cost an attaching run ~7 ms (see jsonline.py)
 import os
-import socket
 import sys
 import time
 
 from ..config import Settings
 from ..launcher.childenv import SECRETS, child_env
 from ..printable import printable
-from . import identity
+from . import identity, jsonline
 from .wire import agent_wide, policy_of, settings_to_json
 
 _POLL_S = 0.02
@@ -34,8 +33,8 @@ def _say(msg: str) -> None:
     print(f"tailproxy: {printable(msg, keep_newlines=True)}", file=sys.stderr, flush=True)
 
 
-def _connect(run_dir: str) -> socket.socket | None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+def _connect(run_dir: str) -> _socket.socket | None:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.connect(os.path.join(run_dir, identity.CONTROL))
         return s
@@ -44,10 +43,22 @@ def _connect(run_dir: str) -> socket.socket | None:
         return None
 
 
-def _request(s: socket.socket, req: dict, timeout: float = 30.0) -> dict:
+def lines_of(conn: _socket.socket):
+    """The lines the agent sends on `conn` until it closes (what makefile() would give)."""
+    buf = b""
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        yield from lines
+
+
+def _request(s: _socket.socket, req: dict, timeout: float = 30.0) -> dict:
     """One request, one reply line (log lines that come first are printed)."""
     s.settimeout(timeout)
-    s.sendall(json.dumps(req).encode() + b"\n")
+    s.sendall(jsonline.dumps(req).encode() + b"\n")
     buf = b""
     while True:
         while b"\n" not in buf:
@@ -56,7 +67,7 @@ def _request(s: socket.socket, req: dict, timeout: float = 30.0) -> dict:
                 raise ConnectionResetError("the agent closed the connection")
             buf += chunk
         line, buf = buf.split(b"\n", 1)
-        msg = json.loads(line)
+        msg = jsonline.loads(line)
         if "log" in msg and "ok" not in msg:
             print(msg["log"], file=sys.stderr, flush=True)
             continue
@@ -68,11 +79,12 @@ def ask(settings: Settings, req: dict, timeout: float = 30.0) -> dict | None:
     s = _connect(identity.run_dir(settings.state_dir))
     if s is None:
         return None
-    with s:
-        try:
-            return _request(s, req, timeout)
-        except (OSError, ValueError):
-            return None
+    try:
+        return _request(s, req, timeout)
+    except (OSError, ValueError):
+        return None
+    finally:
+        s.close()
 
 
 def _spawn_agent(settings: Settings, lock_fd: int) -> None:
@@ -102,7 +114,7 @@ def _spawn_agent(settings: Settings, lock_fd: int) -> None:
     deadline = time.monotonic() + settings.timeout + _AGENT_START_GRACE_S
     with os.fdopen(r, "rb") as ready:
         for line in ready:
-            msg = json.loads(line)
+            msg = jsonline.loads(line)
             if "say" in msg:
                 _say(msg["say"])
             elif msg.get("ok"):
@@ -127,14 +139,13 @@ MAX_SIBLINGS = 8
 def sibling(settings: Settings, n: int) -> Settings:
     """The n-th sibling identity (n >= 2): `<hostname>-n`, its state dir next to the first's,
     ephemeral (it leaves the tailnet when it stops)."""
-    import dataclasses
-    return dataclasses.replace(settings, hostname=f"{settings.hostname}-{n}",
-                               state_dir=f"{identity.identity(settings.state_dir)}-{n}",
-                               ephemeral=True)
+    return settings.replace(hostname=f"{settings.hostname}-{n}",
+                            state_dir=f"{identity.identity(settings.state_dir)}-{n}",
+                            ephemeral=True)
 
 
 def attach(settings: Settings, command: list[str],
-           socks5: dict | None = None) -> tuple[socket.socket, dict]:
+           socks5: dict | None = None) -> tuple[_socket.socket, dict]:
     """A connection to the identity's agent with the program attached, and the agent's reply
     (what the program's environment needs). Starts the agent when none runs. A program that
     wants another exit node than the running agent's runs on a sibling node (sibling()) when
@@ -163,7 +174,7 @@ def attach(settings: Settings, command: list[str],
 
 
 def _attach(settings: Settings, command: list[str],
-            socks5: dict | None) -> tuple[socket.socket, dict]:
+            socks5: dict | None) -> tuple[_socket.socket, dict]:
     identity.check_state_dir(settings.state_dir)
     run_dir = identity.run_dir(settings.state_dir)
     req = {"cmd": "attach", "pid": os.getpid(), "command": command,
@@ -218,7 +229,7 @@ class _AgentLines:
     """Reads the attach connection on a thread while the program runs: the agent's log lines
     are printed, the reply to `detach` is handed to the main thread."""
 
-    def __init__(self, conn: socket.socket):
+    def __init__(self, conn: _socket.socket):
         import threading
         self.conn = conn
         self.detached = threading.Event()
@@ -227,8 +238,8 @@ class _AgentLines:
 
     def _read(self) -> None:
         try:
-            for line in self.conn.makefile("rb"):
-                msg = json.loads(line)
+            for line in lines_of(self.conn):
+                msg = jsonline.loads(line)
                 if "log" in msg and "ok" not in msg:
                     print(msg["log"], file=sys.stderr, flush=True)
                 elif "left" in msg:
@@ -239,7 +250,7 @@ class _AgentLines:
         self.detached.set()
 
 
-def _serve_program(conn: socket.socket, program: str, command: list[str], env: dict) -> int:
+def _serve_program(conn: _socket.socket, program: str, command: list[str], env: dict) -> int:
     from ..launcher.child import run_program
     lines: _AgentLines | None = None
 
@@ -249,7 +260,7 @@ def _serve_program(conn: socket.socket, program: str, command: list[str], env: d
         # for tailproxy may be delivered to any thread, and before that it would be fatal.
         lines = _AgentLines(conn)
         try:
-            conn.sendall(json.dumps({"cmd": "started", "pid": pid}).encode() + b"\n")
+            conn.sendall(jsonline.dumps({"cmd": "started", "pid": pid}).encode() + b"\n")
         except OSError:
             pass    # the agent is gone: the program's connects say so (ENETDOWN)
 
@@ -319,8 +330,8 @@ def run_proxy_attached(settings: Settings) -> int:
         if settings.verbose:
             _say(f"attached to agent {reply['agent_pid']}")
         say_proxy_address(tuple(reply["proxy_addr"]), auth, settings.show_password)
-        for line in conn.makefile("rb"):
-            msg = json.loads(line)
+        for line in lines_of(conn):
+            msg = jsonline.loads(line)
             if "log" in msg:
                 print(msg["log"], file=sys.stderr, flush=True)
         _say("the agent stopped")
@@ -354,11 +365,12 @@ def agents() -> list[tuple[str, dict]]:
             if state is not None:
                 identity.remove_if_dead(state)       # left by a SIGKILLed agent
             continue
-        with s:
-            try:
-                info = _request(s, {"cmd": "info"}, timeout=5)
-            except (OSError, ValueError):
-                continue
+        try:
+            info = _request(s, {"cmd": "info"}, timeout=5)
+        except (OSError, ValueError):
+            continue
+        finally:
+            s.close()
         if info.get("ok"):
             out.append((os.path.join(d, identity.CONTROL), info))
     return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import stat
 
 from ..rundir import RunDirError, open_private_dir, user_runtime_dir
@@ -129,6 +128,7 @@ def remove_dead_run_dir(state_dir: str, env: dict | None = None) -> bool:
         st = os.stat(name, dir_fd=base_fd, follow_symlinks=False)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             return False
+        import shutil       # here: an attaching run never needs it
         shutil.rmtree(name, dir_fd=base_fd, ignore_errors=True)
         return True
     except FileNotFoundError:

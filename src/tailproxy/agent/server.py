@@ -37,7 +37,8 @@ from . import identity
 from .lifetime import Lifetime
 from .routing import SharedRouting
 from .session import ProgramSession
-from .wire import agent_wide, differences, policy_from_json, settings_from_json
+from .policy import policy_from_json
+from .wire import agent_wide, differences, settings_from_json
 
 _DRAIN_S = 5.0
 _MAX_LINE = 64 * 1024

@@ -24,7 +24,7 @@ from ..proxy.channel_proto import OP_LISTEN
 from ..proxy.server import Proxy
 from .lifetime import Lifetime
 from .routing import SharedRouting
-from .wire import ProgramPolicy
+from .policy import ProgramPolicy
 
 DRAIN_S = 5.0
 

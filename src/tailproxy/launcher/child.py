@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable
 
 from ..fdlimit import programs_own_limit
 from ..printable import printable
+
+# Names for annotations only (never evaluated: `from __future__ import annotations`). No
+# `typing`, `collections.abc` or `dataclasses` here: this module is on an attaching run's way
+# to its program's exec (issue 16: <= 50 ms), and those imports alone cost ~half of it.
+Callable = object
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # What subprocess resets in a child (Python ignores SIGPIPE and SIGXFSZ for itself).
