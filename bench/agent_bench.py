@@ -40,6 +40,32 @@ def _to_exec(argv: list[str], env: dict) -> float:
     return (int(p.stdout.split()[-1]) - t0) / 1e9
 
 
+def _attach_round_trip(state: str, command: list[str]) -> float:
+    """Seconds from sending an attach request on the agent's control socket to its reply: the
+    agent's share of an attach (it makes the program's session: channel, SOCKS5 port, ...)."""
+    import json
+    import socket
+    from tailproxy.agent import identity
+    from tailproxy.agent.wire import agent_wide, policy_of
+    from tailproxy.config import resolve
+    settings = resolve({"state_dir": state, "hostname": "bench-agent"}, dict(os.environ),
+                       None, None)
+    req = {"cmd": "attach", "pid": os.getpid(), "command": command,
+           "settings": agent_wide(settings), "policy": policy_of(settings)}
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(os.path.join(identity.run_dir(state), identity.CONTROL))
+        f = s.makefile("rb")
+        t0 = time.perf_counter()
+        s.sendall(json.dumps(req).encode() + b"\n")
+        reply = json.loads(f.readline())
+        took = time.perf_counter() - t0
+        if not reply.get("ok"):
+            raise Failed(f"attach refused: {reply}")
+        s.sendall(b'{"cmd": "detach"}\n')
+        f.readline()
+    return took
+
+
 def _loop(argv_one: list[str], env: dict, n: int) -> float:
     """Wall seconds of `n` runs of argv_one in a row from one shell, each one checked."""
     script = f'i=0; while [ $i -lt {n} ]; do {shlex.join(argv_one)} || exit 1; i=$((i+1)); done'
@@ -61,7 +87,8 @@ def section(ctx: dict, info: dict, a) -> dict:
     ident = tp + ["--state-dir", state, "--hostname", "bench-agent"]
     peer = info["peers"]["peer"]
     url = f"http://{peer['ipv4']}:{peer['http_port']}/"
-    res = {k: Series() for k in ("attach", "cold", "python", "loop_tp", "loop_anchor")}
+    res = {k: Series() for k in ("attach", "agent_share", "cold", "python", "loop_tp",
+                                 "loop_anchor")}
     res["params"] = {"attach_runs": attach_runs, "cold_runs": cold_runs, "loop_n": loop_n,
                      "loop_reps": loop_reps, "url": url}
     say(f"\n(i) the agent: attach start-to-exec ({attach_runs} runs), cold start ({cold_runs}), "
@@ -72,6 +99,7 @@ def section(ctx: dict, info: dict, a) -> dict:
     try:
         for _ in range(attach_runs):
             res["attach"].add(lambda: (_to_exec(ident + ["date", "+%s%N"], env), {}))
+            res["agent_share"].add(lambda: (_attach_round_trip(state, ["true"]), {}))
         anchor_port = ctx.get("anchor_port")
         tp_curl = ident + ["curl", "-sS", "-o", "/dev/null", "-m", "20", url]
         anchor_curl = ["curl", "-sS", "-o", "/dev/null", "-m", "20", "--socks5-hostname",
@@ -96,7 +124,7 @@ def section(ctx: dict, info: dict, a) -> dict:
     for _ in range(attach_runs):
         res["python"].add(lambda: (_to_exec(py, {}), {}))
     res["loadavg"] = os.getloadavg()
-    for key in ("attach", "cold", "python", "loop_tp", "loop_anchor"):
+    for key in ("attach", "agent_share", "cold", "python", "loop_tp", "loop_anchor"):
         s = res[key]
         say(f"    {key}: median {s.median * 1000:.1f} ms" if s.median is not None
             else f"    {key}: FAILED")
@@ -113,12 +141,14 @@ def rows(res: dict | None) -> tuple[list[list[str]], list[dict], list[str]]:
         return [], [], []
     out, failures = [], []
     p = res["params"]
-    for key in ("attach", "cold", "python", "loop_tp", "loop_anchor"):
+    for key in ("attach", "agent_share", "cold", "python", "loop_tp", "loop_anchor"):
         for e in dict.fromkeys(res[key].errors):
             failures.append(f"(i) {key}: {e}")
     out.append([f"(i) start to exec, attaching to a running agent (median of {p['attach_runs']})",
                 "tailproxy", _ms(res["attach"]),
                 f"cold start {B.fr(B.ratio(res['cold'].median, res['attach'].median))} this"])
+    out.append(["(i) of which the agent's share: attach request to reply (its session made)",
+                "agent", _ms(res["agent_share"]), ""])
     out.append([f"(i) start to exec, cold with saved state, --agent=false (median of "
                 f"{p['cold_runs']})", "tailproxy", _ms(res["cold"]), ""])
     out.append(["(i) python -c, start to its first line (the floor)", "python",

@@ -327,7 +327,8 @@ def test_an_attaching_run_imports_none_of_the_heavy_modules():
             "import tailproxy.launcher.program, tailproxy.launcher.childenv, tailproxy.fdlimit\n"
             "assert tailproxy.cli.main(['/nonexistent/program']) == 127\n"   # settings read
             "heavy = {'dataclasses', 'typing', 'json', 're', 'socket', 'asyncio', 'shutil',\n"
-            "         'urllib.parse', 'inspect', 'ipaddress', 'contextlib', 'tomllib'}\n"
+            "         'urllib.parse', 'inspect', 'ipaddress', 'contextlib', 'tomllib', 'enum',\n"
+            "         'signal', 'threading'}\n"
             "print(sorted(heavy & set(sys.modules)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=SRC, TAILPROXY_AGENT="1",

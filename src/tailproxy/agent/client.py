@@ -227,14 +227,29 @@ def _program_env(settings: Settings, reply: dict, preload: str) -> dict:
 
 class _AgentLines:
     """Reads the attach connection on a thread while the program runs: the agent's log lines
-    are printed, the reply to `detach` is handed to the main thread."""
+    are printed, the reply to `detach` is handed to the main thread. (`_thread`, not
+    `threading`: the latter brings functools and collections, ~10 ms of an attach.)"""
 
     def __init__(self, conn: _socket.socket):
-        import threading
+        import _signal
+        import _thread
+        from ..launcher.child import FORWARDED
         self.conn = conn
-        self.detached = threading.Event()
+        self._ended = _thread.allocate_lock()
+        self._ended.acquire()               # released by the reader when it is done
         self.left = 0
-        threading.Thread(target=self._read, daemon=True).start()
+        # The reader is born with the forwarded signals blocked (a thread inherits its
+        # creator's mask), so the kernel always hands them to the main thread: one delivered
+        # to the reader would leave the main thread in waitpid() with the handler never run.
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
+        try:
+            _thread.start_new_thread(self._read, ())
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+
+    def wait_detached(self, timeout: float) -> bool:
+        """True once the agent has answered `detach` (or gone), within `timeout` seconds."""
+        return self._ended.acquire(timeout=timeout)
 
     def _read(self) -> None:
         try:
@@ -247,7 +262,8 @@ class _AgentLines:
                     break
         except (OSError, ValueError):
             pass
-        self.detached.set()
+        finally:
+            self._ended.release()
 
 
 def _serve_program(conn: _socket.socket, program: str, command: list[str], env: dict) -> int:
@@ -268,7 +284,7 @@ def _serve_program(conn: _socket.socket, program: str, command: list[str], env: 
     # What the program sent just before exiting may still be on its way: the agent drains it.
     try:
         conn.sendall(b'{"cmd": "detach"}\n')
-        if lines and lines.detached.wait(10) and lines.left:
+        if lines and lines.wait_detached(10) and lines.left:
             _say(f"{lines.left} connection(s) still sending after 5s; closing them")
     except OSError:
         pass
