@@ -334,3 +334,25 @@ def test_an_attaching_run_imports_none_of_the_heavy_modules():
                          env=dict(os.environ, PYTHONPATH=SRC, TAILPROXY_AGENT="1",
                                   XDG_CONFIG_HOME="/nonexistent"))
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_programs_of_one_agent_share_one_pidfd_budget():
+    """A fork bomb spread over several programs is bounded as one in one: the agent's fds."""
+    from tailproxy.agent.lifetime import PidfdBudget
+
+    async def main():
+        budget = PidfdBudget(2)
+        lives = [Lifetime(0.0, lambda: None, settle=0.05, budget=budget) for _ in range(2)]
+        procs = [subprocess.Popen(["sleep", "5"]) for _ in range(3)]
+        try:
+            assert lives[0].track(procs[0].pid) and lives[1].track(procs[1].pid)
+            assert not lives[1].track(procs[2].pid), "over the shared budget"
+            lives[0].close()                              # its pidfd is given back
+            assert lives[1].track(procs[2].pid) and budget.used == 2
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+            for life in lives:
+                life.close()
+    _run(main())

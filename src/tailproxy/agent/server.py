@@ -34,13 +34,15 @@ from ..policy import TailnetView
 from ..printable import printable
 from ..resolver import PlaceholderMap
 from . import identity
-from .lifetime import Lifetime
+from .lifetime import Lifetime, PidfdBudget
 from .routing import SharedRouting
 from .session import ProgramSession
 from .policy import policy_from_json
 from .wire import agent_wide, differences, settings_from_json
 
 _DRAIN_S = 5.0
+MAX_SESSIONS = 1024     # programs on one agent (each holds a handful of sockets and a server
+                        # in the node); the processes they track share one pidfd budget
 _MAX_LINE = 64 * 1024
 
 
@@ -108,6 +110,7 @@ class Agent:
         self.sessions: set[ProgramSession] = set()
         self._numbers = iter(range(1, 1 << 62))
         self.claims = PortClaims()             # which program exports which tailnet port
+        self.pidfds = PidfdBudget()            # every program's tracked processes together
         self.lifetime = Lifetime(settings.linger, self._idle, log=self.say)
 
     # -- saying things -------------------------------------------------------------------
@@ -371,10 +374,13 @@ class Agent:
                        else f"{host}:{port}"]
         a = Attached(writer, pid, command, policy.verbose)
         reply = {"ok": True, "agent_pid": os.getpid()}
+        if command and len(self.sessions) >= MAX_SESSIONS:
+            return {"ok": False, "error": f"the agent for {self.settings.state_dir} serves "
+                                          f"{MAX_SESSIONS} programs already"}
         if command:
             session = ProgramSession(next(self._numbers), policy, command, pid, self.node,
                                      self.routing, self.claims, self.run_dir, a.send_log,
-                                     self._log_line, self._session_ended,
+                                     self._log_line, self._session_ended, pidfds=self.pidfds,
                                      **({"socks": socks[0], "socks_auth": socks[1]} if socks
                                         else {}))
             try:

@@ -22,7 +22,7 @@ from ..exporter.ports import PortFilter
 from ..policy import NodeHandoff
 from ..proxy.channel_proto import OP_LISTEN
 from ..proxy.server import Proxy
-from .lifetime import Lifetime
+from .lifetime import Lifetime, PidfdBudget
 from .routing import SharedRouting
 from .policy import ProgramPolicy
 
@@ -35,7 +35,8 @@ class ProgramSession:
                  send: Callable[[str], None], log: Callable[[str], None],
                  on_end: Callable[["ProgramSession"], None],
                  socks: tuple[str, int] | None = ("127.0.0.1", 0),
-                 socks_auth: tuple[str, str] | None | bool = True):
+                 socks_auth: tuple[str, str] | None | bool = True,
+                 pidfds: PidfdBudget | None = None):
         self.number, self.policy, self.command = number, policy, command
         self.launcher_pid, self.program_pid = launcher_pid, None
         self.node, self.routing, self.claims, self.run_dir = node, routing, claims, run_dir
@@ -49,7 +50,7 @@ class ProgramSession:
         self.exporter: Exporter | None = None
         self.table: str | None = None
         self.dns_server: str | None = None
-        self.lifetime = Lifetime(0, self._idle, log=self.say)
+        self.lifetime = Lifetime(0, self._idle, log=self.say, budget=pidfds)
         self.ended = False
 
     @property
