@@ -36,6 +36,9 @@ modes interleaved (and their order rotated) in each repetition:
       next to the same program started directly (fork/exec/ld.so: tailproxy's start-up is the
       difference); and the first connection after start: to the end of one connect + 1-byte
       echo to `peer` made at once by `tailproxy ... tcpbench first`
+  (i) bench/agent_bench.py: the agent (issue 16): start to exec attaching to a running agent vs
+      a cold start with saved state; 50 x `tailproxy curl` to the peer on the agent vs 50 x
+      `curl --socks5-hostname` through the anchor tailscaled
 
 Prints every exact command, a table, and writes bench/results/latest.json + latest.md
 (--out DIR to change). A tailproxy mode that fails is reported as FAILED with its error; the
@@ -454,6 +457,7 @@ def start_anchor(ctx, info: dict) -> None:
     try:
         p, port = start_socks_tailscaled(info, os.path.join(ctx["tmp"], "anchor"), "bench-anchor")
         ctx["anchor_proc"] = p
+        ctx["anchor_port"] = port
         time.sleep(1)
         ctx["anchor_idle_kib"] = rss_kib(p.pid)
     except Failed as e:
@@ -675,8 +679,8 @@ def main() -> int:
     p.add_argument("--reps-start", type=int, default=10, help="(g) runs of each start-up figure (default 10)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcdefgh",
-                   help="sections to run, e.g. 'ab'; h is (a″) (default abcdefgh)")
+    p.add_argument("--only", default="abcdefghi",
+                   help="sections to run, e.g. 'ab'; h is (a″), i the agent (default abcdefghi)")
     p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
@@ -718,7 +722,7 @@ def main() -> int:
             "args": vars(a), "testnet": {"client": info["client"], "peer": info["peers"]["peer"]}}
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
-    loc = tn = mem = ex = st = dr = None
+    loc = tn = mem = ex = st = dr = ag = None
     dns = None
     try:
         say("\nsetup")
@@ -744,7 +748,8 @@ def main() -> int:
         wait_port("127.0.0.1", ms_port, ms)
         ctx["pc_local"] = proxychains_conf(os.path.join(tmp, "proxychains-local.conf"), ms_port)
         say(f"  proxychains4 conf {ctx['pc_local']}: " + open(ctx["pc_local"]).read().replace("\n", "; "))
-        if "c" in a.only or "g" in a.only or ("d" in a.only and not a.no_tailnet_memory):
+        if "c" in a.only or "g" in a.only or "i" in a.only or \
+                ("d" in a.only and not a.no_tailnet_memory):
             ns = ctx["peer_netns"] = info["peers"]["peer"]["netns"]
             for key in ("peer_echo_anchor", "peer_echo_tp", "peer_echo_hold", "peer_echo_first"):
                 _, ctx[key] = start_server(["ip", "netns", "exec", ns, tb, "echo-server", "0", "127.0.0.1"],
@@ -774,6 +779,9 @@ def main() -> int:
         if "e" in a.only:   # (e): bench/export_bench.py
             import export_bench
             ex = guarded("(e)", export_bench.section, ctx, info, a)
+        if "i" in a.only:   # (i): bench/agent_bench.py
+            import agent_bench
+            ag = guarded("(i)", agent_bench.section, ctx, info, a)
     except KeyboardInterrupt:
         say("bench: interrupted")
     finally:
@@ -788,6 +796,10 @@ def main() -> int:
         import export_bench
         ex_rows, ex_failures = export_bench.rows(ex)
         rows, failures = rows + ex_rows, failures + ex_failures
+    if ag:
+        import agent_bench
+        ag_rows, ag_targets, ag_failures = agent_bench.rows(ag)
+        rows, targets, failures = rows + ag_rows, targets + ag_targets, failures + ag_failures
     failures += CRASHES
     if dns:
         say("\n" + dns_bench.table(dns))
@@ -817,6 +829,9 @@ def main() -> int:
         data["f_dns_lookups_per_s"] = dns["rates"]
     if ex:
         data["e_export"] = export_bench.to_json(ex)
+    if ag:
+        data["i_agent_s"] = {k: (v.to_json() if isinstance(v, Series) else v)
+                             for k, v in ag.items()}
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(data, f, indent=2)
     with open(os.path.join(a.out, "latest.md"), "w") as f:

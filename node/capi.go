@@ -179,13 +179,13 @@ func tp_parked_serve(h C.int64_t, id C.int64_t, dgramFD, forwardFD C.int, specJS
 }
 
 //export tp_parked_drain
-func tp_parked_drain(h C.int64_t, timeoutMS C.int64_t, left *C.int64_t) (res *C.char) {
+func tp_parked_drain(h C.int64_t, id C.int64_t, timeoutMS C.int64_t, left *C.int64_t) (res *C.char) {
 	defer guard(&res)
 	n, err := lookup(h)
 	if err != nil {
 		return cerr(err)
 	}
-	*left = C.int64_t(n.drainParked(time.Duration(timeoutMS) * time.Millisecond))
+	*left = C.int64_t(n.drainParked(int64(id), time.Duration(timeoutMS)*time.Millisecond))
 	return nil
 }
 

@@ -48,8 +48,8 @@ type node struct {
 	mu        sync.Mutex
 	dialed    map[int64]net.Conn           // dialled, not yet relayed
 	cancels   map[int64]context.CancelFunc // dials in flight
-	listeners map[int64]io.Closer // tailnet listeners, and the parked-connect server
-	parked    *parkedServer
+	listeners map[int64]io.Closer          // tailnet listeners, and the parked-connect server
+	parked    map[int64]*parkedServer      // parked-connect servers whose relays may still run (an agent: one per program)
 	relays    sync.WaitGroup
 }
 

@@ -131,7 +131,10 @@ func (n *node) serveParked(id int64, inFD, fwdFD int, spec parkedSpec) error {
 		old.Close()
 	}
 	n.listeners[id] = p
-	n.parked = p
+	if n.parked == nil {
+		n.parked = map[int64]*parkedServer{}
+	}
+	n.parked[id] = p
 	n.mu.Unlock()
 	p.refreshPeers()
 	go p.watchPeers()
@@ -396,24 +399,60 @@ func (p *parkedServer) drain(timeout time.Duration) int {
 	}
 }
 
-func (n *node) drainParked(timeout time.Duration) int {
-	if p := n.parkedServer(); p != nil {
-		return p.drain(timeout)
+// drainParked drains the parked-connect server `id` (one program's connections), or every
+// server with id 0 (the node is about to stop), within one deadline.
+func (n *node) drainParked(id int64, timeout time.Duration) int {
+	deadline := time.Now().Add(timeout)
+	left := 0
+	for sid, p := range n.parkedServers() {
+		if id == 0 || sid == id {
+			left += p.drain(time.Until(deadline))
+		}
 	}
-	return 0
+	return left
 }
 
 func (n *node) parkedPeer(prog netip.AddrPort) (netip.AddrPort, bool) {
-	if p := n.parkedServer(); p != nil {
-		return p.peerOf(prog)
+	for _, p := range n.parkedServers() {
+		if d, ok := p.peerOf(prog); ok {
+			return d, true
+		}
 	}
 	return netip.AddrPort{}, false
 }
 
-func (n *node) parkedServer() *parkedServer {
+// parkedServers is every parked-connect server that is open or still relays; a closed one
+// whose last relay has ended is forgotten here.
+func (n *node) parkedServers() map[int64]*parkedServer {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.parked
+	all := make(map[int64]*parkedServer, len(n.parked))
+	for id, p := range n.parked {
+		all[id] = p
+	}
+	n.mu.Unlock()
+	for id, p := range all {
+		if p.finished() {
+			n.mu.Lock()
+			if n.parked[id] == p {
+				delete(n.parked, id)
+			}
+			n.mu.Unlock()
+			delete(all, id)
+		}
+	}
+	return all
+}
+
+// finished: closed (no more datagrams taken) and no relay of its own left running.
+func (p *parkedServer) finished() bool {
+	select {
+	case <-p.stop:
+	default:
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.live) == 0
 }
 
 func unixConn(fd int) (*net.UnixConn, error) {

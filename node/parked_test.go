@@ -381,3 +381,39 @@ func TestParkedSilentWithoutReport(t *testing.T) {
 	c.Close()
 	r.n.events.none(t, 200*time.Millisecond)
 }
+
+// An agent runs one parked-connect server per program on one node: the relayed peer of a
+// program's socket is found whichever server took it, one program's drain looks at its own
+// server only, and a closed server is forgotten once its last relay has ended (not before:
+// its relays still answer peerOf and count in the node-wide drain).
+func TestParkedServersOfOneNode(t *testing.T) {
+	n := &node{parked: map[int64]*parkedServer{}}
+	server := func(id int64) *parkedServer {
+		p := &parkedServer{n: n, id: id, stop: make(chan struct{}),
+			live: map[netip.AddrPort]liveRelay{}}
+		n.parked[id] = p
+		return p
+	}
+	first, second := server(1), server(2)
+	prog := netip.MustParseAddrPort("127.0.0.1:40001")
+	dst := netip.MustParseAddrPort("100.64.0.2:7")
+	first.live[prog] = liveRelay{dst: dst}
+	if got, ok := n.parkedPeer(prog); !ok || got != dst {
+		t.Fatalf("parkedPeer = %v, %v; want the first server's %v", got, ok, dst)
+	}
+	if left := n.drainParked(2, time.Second); left != 0 {
+		t.Fatalf("the second program's drain counted %d relays of the first's", left)
+	}
+	close(first.stop) // its program has ended; its relay runs on
+	if _, ok := n.parkedServers()[1]; !ok {
+		t.Fatal("a closed server with a live relay was forgotten")
+	}
+	delete(first.live, prog)
+	all := n.parkedServers()
+	if _, ok := all[1]; ok || all[2] != second || len(n.parked) != 1 {
+		t.Fatalf("servers after the last relay ended: %v (node keeps %d)", all, len(n.parked))
+	}
+	if _, ok := n.parkedPeer(prog); ok {
+		t.Fatal("parkedPeer answers for a relay that ended")
+	}
+}

@@ -4,7 +4,9 @@ Options end at the first non-option word or at `--`; everything after CMD is pas
 The seed design's single-dash spellings (`-verbose`, `-exit-node=x`) are accepted too.
 
 This module stays light: `--help`, `--version`, `help` and `completion` import neither
-asyncio nor the node library (the launcher and the management commands are imported late).
+asyncio nor the node library (the launcher and the management commands are imported late), and
+completion.py (with its dataclasses) is imported only where it is needed: an attaching run goes
+from here to its program's exec.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import os
 import sys
 
 from . import __version__
-from .completion import SHELLS, CompletionSpec, OptionSpec, SubcommandSpec
 from .config import BY_KEY, SETTINGS, ConfigError, check_command, check_run, resolve, uses_agent
 from .printable import printable
 from .secretargs import is_reference, reexec_without, take_handed_over
@@ -38,6 +39,7 @@ class UsageError(Exception):
 
 
 def usage() -> str:
+    from .completion import SHELLS
     lines = ["usage: tailproxy [OPTIONS] [--] CMD [ARGS...]",
              "       tailproxy [OPTIONS] --socks5 HOST:PORT",
              "",
@@ -75,9 +77,10 @@ def version() -> str:
            f"{built.get('go', '?')})"
 
 
-def completion_spec() -> CompletionSpec:
+def completion_spec() -> "CompletionSpec":
     """What the parser accepts, from the dicts parse_args() consults (_FLAGS, _META_FLAGS),
     for the completion scripts."""
+    from .completion import SHELLS, CompletionSpec, OptionSpec, SubcommandSpec
     from .helptopics import TOPICS
     options, seen = [], set()
     for s in SETTINGS:
@@ -109,7 +112,7 @@ def _value_kind(metavar: str | None) -> str | None:
 def _info_subcommand(args: list[str]) -> int:
     """`tailproxy help [TOPIC]` and `tailproxy completion SHELL`."""
     if args[0] == "completion":
-        from .completion import script
+        from .completion import SHELLS, script
         if len(args) != 2 or args[1] not in SHELLS:
             raise UsageError(f"usage: tailproxy completion {'|'.join(SHELLS)}")
         print(script(args[1], completion_spec()), end="")
@@ -224,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tailproxy: {printable(str(e))}", file=sys.stderr)
         return 2
     if uses_agent(settings, command):   # the identity's shared agent (agent/client.py)
+        if not command:
+            from .agent.client import run_proxy_attached
+            return run_proxy_attached(settings)
         from .agent.client import run_attached
         return run_attached(settings, command)
     from .launcher.launch import run  # imported late: --help and usage errors stay instant

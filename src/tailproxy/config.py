@@ -5,10 +5,13 @@ The config file is TOML (default ~/.config/tailproxy/config.toml): top-level key
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from typing import Any, Callable, Sequence
+
+# Names for annotations only (never evaluated: `from __future__ import annotations`). No
+# `typing`, `collections.abc` or `dataclasses` here: this module is on an attaching run's way
+# to its program's exec (issue 16: <= 50 ms), and those imports alone cost ~half of it.
+Any = Callable = Sequence = object
 
 from .secretargs import read_references, secret
 
@@ -148,17 +151,24 @@ def _placeholder_v6(v: Any) -> str:
     return str(check_range(_str(v), 6))
 
 
-@dataclasses.dataclass(frozen=True)
 class Setting:
     key: str                      # config-file key; the flag is --key with '_' → '-'
     parse: Callable[[Any], Any]
-    default: Any = None
-    env: tuple[str, ...] = ()
-    help: str = ""
-    metavar: str | None = None    # None: a boolean flag
-    repeat: bool = False          # flag may be given several times (values accumulate)
-    aliases: tuple[str, ...] = ()
-    secret: bool = False          # kept off argv (secretargs.py)
+    default: Any
+    env: tuple[str, ...]
+    help: str
+    metavar: str | None           # None: a boolean flag
+    repeat: bool                  # flag may be given several times (values accumulate)
+    aliases: tuple[str, ...]
+    secret: bool                  # kept off argv (secretargs.py)
+    __slots__ = ("key", "parse", "default", "env", "help", "metavar", "repeat", "aliases",
+                 "secret")
+
+    def __init__(self, key: str, parse: Callable[[Any], Any], default: Any = None,
+                 env: tuple[str, ...] = (), help: str = "", metavar: str | None = None,
+                 repeat: bool = False, aliases: tuple[str, ...] = (), secret: bool = False):
+        self.key, self.parse, self.default, self.env, self.help = key, parse, default, env, help
+        self.metavar, self.repeat, self.aliases, self.secret = metavar, repeat, aliases, secret
 
 
 SETTINGS: list[Setting] = [
@@ -238,44 +248,66 @@ SETTINGS: list[Setting] = [
 BY_KEY = {s.key: s for s in SETTINGS}
 
 
-def _default(key: str) -> Any:
-    s = BY_KEY[key]
-    return dataclasses.field(default=s.default, repr=not s.secret)   # no secret in a repr
-
-
-@dataclasses.dataclass(frozen=True)
 class Settings:
     """The resolved settings of one invocation: one attribute per key of SETTINGS (same order,
-    same defaults). `resolve()` builds it; `check_run()` rejects flag combinations."""
-    hostname: str = _default("hostname")
-    authkey: str | None = _default("authkey")
-    control_url: str | None = _default("control_url")
-    state_dir: str | None = _default("state_dir")       # resolve() always fills it in
-    ephemeral: bool = _default("ephemeral")
-    verbose: bool = _default("verbose")
-    bypass: Sequence[str] = _default("bypass")
-    timeout: float = _default("timeout")
-    connect_timeout: float = _default("connect_timeout")
-    exit_node: list[str] | None = _default("exit_node")
-    exit_node_allow_lan_access: bool = _default("exit_node_allow_lan_access")
-    tailnet_only: bool = _default("tailnet_only")
-    accept_routes: bool = _default("accept_routes")
-    export_listeners: bool = _default("export_listeners")
-    export_allow_ports: list[tuple[int, int]] | None = _default("export_allow_ports")
-    export_deny_ports: list[tuple[int, int]] | None = _default("export_deny_ports")
-    export_max: int | None = _default("export_max")
-    export_proxy_protocol: bool = _default("export_proxy_protocol")
-    no_tailnet: bool = _default("no_tailnet")
-    proxy_all: bool = _default("proxy_all")
-    socks5: tuple[str, int] | None = _default("socks5")
-    socks5_auth: tuple[str, str] | None = _default("socks5_auth")
-    show_password: bool = _default("show_password")
-    socks5_no_auth: bool = _default("socks5_no_auth")
-    dns: str = _default("dns")
-    dns_placeholder_v4: str = _default("dns_placeholder_v4")
-    dns_placeholder_v6: str = _default("dns_placeholder_v6")
-    agent: bool = _default("agent")
-    linger: float = _default("linger")
+    same defaults), read-only. `resolve()` builds it; `check_run()` rejects flag combinations.
+    (A plain slotted class, not a dataclass: see the imports.)"""
+    hostname: str
+    authkey: str | None                     # never in a repr
+    control_url: str | None
+    state_dir: str | None                   # resolve() always fills it in
+    ephemeral: bool
+    verbose: bool
+    bypass: Sequence[str]
+    timeout: float
+    connect_timeout: float
+    exit_node: list[str] | None
+    exit_node_allow_lan_access: bool
+    tailnet_only: bool
+    accept_routes: bool
+    export_listeners: bool
+    export_allow_ports: list[tuple[int, int]] | None
+    export_deny_ports: list[tuple[int, int]] | None
+    export_max: int | None
+    export_proxy_protocol: bool
+    no_tailnet: bool
+    proxy_all: bool
+    socks5: tuple[str, int] | None
+    socks5_auth: tuple[str, str] | None     # never in a repr
+    show_password: bool
+    socks5_no_auth: bool
+    dns: str
+    dns_placeholder_v4: str
+    dns_placeholder_v6: str
+    agent: bool
+    linger: float
+    __slots__ = tuple(s.key for s in SETTINGS)
+
+    def __init__(self, **values: Any):
+        unknown = set(values) - set(BY_KEY)
+        if unknown:
+            raise TypeError(f"Settings has no key {sorted(unknown)[0]!r}")
+        for s in SETTINGS:
+            object.__setattr__(self, s.key, values.get(s.key, s.default))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"Settings are read-only (use replace() for {key!r})")
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with `changes`."""
+        return Settings(**{**self.as_dict(), **changes})
+
+    def as_dict(self) -> dict:
+        return {s.key: getattr(self, s.key) for s in SETTINGS}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Settings and self.as_dict() == other.as_dict()
+
+    __hash__ = None             # mutable values (lists) inside: not hashable
+
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{s.key}={getattr(self, s.key)!r}" for s in SETTINGS
+                                       if not s.secret) + ")"
 
     def __getitem__(self, key: str) -> Any:
         """A setting by its config key (as files and error messages name it)."""
@@ -284,8 +316,9 @@ class Settings:
         return getattr(self, key)
 
 
-if [f.name for f in dataclasses.fields(Settings)] != [s.key for s in SETTINGS]:
+if list(Settings.__annotations__) != [s.key for s in SETTINGS]:
     raise AssertionError("Settings and SETTINGS name different keys")
+
 
 
 def default_config_path(env: dict) -> str:
@@ -308,7 +341,6 @@ def _check_table(table: dict, where: str) -> dict:
 
 def load_file(path: str, profile: str | None, required: bool) -> dict:
     """Settings from the file's defaults overlaid with the profile's."""
-    import tomllib      # here, not at the top: --help and --version read no file
     try:
         with open(path, "rb") as f:
             import tomllib      # here: most runs have no config file, and the import costs ~10 ms
@@ -377,17 +409,21 @@ def check_command(settings: Settings, command: list[str]) -> None:
 
 
 def uses_agent(settings: Settings, command: list[str]) -> bool:
-    """A program run on the identity's shared agent: not --socks5 (it serves its own port) and
-    not --no-tailnet (there is no node to share)."""
-    return bool(command) and settings.agent and not settings.no_tailnet
+    """A program, or a --socks5 proxy, run on the identity's shared agent: not with
+    --no-tailnet (there is no node to share)."""
+    return bool(command or settings.socks5) and settings.agent and not settings.no_tailnet
 
 
-# Settings one agent applies to every program it serves (the node's, the proxy's, the name
-# service's); a program asking for other values cannot join a running agent.
+# Settings one agent applies to every program it serves (the node's, and the placeholder ranges
+# its one address map hands out); a program asking for other values cannot join a running agent.
 AGENT_WIDE = ("hostname", "control_url", "ephemeral", "exit_node", "exit_node_allow_lan_access",
-              "accept_routes", "tailnet_only", "connect_timeout", "export_allow_ports",
-              "export_deny_ports", "export_max", "export_proxy_protocol", "dns",
-              "dns_placeholder_v4", "dns_placeholder_v6")
+              "accept_routes", "dns_placeholder_v4", "dns_placeholder_v6")
+# Settings that travel with each program's registration: the agent applies them to that
+# program's connections, names and exports only (agent/session.py). --bypass needs no agent:
+# the program's preload reads it from its environment.
+PER_PROGRAM = ("verbose", "tailnet_only", "connect_timeout", "dns", "proxy_all",
+               "export_listeners", "export_allow_ports", "export_deny_ports", "export_max",
+               "export_proxy_protocol")
 
 
 def check_run(settings: Settings) -> None:

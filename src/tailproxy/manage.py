@@ -85,10 +85,12 @@ def up(settings: Settings) -> int:
         return _err(str(e)) if str(e) else e.status
     except IdentityError as e:
         return _err(str(e))
-    with conn:
+    try:
         from .agent.client import _request
         linger = "forever" if settings.linger == float("inf") else settings.linger
         _request(conn, {"cmd": "linger", "linger": linger})
+    finally:
+        conn.close()
     how = "until `tailproxy down`" if linger == "forever" else f"linger {linger:g}s"
     print(f"agent {reply['agent_pid']} serves {settings.hostname} ({settings.state_dir}); {how}")
     return 0
@@ -98,8 +100,13 @@ def down(settings: Settings) -> int:
     """Stop this identity's agent and wait until it has exited."""
     from .agent.client import ask, wait_until_gone
     from .agent.identity import IdentityError
+    from .agent.identity import remove_if_dead
     reply = ask(settings, {"cmd": "down"})
     if reply is None:
+        try:
+            remove_if_dead(settings.state_dir)       # what a SIGKILLed agent left
+        except OSError:
+            pass
         return _err(f"no agent runs for {settings.hostname} ({settings.state_dir})")
     try:
         if not wait_until_gone(settings.state_dir, 30):

@@ -14,10 +14,13 @@ whole run. Two ways around it:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from typing import Any, Callable
+
+# Names for annotations only (never evaluated: `from __future__ import annotations`). No
+# `typing`, `collections.abc` or `dataclasses` here: this module is on an attaching run's way
+# to its program's exec (issue 16: <= 50 ms), and those imports alone cost ~half of it.
+Any = Callable = object
 
 HANDOVER_ENV = "_TAILPROXY_SECRETS_FD"   # the fd number of the pipe, never the secret
 _MAX_SECRET = 4096
@@ -27,11 +30,21 @@ def is_reference(value: Any) -> bool:
     return isinstance(value, str) and (value == "-" or value.startswith("file:"))
 
 
-@dataclasses.dataclass(frozen=True)
 class SecretRef:
     """`file:PATH` or `-`, read by `read()` and checked by `parse` once options are parsed."""
     source: str
     parse: Callable[[Any], Any]
+    __slots__ = ("source", "parse")
+
+    def __init__(self, source: str, parse: Callable[[Any], Any]):
+        self.source, self.parse = source, parse
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is SecretRef and (self.source, self.parse) == (other.source,
+                                                                            other.parse)
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.source!r})"
 
     def read(self) -> Any:
         text = _read_stdin_line() if self.source == "-" else _read_file(self.source[5:])

@@ -70,9 +70,11 @@ def alive(pid: int) -> bool:
 
 
 def channel_answers(state: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+    """Whether the agent's control socket still answers (it goes with the agent's last
+    thread, as the programs' channels do)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
         try:
-            c.connect(os.path.join(identity.run_dir(state), "channel.sock"))
+            c.connect(os.path.join(identity.run_dir(state), identity.CONTROL))
             return True
         except OSError:
             return False
@@ -122,8 +124,11 @@ def test_ten_concurrent_invocations_share_one_agent_and_node(ident, peer, testne
     outs = [p.communicate(timeout=180) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and "OK 0" in out, (out, err)
-    assert len({line for out, _ in outs for line in out.splitlines()
-                if line.startswith("SOCKET")}) == 1
+    # each program has a channel of its own (its policy), all in the one agent's run dir
+    sockets = {line.split()[1] for out, _ in outs for line in out.splitlines()
+               if line.startswith("SOCKET")}
+    assert len(sockets) == 10 and {os.path.dirname(s) for s in sockets} == \
+        {identity.run_dir(state)}, sockets
     with open(os.path.join(state, "agent.log")) as f:
         assert f.read().count("serving") == 1, "more than one agent started"
     assert [n.get("given_name") or n.get("name") for n in headscale_nodes(testnet)
@@ -324,6 +329,8 @@ def test_no_secret_on_the_agents_argv_or_environment(ident):
 
 
 def test_different_exit_node_is_refused_before_the_program_starts(ident, testnet, short_tmp):
+    """Without an auth key no sibling node can join for it (test_agent_programs.py has the
+    sibling): refused, naming the running program and --hostname."""
     names = [e["name"] for e in testnet["exit_nodes"]]
     if len(names) < 2:
         pytest.fail("run the testnet with --exit-nodes 2")
@@ -332,8 +339,10 @@ def test_different_exit_node_is_refused_before_the_program_starts(ident, testnet
     try:
         assert readline(p.stdout, 60).strip() == "ready"
         marker = str(short_tmp / "ran")
-        cp = tpa(ident, "--exit-node", names[1], "touch", marker)
+        no_key = {k: "" for k in ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY")}
+        cp = tpa(ident, "--exit-node", names[1], "touch", marker, env=no_key)
         assert cp.returncode == 1, cp.stderr
+        assert "without an auth key" in cp.stderr, cp.stderr
         assert "--exit-node" in cp.stderr and "--hostname" in cp.stderr, cp.stderr
         assert "sh -c echo ready; read x" in cp.stderr, cp.stderr
         assert not os.path.exists(marker), "the refused program ran"
@@ -344,12 +353,12 @@ def test_different_exit_node_is_refused_before_the_program_starts(ident, testnet
 def test_a_lingering_agent_gives_way_to_other_settings(ident):
     tpa(ident, "--linger", "60", "true", check=True)
     first = agent_pid(ident[0])
-    cp = tpa(ident, "--linger", "60", "--tailnet-only", "true")
+    cp = tpa(ident, "--linger", "60", "--accept-routes", "true")
     assert cp.returncode == 0, cp.stderr
     second = agent_pid(ident[0])
     assert second and second != first and not alive(first)
     with open(os.path.join(ident[0], "agent.log")) as f:
-        assert "giving way to a program with other --tailnet-only" in f.read()
+        assert "giving way to a program with other --accept-routes" in f.read()
 
 
 def test_state_dir_that_is_a_file_gives_a_clear_message(short_tmp):
@@ -362,12 +371,13 @@ def test_state_dir_that_is_a_file_gives_a_clear_message(short_tmp):
 
 def test_programs_on_an_agent_get_the_routing_table_and_the_nodes_fast_path(ident, peer, testnet):
     """A program attached to an agent connects a direct destination itself (the agent publishes
-    the routing table, issue 15) and has its connection to a peer completed and relayed by the
+    the routing table, issue 15), has a peer's name answered from the agent's name table, and has its connection to a peer completed and relayed by the
     node (the parked-connect hand-off): the same fast paths as a run without an agent."""
     from helpers import direct_link_to_the_internet
     inet, port = testnet["internet"]["ipv4"], testnet["internet"]["http_port"]
     code = f"""
         import socket
+        socket.getaddrinfo("peer", 80)         # a MagicDNS name: from the agent's name table
         for host, port in (({inet!r}, {port}), ({peer['ipv4']!r}, {peer['echo_port']})):
             s = socket.create_connection((host, port), timeout=15)
             s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n" if port == {port} else b"ping")
@@ -382,3 +392,4 @@ def test_programs_on_an_agent_get_the_routing_table_and_the_nodes_fast_path(iden
                      cp.stderr), cp.stderr
     assert re.search(rf"tailproxy: node {re.escape(peer['ipv4'])}:{peer['echo_port']} ok ",
                      cp.stderr), cp.stderr
+    assert "tailproxy: lookup peer: answered from the name table" in cp.stderr, cp.stderr

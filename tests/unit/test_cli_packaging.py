@@ -174,12 +174,14 @@ zpty -w z 'LISTMAX=1000; setopt nolistbeep nobeep; zstyle ":completion:*" verbos
 zpty -w z 'echo READY'
 zpty -r z line '*READY*'; zpty -r z line '*READY*'
 zpty -w -n z "tailproxy $2"$'\C-d'
-# wait for the listing: until 2 s pass with no output (at most 15 s); typing on at once would
-# make zsh skip the listing, and a fixed wait is too short on a loaded machine
+# wait for the listing: zsh redraws the command line after it, so until the line has come twice
+# and 0.2 s passed quietly (or 5 s of silence, at most 30 s); typing on at once would make zsh
+# skip the listing, and a fixed or short wait is too short on a loaded machine
 out=""; quiet=0
-for i in {1..300}; do
+for i in {1..600}; do
   if zpty -r -t z chunk; then out+=$chunk; quiet=0; else (( quiet++ )); fi
-  (( quiet >= 40 )) && break
+  [[ $out == *"tailproxy $2"*"tailproxy $2"* ]] && (( quiet >= 4 )) && break
+  (( quiet >= 100 )) && break
   sleep 0.05
 done
 zpty -w z $'\C-u'"echo DONE"

@@ -83,15 +83,18 @@ def test_a_missing_secret_file_is_named(tmp_path):
 
 
 def test_settings_are_typed_and_keep_secrets_out_of_repr(tmp_path):
-    import dataclasses
     from tailproxy.config import SETTINGS, Settings
-    assert [f.name for f in dataclasses.fields(Settings)] == [s.key for s in SETTINGS]
+    assert list(Settings.__annotations__) == [s.key for s in SETTINGS]
     s = resolve({"authkey": "tskey-secret", "socks5_auth": ("u", "pw-secret")},
                 {"XDG_CONFIG_HOME": str(tmp_path)}, None, None)
     assert isinstance(s, Settings) and s.authkey == "tskey-secret" and s.timeout == 60.0
     assert "tskey-secret" not in repr(s) and "pw-secret" not in repr(s)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError, match="read-only"):
         s.hostname = "x"
+    assert s.replace(hostname="x").hostname == "x" and s.hostname != "x"
+    assert s.replace(hostname="x") != s and s.replace() == s
+    with pytest.raises(TypeError, match="no key 'nosuch'"):
+        Settings(nosuch=1)
 
 
 @pytest.mark.parametrize("kw, needle", [

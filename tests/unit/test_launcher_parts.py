@@ -100,6 +100,9 @@ def test_accepted_routes_in_info_and_ps(monkeypatch, capsys):
     assert info(True)["routes"] == [{"route": "198.19.0.0/24", "via": "router.ts.test"}]
     assert info(False)["routes"] == []          # not accepted: not used
     monkeypatch.setattr(manage.control, "running", lambda: [("s", dict(info(True), pid=7))])
+    # agents of this uid that run meanwhile (other suites on the machine) are not this test's
+    import tailproxy.agent.client
+    monkeypatch.setattr(tailproxy.agent.client, "agents", lambda: [])
     manage.ps()
     head, row = capsys.readouterr().out.splitlines()
     assert "ROUTES" in head.split() and "198.19.0.0/24@router.ts.test" in row.split()

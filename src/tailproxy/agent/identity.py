@@ -5,7 +5,8 @@ the node keeps the control URL in it). Its agent holds an flock on `<state dir>/
 its whole life; the kernel releases it when the agent dies, even by SIGKILL, so a dead agent's
 lock needs no recovery. The agent's sockets are in a 0700 run directory whose name is derived
 from the identity, so later invocations find them; only the lock holder ever removes a socket
-there (a stale one from a SIGKILLed agent is replaced by the next agent, never by a client).
+there. What a SIGKILLed agent left is removed by the next tailproxy for its identity that takes
+the free lock (a run, `down`, `ps`), never by one that only found the lock held.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ AGENT_PREFIX = "agent-"
 LOCK_NAME = "agent.lock"
 LOG_NAME = "agent.log"
 CONTROL = "control.sock"
-REGISTER = "register.sock"
 
 
 class IdentityError(Exception):
@@ -112,3 +112,49 @@ def agent_run_dirs(env: dict | None = None) -> list[str]:
     """Every agent run directory of this user (live or left by a dead agent)."""
     base = user_runtime_dir(env)
     return sorted(os.path.join(base, n) for n in os.listdir(base) if n.startswith(AGENT_PREFIX))
+
+
+def remove_dead_run_dir(state_dir: str, env: dict | None = None) -> bool:
+    """Remove the run directory a dead agent of this identity left (its sockets, tables and
+    identity record); True if there was one. Only for a caller holding the identity's lock: no
+    agent runs then, and none can start. A real directory of ours only (never a symlink), removed
+    through file descriptors."""
+    base, name = os.path.split(run_dir(state_dir, env))
+    try:
+        base_fd = open_private_dir(base)
+    except (RunDirError, OSError):
+        return False
+    try:
+        st = os.stat(name, dir_fd=base_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        import shutil       # here: an attaching run never needs it
+        shutil.rmtree(name, dir_fd=base_fd, ignore_errors=True)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(base_fd)
+
+
+def identity_of_run_dir(path: str) -> str | None:
+    """The state dir an agent run directory belongs to (its identity record), if it says."""
+    try:
+        with open(os.path.join(path, "identity")) as f:
+            state = f.read(4096).strip()
+    except OSError:
+        return None
+    return state if state and run_dir(state, None) == path else None
+
+
+def remove_if_dead(state_dir: str) -> bool:
+    """Take the identity's lock without waiting; if no agent held it, remove what a dead agent
+    left. True if a run directory was removed."""
+    try:
+        fd = open_lock(state_dir)
+    except IdentityError:
+        return False
+    try:
+        return try_lock(fd) and remove_dead_run_dir(state_dir)
+    finally:
+        os.close(fd)        # drops the lock taken just to look

@@ -35,16 +35,33 @@ def decode_credentials(ancdata: list) -> tuple[int, int] | None:
     return None
 
 
+class PidfdBudget:
+    """The pidfds every program's Lifetime on one agent may hold together (MAX_TRACKED)."""
+
+    def __init__(self, limit: int = MAX_TRACKED):
+        self.limit, self.used = limit, 0
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def give(self) -> None:
+        self.used = max(0, self.used - 1)
+
+
 class Lifetime:
     """Holds, tracked processes and the linger timer; calls `on_idle` once when it expires."""
 
     def __init__(self, linger: float, on_idle: Callable[[], None],
                  log: Callable[[str], None] = lambda m: None, max_tracked: int = MAX_TRACKED,
-                 settle: float = SETTLE_S):
+                 settle: float = SETTLE_S, budget: PidfdBudget | None = None):
         self.linger = linger
         self.on_idle = on_idle
         self.log = log
         self.max_tracked = max_tracked
+        self.budget = budget or PidfdBudget(max_tracked)    # shared by an agent's programs
         self.settle = settle
         self.holds: set[object] = set()
         self.tracked: dict[int, int] = {}       # pid -> pidfd
@@ -79,15 +96,18 @@ class Lifetime:
         """Watch `pid` until it ends; False when it is gone already or the table is full."""
         if pid in self.tracked:
             return True
-        if len(self.tracked) >= self.max_tracked:
+        full = len(self.tracked) >= self.max_tracked
+        if full or not self.budget.take():
             if not self._warned_full:
-                self.log(f"tracking {self.max_tracked} processes already; pid {pid} and later "
+                limit = self.max_tracked if full else self.budget.limit
+                self.log(f"tracking {limit} processes already; pid {pid} and later "
                          "ones do not keep the agent up")
                 self._warned_full = True
             return False
         try:
             fd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        except OSError:         # gone already, or out of fds
+            self.budget.give()
             return False
         self.tracked[pid] = fd
         asyncio.get_running_loop().add_reader(fd, self._ended, pid)
@@ -99,6 +119,7 @@ class Lifetime:
         if fd is not None:
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
+            self.budget.give()
             self._warned_full = False
         self._changed()
 
@@ -159,6 +180,7 @@ class Lifetime:
         for fd in self.tracked.values():
             loop.remove_reader(fd)
             os.close(fd)
+            self.budget.give()
         self.tracked.clear()
         if self._sock is not None:
             loop.remove_reader(self._sock.fileno())

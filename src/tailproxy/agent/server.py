@@ -2,9 +2,9 @@
 
 The launcher that found no agent took the identity's lock and passes it down (an flock belongs
 to the open file, so the agent holds it from its first instruction: no window for a second
-agent). The agent starts its parts in order — node, exit nodes, name service, exporter, DNS
-responder, proxy, process tracking, control socket — and stops them in reverse through one
-AsyncExitStack. Until it is ready, what it has to say (a login URL, a bad exit node) goes to the
+agent). The agent starts its parts in order — node, exit nodes, shared routing, control socket —
+and stops them in reverse through one AsyncExitStack; each attached program gets a session of
+its own policy (session.py), made at its attach and ended with its last process. Until it is ready, what it has to say (a login URL, a bad exit node) goes to the
 launcher on the ready pipe; afterwards to the attached launchers and to `<state dir>/agent.log`.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -25,25 +24,25 @@ import time
 from .. import control as control_mod
 from .. import eventloop
 from ..config import Settings
-from ..exporter.exporter import Exporter
-from ..exporter.ports import PortFilter
+from ..exporter.claims import PortClaims
 from ..fdlimit import raise_soft_limit
 from ..launcher.exitnodes import ExitNodes
-from ..launcher.launch import _listen_notice, _start_parts, _start_table, \
-    _up_stoppable_by_sigterm, _Terminated
+from ..launcher.launch import _up_stoppable_by_sigterm, _Terminated
 from ..node import Node, NodeConfig, NodeError
 from ..node.exitnode import peer_label
-from ..policy import NodeHandoff, RouteDialer, TailnetView
+from ..policy import TailnetView
 from ..printable import printable
-from ..proxy.dialer import DirectDialer
-from ..proxy.server import Proxy
-from ..resolver import DNSResponder, NameService, PlaceholderMap, node_dns_query
-from ..resolver.namepublisher import start_name_table
+from ..resolver import PlaceholderMap
 from . import identity
-from .lifetime import Lifetime
+from .lifetime import Lifetime, PidfdBudget
+from .routing import SharedRouting
+from .session import ProgramSession
+from .policy import policy_from_json
 from .wire import agent_wide, differences, settings_from_json
 
 _DRAIN_S = 5.0
+MAX_SESSIONS = 1024     # programs on one agent (each holds a handful of sockets and a server
+                        # in the node); the processes they track share one pidfd budget
 _MAX_LINE = 64 * 1024
 
 
@@ -78,7 +77,8 @@ class Ready:
 
 
 class Attached:
-    """One launcher's connection: its program, and whether it wants the agent's log lines."""
+    """One launcher's connection: its program's session (None for `up`), and whether it wants
+    the agent's log lines."""
 
     def __init__(self, writer: asyncio.StreamWriter, pid: int, command: list[str],
                  verbose: bool):
@@ -87,11 +87,14 @@ class Attached:
         self.command = command
         self.verbose = verbose
         self.started = time.time()
-        self.program_pid: int | None = None
+        self.session: ProgramSession | None = None
 
     def send(self, msg: dict) -> None:
         if not self.writer.is_closing():
             self.writer.write(json.dumps(msg).encode() + b"\n")
+
+    def send_log(self, line: str) -> None:
+        self.send({"log": line})
 
 
 class Agent:
@@ -102,13 +105,13 @@ class Agent:
         self.attached: dict[object, Attached] = {}
         self.stop = asyncio.Event()
         self.stopping = False
-        self.node = self.exits = self.proxy = self.exporter = self.names = None
-        self.dialer = None
-        self.responder = None
-        self.table_path: str | None = None     # the routing table the preloads read
-        self.names_path: str | None = None     # the name table the preloads read
+        self.node = self.exits = self.view = None
+        self.routing: SharedRouting | None = None
+        self.sessions: set[ProgramSession] = set()
+        self._numbers = iter(range(1, 1 << 62))
+        self.claims = PortClaims()             # which program exports which tailnet port
+        self.pidfds = PidfdBudget()            # every program's tracked processes together
         self.lifetime = Lifetime(settings.linger, self._idle, log=self.say)
-        self.auth = ("tailproxy", secrets.token_urlsafe(16))    # the SOCKS5/HTTP port's
 
     # -- saying things -------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -128,11 +131,8 @@ class Agent:
                 a.send({"log": line})
 
     def _log_line(self, line: str) -> None:
-        line = printable(line)
-        print(line, file=sys.stderr, flush=True)
-        for a in self.attached.values():
-            if a.verbose:
-                a.send({"log": line})
+        """A session's line for the agent's log (the session sends it to its launcher)."""
+        print(printable(line), file=sys.stderr, flush=True)
 
     def _idle(self) -> None:
         print(f"tailproxy: no program for {self.settings.linger:g}s: stopping", file=sys.stderr,
@@ -160,33 +160,16 @@ class Agent:
         elif self.node.exit_node():
             self.node.clear_exit_node()
 
-    def _build(self) -> None:
+    def _build(self, parts: contextlib.AsyncExitStack) -> None:
         s = self.settings
-        node = self.node
-        if s.dns != "off":
-            self.names = NameService(
-                status=node.localapi.status, dns_query=node_dns_query(node.localapi),
-                mode="tailnet" if s.dns == "tailnet" else "auto", log=self.log,
-                placeholders=PlaceholderMap(s.dns_placeholder_v4, s.dns_placeholder_v6))
-        self.dialer = RouteDialer(node=node, direct=DirectDialer(), view=self.view,
-                                  placeholders=self.names.placeholders if self.names else None,
-                                  tailnet_only=s.tailnet_only, log=self.say)
+        self.routing = SharedRouting(
+            self.node, self.view, PlaceholderMap(s.dns_placeholder_v4, s.dns_placeholder_v6),
+            self.run_dir, parts, self.say, self.log)
         if self.exits:
-            self.exits.on_change = self.dialer.exit_node_changed
-            self.exits.on_changing = self.dialer.exit_node_changing
-        self.proxy = Proxy(self.dialer, channel_path=os.path.join(self.run_dir, "channel.sock"),
-                           socks_listen=("127.0.0.1", 0),
-                           socks_auth=self.auth,
-                           connect_timeout=s.connect_timeout, verbose=s.verbose,
-                           log=self._log_line, handoff=NodeHandoff(node))
-        # Every agent has an exporter: exporting is per program (the preload of a program run
-        # with --export-listeners sends the notices), the filter is the agent's.
-        self.exporter = Exporter(node, PortFilter(s.export_allow_ports, s.export_deny_ports,
-                                                  s.export_max),
-                                 s.export_proxy_protocol, self.say, verbose=s.verbose)
-        self.proxy.on_listen = _listen_notice(self.exporter)
-        self._handler = control_mod.handler(s, node, self.exits, [], self.dialer, self.say,
-                                            self.exporter, self.names)
+            self.exits.on_change = self.routing.exit_node_changed
+            self.exits.on_changing = self.routing.exit_node_changing
+        self._handler = control_mod.handler(s, self.node, self.exits, [], self.routing, self.say,
+                                            None, self.routing)
 
     async def run(self) -> int:
         async with contextlib.AsyncExitStack() as parts:
@@ -204,28 +187,12 @@ class Agent:
             finally:
                 if self.node:
                     parts.callback(self.node.close)
-            self._build()
-            if self.names:
-                await self.names.refresh()
-                self.proxy.on_names = self.names.handle
-                self.responder = DNSResponder(self.names.query,
-                                              log=self.say if self.settings.verbose else None)
-            try:
-                await _start_parts(parts, self.exporter, self.responder, self.proxy)
-            except OSError as e:
-                self.say(f"cannot start the local proxy: {e.strerror or e}")
-                self.ready.done(False, 1)
-                return 1
-            # the routing table the preloads read: agent-wide, with the agent's --bypass (a
-            # program's own --bypass still reaches its preload through its environment)
-            self.table_path = await _start_table(parts, self.dialer, self.run_dir, self.settings,
-                                                 list(self.settings.bypass))
-            self.names_path = await start_name_table(parts, self.names, self.run_dir, self.say)
+            self._build(parts)
             if self.exits:
                 self.exits.start_monitor()
                 parts.push_async_callback(self.exits.stop)
-            self.lifetime.open_registration(os.path.join(self.run_dir, identity.REGISTER))
             parts.callback(self.lifetime.close)
+            parts.push_async_callback(self._close_sessions)
             server = await self._serve_control()
             parts.push_async_callback(self._close_control, server)
             loop = asyncio.get_running_loop()
@@ -237,7 +204,7 @@ class Agent:
             self.ready.done(True)
             await self.stop.wait()
             self.stopping = True
-            left = await self.proxy.drain(_DRAIN_S)
+            left = sum(await asyncio.gather(*(x.drain(_DRAIN_S) for x in self.sessions)))
             if left:
                 self.say(f"{left} connection(s) still sending after {_DRAIN_S:g}s; closing them")
         return 0
@@ -245,6 +212,25 @@ class Agent:
     def _stop_now(self) -> None:
         self.stopping = True
         self.stop.set()
+
+    # -- sessions --------------------------------------------------------------------------
+    def _session_ended(self, session: ProgramSession) -> None:
+        """Its launcher has gone and so has every process it registered."""
+        if session in self.sessions:
+            self.sessions.discard(session)
+            asyncio.get_running_loop().create_task(self._end_session(session))
+
+    async def _end_session(self, session: ProgramSession) -> None:
+        try:
+            await session.drain(_DRAIN_S)
+            await session.close()
+        finally:
+            self.lifetime.release(session)
+
+    async def _close_sessions(self) -> None:
+        for session in list(self.sessions):
+            self.sessions.discard(session)
+            await session.close()
 
     # -- control socket ------------------------------------------------------------------
     async def _serve_control(self) -> asyncio.AbstractServer:
@@ -303,26 +289,33 @@ class Agent:
         except (OSError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
-            if self.attached.pop(token, None) is not None:
+            a = self.attached.pop(token, None)
+            if a is not None:
+                if a.session is not None:
+                    a.session.detached()
                 self.lifetime.release(token)
             writer.close()
 
     def _programs(self) -> list[dict]:
-        return [{"pid": a.program_pid or a.pid, "command": a.command, "started": a.started}
-                for a in self.attached.values()]
+        """Every program with a session: attached, or gone on as daemons after its launcher."""
+        return [{"pid": x.program_pid or x.launcher_pid, "command": x.command,
+                 "started": x.started_at,
+                 "exports": x.claims.held_by(x) if x.exporter else [],
+                 "connections": x.connections, "tracked": len(x.lifetime.tracked)}
+                for x in sorted(self.sessions, key=lambda x: x.number)]
 
     async def _handle(self, req: dict, token: object, writer) -> dict:
         cmd = req["cmd"]
         if cmd == "attach":
-            return self._attach(req, token, writer)
+            return await self._attach(req, token, writer)
         if cmd == "started":
             a = self.attached.get(token)
-            if a and isinstance(req.get("pid"), int):
-                a.program_pid = req["pid"]
-                self.lifetime.track(req["pid"])
+            if a and a.session and type(req.get("pid")) is int and req["pid"] > 0:
+                a.session.program_started(req["pid"])
             return {"ok": True}
         if cmd == "detach":
-            left = await self.proxy.drain(_DRAIN_S)
+            a = self.attached.get(token)
+            left = await a.session.drain(_DRAIN_S) if a and a.session else 0
             return {"ok": True, "left": left}
         if cmd == "down":
             self.say(f"stopping (tailproxy down from pid {req.get('pid')})")
@@ -334,41 +327,91 @@ class Agent:
             return {"ok": True}
         if cmd == "info":
             info = await self._handler({"cmd": "info"})
-            info.update(agent=True, state_dir=self.settings.state_dir, programs=self._programs(),
-                        tracked=len(self.lifetime.tracked),
+            programs = self._programs()
+            info.update(agent=True, state_dir=self.settings.state_dir, programs=programs,
+                        tracked=sum(p["tracked"] for p in programs),
+                        exports=sorted(p for x in programs for p in x["exports"]),
                         linger="forever" if self.lifetime.linger == float("inf")
                         else self.lifetime.linger,
-                        connections=len(getattr(self.proxy.channel, "_relays", ()) or ()))
+                        connections=sum(p["connections"] for p in programs))
             return info
         return await self._handler(req)
 
-    def _attach(self, req: dict, token: object, writer) -> dict:
+    async def _attach(self, req: dict, token: object, writer) -> dict:
         if self.stopping:
             return {"ok": False, "retry": True, "error": "the agent is stopping"}
         diff = differences(agent_wide(self.settings), req.get("settings") or {})
         if diff:
-            if not self.lifetime.busy:
-                # Only lingering: give way to the new settings rather than refuse them.
+            # Only lingering (no launcher attached, no process alive: the sessions left are
+            # ending): give way to the new settings rather than refuse them.
+            if not self.attached and not any(x.lifetime.tracked for x in self.sessions):
                 print(f"tailproxy: giving way to a program with other {', '.join(diff)}",
                       file=sys.stderr, flush=True)
                 self._stop_now()
                 return {"ok": False, "retry": True, "error": "the agent is stopping"}
             running = "; ".join(f"pid {p['pid']}: {' '.join(p['command'])}"
                                 for p in self._programs()) or "a process it tracks"
-            return {"ok": False, "error":
+            return {"ok": False, "differ": diff, "error":
                     f"the agent for {self.settings.state_dir} runs with other {', '.join(diff)} "
                     f"(serving {running}); run this program with another --hostname, or stop "
                     f"the agent with `tailproxy down --hostname {self.settings.hostname}`"}
+        if token in self.attached:
+            return {"ok": False, "error": "this connection has attached already"}
         command = req.get("command") if isinstance(req.get("command"), list) else []
-        self.attached[token] = Attached(writer, int(req.get("pid") or 0),
-                                        [str(c) for c in command], bool(req.get("verbose")))
+        command = [str(c) for c in command][:4096]
+        try:
+            policy = policy_from_json(req.get("policy") or {})
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        try:
+            socks = proxy_request(req.get("socks5"))
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        pid = req.get("pid") if type(req.get("pid")) is int else 0
+        if socks:
+            host, port = socks[0]
+            command = ["tailproxy", "--socks5", f"[{host}]:{port}" if ":" in host
+                       else f"{host}:{port}"]
+        a = Attached(writer, pid, command, policy.verbose)
+        reply = {"ok": True, "agent_pid": os.getpid()}
+        if command and len(self.sessions) >= MAX_SESSIONS:
+            return {"ok": False, "error": f"the agent for {self.settings.state_dir} serves "
+                                          f"{MAX_SESSIONS} programs already"}
+        if command:
+            session = ProgramSession(next(self._numbers), policy, command, pid, self.node,
+                                     self.routing, self.claims, self.run_dir, a.send_log,
+                                     self._log_line, self._session_ended, pidfds=self.pidfds,
+                                     **({"socks": socks[0], "socks_auth": socks[1]} if socks
+                                        else {}))
+            try:
+                await session.start(with_channel=not socks)
+            except OSError as e:
+                return {"ok": False, "error": f"cannot start this program's proxy: "
+                                              f"{e.strerror or e}"}
+            a.session = session
+            self.sessions.add(session)
+            self.lifetime.hold(session)
+            reply.update(session.reply())
+        self.attached[token] = a
         self.lifetime.hold(token)
-        dns = self.responder.env_value() if self.responder else None
-        return {"ok": True, "agent_pid": os.getpid(), "channel": self.proxy.channel_path,
-                "register": os.path.join(self.run_dir, identity.REGISTER),
-                "proxy_addr": list(self.proxy.socks_address), "proxy_auth": list(self.auth),
-                "park_ports": list(self.proxy.park_ports), "dns_server": dns,
-                "table": self.table_path, "names": self.names_path}
+        return reply
+
+
+def proxy_request(value) -> tuple[tuple[str, int], tuple[str, str] | None] | None:
+    """The `socks5` part of an attach request (proxy-only mode): (listen address, credentials
+    or None), checked; None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("socks5: expected a JSON object")
+    listen, auth = value.get("listen"), value.get("auth")
+    if not (isinstance(listen, list) and len(listen) == 2 and isinstance(listen[0], str)
+            and type(listen[1]) is int and 0 <= listen[1] < 65536 and 0 < len(listen[0]) < 256):
+        raise ValueError("socks5: listen must be [host, port]")
+    if auth is not None and not (isinstance(auth, list) and len(auth) == 2 and
+                                 all(isinstance(x, str) and 0 < len(x) < 256 for x in auth)):
+        raise ValueError("socks5: auth must be [user, password] or null")
+    return (listen[0], listen[1]), (tuple(auth) if auth else None)
 
 
 def main(argv: list[str] | None = None) -> int:

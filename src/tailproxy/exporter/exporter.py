@@ -24,8 +24,11 @@ from .ports import PortFilter
 class Exporter:
     def __init__(self, node: Node, port_filter: PortFilter, proxy_protocol: bool,
                  say: Callable[[str], None], poll_interval: float = 0.25,
-                 listeners: Callable[[], set] = loopback_listeners, verbose: bool = False):
+                 listeners: Callable[[], set] = loopback_listeners, verbose: bool = False,
+                 claims=None):
         self.node, self.filter, self.proxy_protocol = node, port_filter, proxy_protocol
+        # exporter/claims.py's OwnerClaims when several programs export through one node
+        self.claims = claims
         self.verbose = verbose                   # one line per inbound connection, from the node
         self.say, self.poll_interval, self._listeners = say, poll_interval, listeners
         self.exports: dict = {}                  # port -> the node's Export (.target)
@@ -57,6 +60,8 @@ class Exporter:
             if port in self.exports:
                 return
             why = self.filter.refusal(port, len(self.exports))
+            if why is None and self.claims is not None:
+                why = self.claims.claim(port)
             if why:
                 if port not in self._refused:
                     self.say(f"not exporting port {port}: {why}")
@@ -84,6 +89,8 @@ class Exporter:
             export = await self.node.export(port, (host, port), proxy_protocol=self.proxy_protocol,
                                             on_inbound=on_inbound)
         except (NodeError, OSError, ValueError) as e:
+            if self.claims is not None:
+                self.claims.release(port)
             self.say(f"could not export port {port}: {e}")
             return None
         self.exports[port] = export
@@ -93,6 +100,8 @@ class Exporter:
         export = self.exports.pop(port, None)
         if export is not None:
             export.close()      # connections already served run to their end
+        if self.claims is not None:
+            self.claims.release(port)
         if not quiet:
             self.say(f"port {port} is no longer exported (nothing listens on it)")
 

@@ -7,13 +7,17 @@ Kept free of heavy imports for that reason.
 """
 from __future__ import annotations
 
+import _signal as signal     # not `signal`: its enums (enum.py) cost an attaching run ~5 ms
 import os
-import signal
 import sys
-from typing import Callable
 
 from ..fdlimit import programs_own_limit
 from ..printable import printable
+
+# Names for annotations only (never evaluated: `from __future__ import annotations`). No
+# `typing`, `collections.abc` or `dataclasses` here: this module is on an attaching run's way
+# to its program's exec (issue 16: <= 50 ms), and those imports alone cost ~half of it.
+Callable = object
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # What subprocess resets in a child (Python ignores SIGPIPE and SIGXFSZ for itself).
@@ -63,7 +67,8 @@ def exit_status(returncode: int, command: list[str]) -> int:
     """The shell's status for a child's return code (negative: killed by that signal)."""
     if returncode < 0:
         sig = -returncode
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+        import signal as signals     # names only now: the program has ended
+        name = signals.Signals(sig).name if sig in signals.Signals._value2member_map_ else sig
         _say(f"{command[0]} was killed by {name}")
         return 128 + sig
     return returncode

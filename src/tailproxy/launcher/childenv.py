@@ -3,6 +3,14 @@ from __future__ import annotations
 
 SECRETS = ("TS_AUTHKEY", "TS_AUTH_KEY", "TAILPROXY_AUTHKEY", "TAILPROXY_SOCKS5_AUTH")
 _PROXY_VARS = ("ALL_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _quote(text: str) -> str:
+    """urllib.parse.quote(text, safe=""): without importing urllib.parse (and ipaddress with
+    it), which an attaching run, timed to its program's exec, would pay for."""
+    return "".join(c if c in _UNRESERVED else "".join(f"%{b:02X}" for b in c.encode())
+                   for c in text)
 
 
 def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], verbose: bool,
@@ -43,11 +51,10 @@ def child_env(parent: dict, *, preload: str, channel: str, bypass: list[str], ve
         env.pop("TAILPROXY_VERBOSE", None)
     if proxy_addr:
         # For programs the preload cannot reach (static Go binaries...) that honour proxy variables.
-        import urllib.parse     # here: an attaching run is timed to its program's exec
         host, port = proxy_addr
         cred = ""
         if proxy_auth:
-            cred = "%s:%s@" % tuple(urllib.parse.quote(p, safe="") for p in proxy_auth)
+            cred = "%s:%s@" % tuple(_quote(p) for p in proxy_auth)
         hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         values = {"ALL_PROXY": f"socks5h://{cred}{hostport}",
                   "HTTP_PROXY": f"http://{cred}{hostport}",

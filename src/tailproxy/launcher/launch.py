@@ -246,7 +246,18 @@ async def _start_parts(parts: contextlib.AsyncExitStack, exporter, responder, pr
 
 
 async def _serve_proxy_only(proxy, auth, show_password: bool) -> int:
-    host, port = proxy.socks_address
+    say_proxy_address(proxy.socks_address, auth, show_password)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    return 0
+
+
+def say_proxy_address(address, auth, show_password: bool) -> None:
+    """The start-up banner of proxy-only mode (here, or on an agent: agent/client.py)."""
+    host, port = address
     hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     # stderr often ends up in logs and terminal scrollback: the password only on request.
     password = auth[1] if show_password else "PASSWORD"
@@ -259,9 +270,3 @@ async def _serve_proxy_only(proxy, auth, show_password: bool) -> int:
         how = f" (user {auth[0]}, password hidden: --show-password prints it)"
     _say(f"SOCKS5 and HTTP proxy on {hp}{how}")
     _say(f"e.g. curl --proxy socks5h://{cred}{hp} http://HOST/   — Ctrl-C to stop")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    return 0

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import struct
-from typing import Callable
+
+# Names for annotations only (never evaluated: `from __future__ import annotations`). No
+# `typing`, `collections.abc` or `dataclasses` here: this module is on an attaching run's way
+# to its program's exec (issue 16: <= 50 ms), and those imports alone cost ~half of it.
+Callable = object
 
 PT_INTERP = 3
 
@@ -16,6 +19,19 @@ class ProgramError(Exception):
         self.exit_status = exit_status
 
 
+def which(name: str, path: str | None) -> str | None:
+    """shutil.which(name, mode=os.F_OK, path=path) without importing shutil (with its
+    compression modules, ~10 ms of an attaching run's way to exec): the first PATH entry
+    (an empty one is the current directory, as for the shell) holding a non-directory `name`."""
+    if path is None:
+        path = os.environ.get("PATH") or os.defpath
+    for d in path.split(os.pathsep):
+        candidate = os.path.join(d, name)
+        if os.path.exists(candidate) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
 def locate(name: str, path: str | None) -> str:
     """Absolute path of the program, or ProgramError with the shell's exit status (127/126)."""
     if "/" in name:
@@ -23,7 +39,7 @@ def locate(name: str, path: str | None) -> str:
             raise ProgramError(f"{name}: no such file", 127)
         found = name
     else:
-        found = shutil.which(name, mode=os.F_OK, path=path)
+        found = which(name, path)
         if not found:
             raise ProgramError(f"{name}: command not found", 127)
     if os.path.isdir(found):
@@ -76,7 +92,7 @@ def coverage_warning(path: str, search_path: str | None, depth: int = 0) -> str 
             return None
         interp = os.fsdecode(words[0])
         if os.path.basename(interp) == "env" and len(words) > 1:
-            interp = shutil.which(os.fsdecode(words[1]), path=search_path) or interp
+            interp = which(os.fsdecode(words[1]), search_path) or interp
         return coverage_warning(interp, search_path, depth + 1)
     return None
 

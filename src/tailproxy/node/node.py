@@ -589,7 +589,8 @@ class ParkedConnects:
         if self.node._handle is None:
             return 0
         left = library.c_int64(0)
-        library.call("parked_drain", self.node._handle, int(timeout * 1000), library.byref(left))
+        library.call("parked_drain", self.node._handle, self._ident, int(timeout * 1000),
+                     library.byref(left))
         return left.value
 
     def peer_of(self, program_address: str) -> str | None:
