@@ -11,16 +11,6 @@
 
 #define WINDOW_NS 2000000       /* bound on waiting out the relay hand-over */
 
-int so_error_of(int fd)
-{
-	int v = 0;
-	socklen_t len = sizeof(v);
-
-	if (real_getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &len) != 0)
-		return 0;
-	return v;
-}
-
 /* The proxy's errno for the token: 1 if final (0 = connected). */
 static int final_errno(uint64_t token, int *err)
 {
