@@ -2,7 +2,8 @@
  * the kernel's full speed (one BPF pass). connect(); sendto() with a destination address (a
  * send() on a connected socket passes NULL and is not trapped); sendmsg()/sendmmsg(), whose
  * address lies in memory the filter cannot read; getpeername(), so a relayed socket shows the
- * address the program asked for. Calls of other ABIs (i386, x32) pass. */
+ * address the program asked for; getsockopt(SOL_SOCKET, SO_ERROR), for the real errno of a
+ * handed-over connect. Calls of other ABIs (i386, x32) pass. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/audit.h>
@@ -10,6 +11,7 @@
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -23,22 +25,28 @@
 int install_filter(void)
 {
 	struct sock_filter prog[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARCH),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, NR),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 9, 0),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_getpeername, 8, 0),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 7, 0),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 6, 0),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 0, 4),
-		/* sendto: trapped only with a destination address (args[4] != NULL) */
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(4)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 3),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(4)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+		/* 0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARCH),
+		/* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+		/* 2 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		/* 3 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, NR),
+		/* 4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 14, 0),
+		/* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_getpeername, 13, 0),
+		/* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 12, 0),
+		/* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 11, 0),
+		/* 8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 0, 4),
+		/* sendto: only with a destination address (args[4] != NULL) */
+		/* 9 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(4)),
+		/* 10 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 8),
+		/* 11 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(4)),
+		/* 12 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 5, 6),
+		/* getsockopt: only SOL_SOCKET/SO_ERROR (int arguments: the low words) */
+		/* 13 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_getsockopt, 0, 4),
+		/* 14 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(1)),
+		/* 15 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SOL_SOCKET, 0, 2),
+		/* 16 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(2)),
+		/* 17 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SO_ERROR, 1, 0),
+		/* 18 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		/* 19 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
 	};
 	struct sock_fprog fprog = {.len = sizeof(prog) / sizeof(prog[0]), .filter = prog};
 

@@ -324,12 +324,11 @@ static void *blocking_thread(void *arg)
 
 /* A non-blocking connect: parked and registered without waiting (the preload's fast path),
  * else the full path's quick reply; EINPROGRESS either way once handed over. */
-static int nonblocking_connect(const struct tp_addr *dst, int s, int domain)
+static int nonblocking_connect(const struct tp_addr *dst, int s, int domain, uint64_t *token)
 {
 	const struct tp_config *cfg = tp_config();
 	const struct sockaddr *park = NULL;
 	socklen_t plen = 0;
-	uint64_t token;
 	int err = 0;
 
 	if (domain == AF_INET && cfg->park4.sin_port) {
@@ -340,12 +339,12 @@ static int nonblocking_connect(const struct tp_addr *dst, int s, int domain)
 		plen = sizeof(cfg->park6);
 	}
 	if (park) {
-		if (chan_connect_parked(dst, s, park, plen, &token) == 0)
+		if (chan_connect_parked(dst, s, park, plen, token) == 0)
 			return EINPROGRESS;
 		if (errno == ENETDOWN)
 			return ENETDOWN;
 	}
-	if (chan_connect(dst, s, 0, 0, &err, &token) != 0)
+	if (chan_connect(dst, s, 0, 0, &err, token) != 0)
 		return errno == ETIMEDOUT ? ENETDOWN : errno;
 	return err ? err : EINPROGRESS;
 }
@@ -390,7 +389,11 @@ static void on_connect(struct call *c)
 	}
 	fl = fcntl(s, F_GETFL);
 	if (fl >= 0 && (fl & O_NONBLOCK)) {
-		err = nonblocking_connect(&dst, s, domain);
+		uint64_t token = 0;
+
+		err = nonblocking_connect(&dst, s, domain, &token);
+		if (err == EINPROGRESS)
+			pending_add(sock_ino(s), token);
 		answer(c, 0, err);
 		if (tp_config()->verbose)
 			say((int)c->req->pid, "connect to", &dst, err);
@@ -426,6 +429,48 @@ static void on_connect(struct call *c)
 		}
 		pthread_attr_destroy(&attr);
 	}
+}
+
+/* ---------------------------------------------------------------- SO_ERROR */
+
+/* getsockopt(SOL_SOCKET, SO_ERROR) on a handed-over non-blocking connect: the outcome the
+ * preload's hook gives (outcome.c: the real errno for the kernel's ECONNREFUSED, "in
+ * progress" through the hand-over), read and cleared on the program's own socket. */
+static void on_so_error(const struct call *c)
+{
+	const __u64 *a = c->req->data.args;
+	uint64_t ino, token;
+	socklen_t room;
+	int s, v, out;
+
+	if (!a[3] || !a[4] || (s = target_fd(c, (int)a[0])) < 0) {
+		answer_continue(c);
+		return;
+	}
+	ino = sock_ino(s);
+	if (!pending_token(ino, &token) || target_read(c, a[4], &room, sizeof(room)) != 0 ||
+	    room < sizeof(int) || !call_valid(c)) {
+		close(s);
+		answer_continue(c);     /* not ours, or the kernel's EFAULT/EINVAL */
+		return;
+	}
+	v = so_error_of(s);
+	if (v != 0 && v != ECONNREFUSED && v != ECONNRESET) {
+		out = v;
+		pending_drop(ino);
+	} else if (pending_outcome_v(s, token, v, &out)) {
+		pending_drop(ino);
+	} else {
+		out = 0;                /* no outcome yet: in progress */
+	}
+	close(s);
+	room = sizeof(int);
+	if (target_write(c, a[3], &out, sizeof(out)) != 0 ||
+	    target_write(c, a[4], &room, sizeof(room)) != 0) {
+		answer(c, 0, EFAULT);
+		return;
+	}
+	answer(c, 0, 0);
 }
 
 /* ---------------------------------------------------------------- getpeername */
@@ -486,6 +531,9 @@ void handle_call(int listener, struct seccomp_notif *req)
 		break;
 	case __NR_getpeername:
 		on_getpeername(&c);
+		break;
+	case __NR_getsockopt:
+		on_so_error(&c);
 		break;
 	case __NR_sendto:
 		on_sendto(&c);

@@ -34,6 +34,11 @@ void answer(const struct call *c, int64_t val, int err);
 void answer_continue(const struct call *c);
 void notif_sizes(size_t *req, size_t *resp);
 
+/* pending.c: handed-over non-blocking connects not yet settled, by socket inode */
+void pending_add(uint64_t ino, uint64_t token);
+int pending_token(uint64_t ino, uint64_t *token);    /* 1 if pending */
+void pending_drop(uint64_t ino);
+
 /* intercept.c: one trapped call, answered (or handed to a thread that answers it); req stays
  * the caller's */
 void handle_call(int listener, struct seccomp_notif *req);

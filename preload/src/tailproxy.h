@@ -123,7 +123,7 @@ HIDDEN uint16_t local_port(int fd, struct tp_addr *local);  /* 0 if unbound/erro
 HIDDEN int64_t now_ns(void);
 HIDDEN int so_error_of(int fd);         /* reads (clears) SO_ERROR; 0 on failure */
 
-/* ---- sockopt.c ---- */
+/* ---- outcome.c ---- */
 /* Outcome of our pending connect, SO_ERROR already read: 1 with *err
  * (0 = connected) once known, 0 while in progress. */
 HIDDEN int pending_outcome_v(int fd, uint64_t token, int so_error, int *err);

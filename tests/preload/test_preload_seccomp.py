@@ -89,6 +89,13 @@ def test_nonblocking_refused(srun, how):
     srun.run("test_nonblock", "refused", V4, how)
 
 
+@pytest.mark.parametrize("ip", [UNREACH4, UNREACH6])
+@pytest.mark.parametrize("how", ["poll", "epoll"])
+def test_nonblocking_unreachable_so_error_is_the_real_errno(srun, ip, how):
+    """The kernel shows ECONNREFUSED; getsockopt(SO_ERROR), trapped, gives EHOSTUNREACH."""
+    srun.run("test_nonblock", "unreach", ip, how)
+
+
 def test_nonblocking_ealready_while_parked(srun):
     srun.run("test_nonblock", "again", V4)
 
