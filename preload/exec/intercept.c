@@ -10,7 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -290,55 +290,102 @@ static int send_timeout_ms(int s)
 	return (int)(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
 }
 
-struct blocking_connect {
-	struct call call;
-	struct tp_addr dst;
-	int s;
-};
-
-/* A blocking connect: the proxy replies once the dial has an outcome (the socket joined to
- * its relay, or failed); the program's thread waits in its call meanwhile. A signal to it
- * ends the wait (the call is then restarted or fails with EINTR, as the kernel's would) and
- * the connect goes on, as the kernel's does. */
-static void *blocking_thread(void *arg)
+static int park_address(int domain, const struct sockaddr **park, socklen_t *plen)
 {
-	struct blocking_connect *b = arg;
-	uint64_t token;
-	int err = 0;
+	const struct tp_config *cfg = tp_config();
 
-	if (chan_connect(&b->dst, b->s, 1, send_timeout_ms(b->s), &err, &token) != 0) {
+	if (domain == AF_INET && cfg->park4.sin_port) {
+		*park = (const struct sockaddr *)&cfg->park4;
+		*plen = sizeof(cfg->park4);
+		return 1;
+	}
+	if (domain == AF_INET6 && cfg->park6.sin6_port) {
+		*park = (const struct sockaddr *)&cfg->park6;
+		*plen = sizeof(cfg->park6);
+		return 1;
+	}
+	return 0;
+}
+
+/* Wait for the outcome of a parked connect, as the preload's blocking connect does
+ * (connect.c wait_pending): writable or failed once the proxy moves it on, the real errno
+ * from outcome.c. Bounded by SO_SNDTIMEO (then EINPROGRESS, the connect going on); ends
+ * early (-1) when the call is gone (a signal interrupted the program's wait). */
+static int wait_parked(const struct call *c, int s, uint64_t token, int ms)
+{
+	int64_t deadline = now_ns() + (int64_t)ms * 1000000;
+
+	for (;;) {
+		struct pollfd p = {.fd = s, .events = POLLOUT};
+		int st = tcp_state(s), err, wait = st == TCP_SYN_SENT ? 100 : 5;
+
+		if (st != TCP_SYN_SENT && pending_outcome_v(s, token, so_error_of(s), &err))
+			return err;
+		if (ms > 0) {
+			int64_t left = (deadline - now_ns()) / 1000000;
+			if (left <= 0)
+				return EINPROGRESS;
+			if (left < wait)
+				wait = (int)left;
+		}
+		if (poll(&p, 1, wait) < 0 && errno != EINTR)
+			return errno;
+		if (!call_valid(c))
+			return -1;
+	}
+}
+
+/* A blocking connect, in the worker that received it (main.c keeps another worker ready):
+ * parked here and registered without a reply (the preload's fast path), then its outcome
+ * awaited; else the full path, where the proxy replies once the dial has an outcome. The
+ * program's thread waits in its call meanwhile; a signal to it ends the wait (the call is
+ * then restarted or fails with EINTR, as the kernel's would) and the connect goes on, as the
+ * kernel's does. */
+static void blocking_connect(const struct call *c, const struct tp_addr *dst, int s, int domain)
+{
+	const struct sockaddr *park;
+	socklen_t plen;
+	uint64_t token = 0;
+	int err = 0, fl, r = -1, e = EAGAIN;
+
+	if (park_address(domain, &park, &plen) && (fl = fcntl(s, F_GETFL)) >= 0 &&
+	    fcntl(s, F_SETFL, fl | O_NONBLOCK) == 0) {
+		r = chan_connect_parked(dst, s, park, plen, &token);
+		e = errno;
+		fcntl(s, F_SETFL, fl);
+	}
+	if (r == 0) {
+		err = wait_parked(c, s, token, send_timeout_ms(s));
+		if (err == EINPROGRESS || err < 0)
+			pending_add(sock_ino(s), token);        /* SO_ERROR tells the rest */
+		else if (err == 0 && connect(s, park, plen) != 0 && errno != EISCONN)
+			err = errno;    /* the socket learns it is connected (else a later
+					 * connect() would give 0, not EISCONN), as in connect.c */
+	} else if (e == ENETDOWN) {
+		err = ENETDOWN;
+	} else if (chan_connect(dst, s, 1, send_timeout_ms(s), &err, &token) != 0) {
 		err = errno;
 		if (err == ETIMEDOUT)
 			err = EINPROGRESS;      /* SO_SNDTIMEO expired, like Linux */
 		else if (err == EINTR)
 			err = ENETDOWN;
 	}
-	answer(&b->call, 0, err);
-	if (tp_config()->verbose)
-		say((int)b->call.req->pid, "connect to", &b->dst, err);
-	close(b->s);
-	free(b->call.req);
-	free(b);
-	return NULL;
+	if (err >= 0) {
+		answer(c, 0, err);
+		if (tp_config()->verbose)
+			say((int)c->req->pid, "connect to", dst, err);
+	}
 }
 
 /* A non-blocking connect: parked and registered without waiting (the preload's fast path),
  * else the full path's quick reply; EINPROGRESS either way once handed over. */
 static int nonblocking_connect(const struct tp_addr *dst, int s, int domain, uint64_t *token)
 {
-	const struct tp_config *cfg = tp_config();
-	const struct sockaddr *park = NULL;
-	socklen_t plen = 0;
+	const struct sockaddr *park;
+	socklen_t plen;
 	int err = 0;
 
-	if (domain == AF_INET && cfg->park4.sin_port) {
-		park = (const struct sockaddr *)&cfg->park4;
-		plen = sizeof(cfg->park4);
-	} else if (domain == AF_INET6 && cfg->park6.sin6_port) {
-		park = (const struct sockaddr *)&cfg->park6;
-		plen = sizeof(cfg->park6);
-	}
-	if (park) {
+	if (park_address(domain, &park, &plen)) {
 		if (chan_connect_parked(dst, s, park, plen, token) == 0)
 			return EINPROGRESS;
 		if (errno == ENETDOWN)
@@ -400,35 +447,8 @@ static void on_connect(struct call *c)
 		close(s);
 		return;
 	}
-	{
-		struct blocking_connect *b = malloc(sizeof(*b));
-		size_t reqsz, respsz;
-		pthread_attr_t attr;
-		pthread_t t;
-
-		notif_sizes(&reqsz, &respsz);
-		if (b && !(b->call.req = malloc(reqsz)))
-			free(b), b = NULL;
-		if (!b) {
-			close(s);
-			answer(c, 0, ENOBUFS);
-			return;
-		}
-		memcpy(b->call.req, c->req, reqsz);
-		b->call.listener = c->listener;
-		b->dst = dst;
-		b->s = s;
-		pthread_attr_init(&attr);
-		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		pthread_attr_setstacksize(&attr, 64 * 1024);
-		if (pthread_create(&t, &attr, blocking_thread, b) != 0) {
-			close(s);
-			free(b->call.req);
-			free(b);
-			answer(c, 0, EAGAIN);
-		}
-		pthread_attr_destroy(&attr);
-	}
+	blocking_connect(c, &dst, s, domain);
+	close(s);
 }
 
 /* ---------------------------------------------------------------- SO_ERROR */

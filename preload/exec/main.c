@@ -85,27 +85,103 @@ static int probe(void)
 	return err;
 }
 
-static void *notifications(void *arg)
+/* The workers answering the program's calls. Several wait in SECCOMP_IOCTL_NOTIF_RECV at
+ * once (each call goes to one of them); a blocking connect keeps its worker until the dial
+ * has an outcome, so whenever the last idle worker takes a call another one starts, and
+ * workers beyond BASE_WORKERS end once enough are idle again. */
+#define BASE_WORKERS 2
+#define MAX_WORKERS 1024
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static int idle_workers, all_workers;
+static int listener_fd = -1;
+
+static int start_worker(void);
+
+static void *worker(void *arg)
 {
-	int listener = *(int *)arg;
 	size_t reqsz, respsz;
 	struct seccomp_notif *req;
 
+	(void)arg;
 	notif_sizes(&reqsz, &respsz);
 	req = malloc(reqsz);
-	if (!req)
-		return NULL;
 	for (;;) {
-		memset(req, 0, reqsz);
-		if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, req) != 0) {
-			if (errno == EINTR || errno == ENOENT)
-				continue;       /* ENOENT: the task went away before we read it */
-			break;
+		int more, leave;
+
+		pthread_mutex_lock(&pool_lock);
+		idle_workers++;
+		pthread_mutex_unlock(&pool_lock);
+		if (req)
+			memset(req, 0, reqsz);
+		if (!req || ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_RECV, req) != 0) {
+			if (req && (errno == EINTR || errno == ENOENT)) {   /* ENOENT: the task went */
+				pthread_mutex_lock(&pool_lock);
+				idle_workers--;
+				pthread_mutex_unlock(&pool_lock);
+				continue;
+			}
+			break;          /* the listener is gone: no task left under the filter */
 		}
-		handle_call(listener, req);
+		pthread_mutex_lock(&pool_lock);
+		idle_workers--;
+		more = idle_workers == 0 && all_workers < MAX_WORKERS;
+		if (more)
+			all_workers++;
+		pthread_mutex_unlock(&pool_lock);
+		if (more && start_worker() != 0) {
+			pthread_mutex_lock(&pool_lock);
+			all_workers--;
+			pthread_mutex_unlock(&pool_lock);
+		}
+		handle_call(listener_fd, req);
+		pthread_mutex_lock(&pool_lock);
+		leave = idle_workers >= BASE_WORKERS && all_workers > BASE_WORKERS;
+		if (leave)
+			all_workers--;
+		pthread_mutex_unlock(&pool_lock);
+		if (leave) {
+			free(req);
+			return NULL;
+		}
 	}
+	pthread_mutex_lock(&pool_lock);
+	idle_workers--;
+	all_workers--;
+	pthread_mutex_unlock(&pool_lock);
 	free(req);
 	return NULL;
+}
+
+static int start_worker(void)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	int r;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, 256 * 1024);
+	r = pthread_create(&t, &attr, worker, NULL);
+	pthread_attr_destroy(&attr);
+	return r;
+}
+
+static int start_workers(int listener)
+{
+	int i;
+
+	listener_fd = listener;
+	pthread_mutex_lock(&pool_lock);
+	all_workers = BASE_WORKERS;
+	pthread_mutex_unlock(&pool_lock);
+	for (i = 0; i < BASE_WORKERS; i++)
+		if (start_worker() != 0)
+			break;
+	pthread_mutex_lock(&pool_lock);
+	all_workers = i;
+	pthread_mutex_unlock(&pool_lock);
+	return i > 0 ? 0 : -1;      /* one worker is enough to go on */
 }
 
 static void exit_like(int status)
@@ -172,7 +248,6 @@ int main(int argc, char **argv)
 {
 	int up[2], down[2], lfd = 0, listener = -1, status, i, err;
 	sigset_t set, old;
-	pthread_t t;
 	pid_t pid;
 	char ack = 1;
 
@@ -213,7 +288,7 @@ int main(int argc, char **argv)
 			say("cannot take the seccomp listener: ", strerror(errno));
 		else if (lfd < 0)
 			say("seccomp user notification unavailable: ", strerror(-lfd));
-		if (listener >= 0 && pthread_create(&t, NULL, notifications, &listener) != 0) {
+		if (listener >= 0 && start_workers(listener) != 0) {
 			say("cannot start the seccomp supervisor", NULL);
 			close(listener);
 			listener = -1;
