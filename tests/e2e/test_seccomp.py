@@ -107,6 +107,40 @@ def test_go_client_reaches_peer(tp_state, testnet, progs, peer, prog, target):
     assert log.queries == [], log.queries               # a tailnet name never reaches the host's DNS
 
 
+@pytest.mark.parametrize("prog", ["go-static", "go-cgo"])
+def test_go_programs_get_no_proxy_variables(tp_state, progs, prog):
+    """Intercepted, so never proxied twice: tailproxy's own ALL_PROXY/HTTP_PROXY are not set."""
+    for name in ("ALL_PROXY", "HTTP_PROXY", "https_proxy"):
+        cp = tp(tp_state, progs[prog], "env", name, check=True)
+        assert cp.stdout.strip() == "(unset)", (name, cp.stdout)
+    cp = tp(tp_state, "--intercept", "preload", progs["go-static"], "env", "ALL_PROXY", check=True)
+    assert cp.stdout.startswith("socks5h://")       # the fallback a preload-only run keeps
+
+
+def test_fork_exec_chain_static_and_dynamic(tp_state, progs, peer):
+    """A dynamic shell under --intercept seccomp runs a static C client, then a static Go one by
+    name: the filter is inherited across fork and exec."""
+    cp = tp(tp_state, "--intercept", "seccomp", "sh", "-c",
+            f"{progs['c-static']} libc {peer['ipv4']} {peer['echo_port']} one && "
+            f"{progs['go-static']} echo peer:{peer['echo_port']} two && "
+            f"{progs['c-dynamic']} raw {peer['ipv6']} {peer['echo_port']} three")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["one", "two", "three"]
+
+
+def test_go_static_on_the_shared_agent(short_tmp, progs, peer):
+    """The same through the identity's agent (the default run mode)."""
+    state, agent = str(short_tmp / "state"), {"TAILPROXY_AGENT": "1"}
+    try:
+        cp = run_tp("--state-dir", state, "--hostname", "seccomp-agent", "--linger", "0",
+                    progs["go-static"], "echo", f"peer:{peer['echo_port']}", "via the agent",
+                    env=agent)
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.strip() == "via the agent"
+    finally:
+        run_tp("--state-dir", state, "--hostname", "seccomp-agent", "down", env=agent, timeout=60)
+
+
 def test_go_static_http_to_peer(tp_state, progs, peer):
     cp = tp(tp_state, progs["go-static"], "get", f"http://peer:{peer['http_port']}/")
     assert cp.returncode == 0, cp.stderr

@@ -6,6 +6,7 @@
 //	                           print the line that comes back
 //	goclient many ADDR N       N dials at once (non-blocking connects, as every Go dial),
 //	                           each echoing its own line; "ok N" when all came back
+//	goclient env NAME          the variable's value, or "(unset)"
 package main
 
 import (
@@ -39,7 +40,7 @@ func echo(addr, msg string) (string, error) {
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: goclient get URL | echo ADDR MSG | many ADDR N")
+		fmt.Fprintln(os.Stderr, "usage: goclient get URL | echo ADDR MSG | many ADDR N | env NAME")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -88,6 +89,12 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Println("ok", n)
+	case "env":
+		if v, ok := os.LookupEnv(os.Args[2]); ok {
+			fmt.Println(v)
+		} else {
+			fmt.Println("(unset)")
+		}
 	default:
 		os.Exit(2)
 	}
