@@ -552,6 +552,12 @@ void handle_call(int listener, struct seccomp_notif *req)
 	case __NR_getpeername:
 		on_getpeername(&c);
 		break;
+	case __NR_bind:
+		on_bind(&c);
+		break;
+	case __NR_listen:
+		on_listen(&c);
+		break;
 	case __NR_getsockopt:
 		on_so_error(&c);
 		break;

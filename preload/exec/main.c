@@ -64,7 +64,7 @@ static int probe(void)
 	if (pid < 0)
 		return errno;
 	if (pid == 0) {
-		lfd = install_filter();
+		lfd = install_filter(1);
 		if (lfd < 0)
 			lfd = -errno;
 		if (write(up[1], &lfd, sizeof(lfd)) != sizeof(lfd) || read(down[0], &ack, 1) < 0)
@@ -229,7 +229,7 @@ static void child(const char *path, char **argv, sigset_t *old, int to_parent, i
 		free(v);
 	}
 	unsetenv("TAILPROXY_EXEC_PRELOAD");
-	lfd = install_filter();
+	lfd = install_filter(export_mode());
 	if (lfd < 0)
 		lfd = -errno;
 	/* from here on, only calls the filter lets through until the parent has the listener */

@@ -12,9 +12,12 @@
 
 #include "../src/tailproxy.h"
 
-/* filter.c: install the filter in the calling process; the listener fd, or -1 with errno
- * (EINVAL/ENOSYS/EPERM/EACCES: seccomp user notification is unavailable here). */
-int install_filter(void);
+/* filter.c: install the filter in the calling process (exports: bind() and listen() trapped
+ * too); the listener fd, or -1 with errno (EINVAL/ENOSYS/EPERM/EACCES: seccomp user
+ * notification is unavailable here). */
+int install_filter(int exports);
+/* export mode (TAILPROXY_EXPORT_LISTENERS=1 with a channel) */
+int export_mode(void);
 
 /* target.c: the trapped task and its call */
 struct call {
@@ -33,6 +36,10 @@ int call_valid(const struct call *c);
 void answer(const struct call *c, int64_t val, int err);
 void answer_continue(const struct call *c);
 void notif_sizes(size_t *req, size_t *resp);
+
+/* exports.c: bind() and listen() in export mode */
+void on_bind(const struct call *c);
+void on_listen(const struct call *c);
 
 /* pending.c: handed-over non-blocking connects not yet settled, by socket inode */
 void pending_add(uint64_t ino, uint64_t token);

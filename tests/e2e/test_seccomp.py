@@ -189,6 +189,23 @@ def test_go_static_100_concurrent_dials(tp_state, progs, peer):
     assert cp.stdout.strip() == "ok 100"
 
 
+def test_static_go_server_exported(testnet, short_tmp, progs):
+    """--export-listeners with a static Go HTTP server: its bind() is held to loopback (made
+    by the supervisor), its port served on the tailnet only."""
+    from test_exports import loopback_only, not_reachable_from_lan, peer_fetch, start_cmd, stop_cmd
+    port, host = 8031, "exp-goserver"
+    p, log = start_cmd(host, str(short_tmp / "state"), [progs["go-static"], "serve", str(port)],
+                       f"exported port {port}")
+    try:
+        assert f"exported port {port}" in log, log
+        cp = peer_fetch(testnet, host, port)
+        assert cp.returncode == 0 and cp.stdout == "go says hi\n", cp.stderr
+        loopback_only(port)
+        not_reachable_from_lan(testnet, port)
+    finally:
+        stop_cmd(p)
+
+
 def test_fallback_when_seccomp_is_refused(tp_state, progs, peer):
     """seccomp() denied (as by a container's policy): one line, then proxy variables, which a
     Go HTTP client honours; never a hang."""

@@ -7,6 +7,7 @@
 //	goclient many ADDR N       N dials at once (non-blocking connects, as every Go dial),
 //	                           each echoing its own line; "ok N" when all came back
 //	goclient env NAME          the variable's value, or "(unset)"
+//	goclient serve PORT        an HTTP server on :PORT (all addresses) answering "go says hi"
 package main
 
 import (
@@ -40,7 +41,7 @@ func echo(addr, msg string) (string, error) {
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: goclient get URL | echo ADDR MSG | many ADDR N | env NAME")
+		fmt.Fprintln(os.Stderr, "usage: goclient get URL | echo ADDR MSG | many ADDR N | env NAME | serve PORT")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -89,6 +90,14 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Println("ok", n)
+	case "serve":
+		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "go says hi\n")
+		})
+		if err := http.ListenAndServe(":"+os.Args[2], nil); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 	case "env":
 		if v, ok := os.LookupEnv(os.Args[2]); ok {
 			fmt.Println(v)
