@@ -128,6 +128,17 @@ def test_fork_exec_chain_static_and_dynamic(tp_state, progs, peer):
     assert cp.stdout.split() == ["one", "two", "three"]
 
 
+def test_auto_dynamic_parent_execs_static_children(tp_state, progs, peer):
+    """--intercept auto with a dynamic shell (the preload): the static programs it execs are
+    run under the seccomp front end by the preload's exec hook, and reach peer."""
+    cp = tp(tp_state, "sh", "-c",
+            f"{progs['go-static']} echo peer:{peer['echo_port']} one && "
+            f"{progs['c-static']} libc {peer['ipv6']} {peer['echo_port']} two && "
+            f"exec {progs['go-cgo']} echo {hostport(peer['ipv4'], peer['echo_port'])} three")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["one", "two", "three"]
+
+
 def test_go_static_on_the_shared_agent(short_tmp, progs, peer):
     """The same through the identity's agent (the default run mode)."""
     state, agent = str(short_tmp / "state"), {"TAILPROXY_AGENT": "1"}

@@ -4,6 +4,7 @@ through the same channel and proxy. Also: exit status and signals pass through, 
 fail-safe start, and port-53 traffic going to a responder. Under `make -C preload asan` the
 supervisor is an ASan build."""
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -179,3 +180,52 @@ for _ in range(2):
     finally:
         responder.kill()
         responder.wait()
+
+
+# ---- the preload's exec hook (execstatic.c) -------------------------------------------------
+
+SECCOMP_STATUS_C = r"""
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+	char b[256]; FILE *f = fopen("/proc/self/status", "r");
+	while (f && fgets(b, sizeof(b), f))
+		if (!strncmp(b, "Seccomp:", 8)) { printf("%d\n", atoi(b + 8)); return 0; }
+	return 1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def status_progs(tmp_path_factory):
+    """A static and a dynamic program that print their seccomp mode (2: filtered)."""
+    d = tmp_path_factory.mktemp("seccomp-status")
+    src = d / "status.c"
+    src.write_text("#include <stdlib.h>\n" + SECCOMP_STATUS_C)
+    cc = os.environ.get("CC", "gcc")
+    subprocess.run([cc, "-static", "-o", str(d / "static"), str(src)], check=True)
+    subprocess.run([cc, "-o", str(d / "dynamic"), str(src)], check=True)
+    return str(d / "static"), str(d / "dynamic")
+
+
+def test_preload_runs_static_children_under_the_helper(run, exec_helper, status_progs):
+    static, dynamic = status_progs
+    env = {"TAILPROXY_EXEC": exec_helper}
+    cp = run.run_cmd(["sh", "-c", f"{static}; {dynamic}; exec {static}"], env=env)
+    assert cp.stdout.split() == ["2", "0", "2"]         # static: filtered; dynamic: preload only
+    cp = run.run_cmd(["python3", "-c", "import subprocess, sys; "
+                      f"subprocess.run([{static!r}]); subprocess.run({static!r}, shell=True); "
+                      f"import os; os.execvp({os.path.basename(static)!r}, ['x'])"],
+                     env=dict(env, PATH=os.path.dirname(static) + ":/usr/bin:/bin"))
+    assert cp.stdout.split() == ["2", "2", "2"]
+    cp = run.run_cmd(["sh", "-c", static])              # no TAILPROXY_EXEC: as before
+    assert cp.stdout.split() == ["0"]
+
+
+def test_exec_hook_leaves_setuid_programs_alone(run, exec_helper, status_progs, tmp_path):
+    """no_new_privs would strip a setuid program's privileges: it is run as it is."""
+    suid = tmp_path / "suid-static"
+    shutil.copy(status_progs[0], suid)
+    os.chmod(suid, 0o4755)
+    cp = run.run_cmd(["sh", "-c", str(suid)], env={"TAILPROXY_EXEC": exec_helper})
+    assert cp.stdout.split() == ["0"]

@@ -81,7 +81,10 @@ def test_choose_seccomp_when_the_probe_passes(tmp_path, monkeypatch):
     said = []
     got = choose("auto", make_elf(tmp_path / "s"), said.append)
     assert got == Interception("seccomp", str(helper), dynamic=False) and said == []
-    assert choose("auto", make_elf(tmp_path / "d", interp=True), said.append).kind == "preload"
+    # a dynamic program: the preload, and the helper for the static/Go programs it execs
+    dyn = make_elf(tmp_path / "d", interp=True)
+    assert choose("auto", dyn, said.append) == Interception("preload", str(helper))
+    assert choose("preload", dyn, said.append) == Interception("preload")
 
 
 def test_choose_falls_back_with_one_line(tmp_path, monkeypatch):
@@ -116,6 +119,9 @@ def test_seccomp_argv_and_env():
     assert static.env(env, {}, "/n/libtailproxy.so") == {"A": "1"}
     pre = Interception("preload")
     assert pre.argv("/p", ["p"]) == ("/p", ["p"]) and pre.env(env, {}, "x") is env
+    auto = Interception("preload", "/n/tailproxy-exec")
+    assert auto.argv("/p", ["p"]) == ("/p", ["p"])
+    assert auto.env(env, {}, "x") == dict(env, TAILPROXY_EXEC="/n/tailproxy-exec")
 
 
 def test_intercept_setting(tmp_path):

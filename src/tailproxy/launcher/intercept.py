@@ -103,7 +103,9 @@ def _has_go_section(f, shoff: int, shentsize: int, shnum: int, shstrndx: int, is
 @dataclasses.dataclass(frozen=True)
 class Interception:
     kind: str                   # "preload" or "seccomp"
-    helper: str | None = None   # tailproxy-exec (seccomp)
+    # tailproxy-exec: runs the program (seccomp), or (preload, --intercept auto) the static and
+    # Go programs it execs (TAILPROXY_EXEC: the preload's execstatic.c)
+    helper: str | None = None
     dynamic: bool = True        # the program loads ld.so: the preload goes along (name hooks)
 
     def argv(self, program: str, command: list[str]) -> tuple[str, list[str]]:
@@ -117,8 +119,11 @@ class Interception:
         seccomp the helper does not load the preload itself; the program gets it (dynamic ones
         only) from the helper (TAILPROXY_EXEC_PRELOAD)."""
         if self.kind != "seccomp":
+            if self.helper:
+                env = dict(env, TAILPROXY_EXEC=self.helper)
             return env
         env = dict(env)
+        env.pop("TAILPROXY_EXEC", None)     # the filter is inherited by whatever it execs
         if parent.get("LD_PRELOAD", "").strip():
             env["LD_PRELOAD"] = parent["LD_PRELOAD"]
         else:
@@ -157,10 +162,15 @@ def wants_seccomp(mode: str, program: str) -> tuple[bool, bool]:
 def choose(mode: str, program: str, say: Callable[[str], None]) -> Interception:
     """The front end for this run; the fallback line said when seccomp was wanted and cannot
     be had."""
+    from ..native import native_path
     seccomp, dynamic = wants_seccomp(mode, program)
     if not seccomp:
-        return Interception("preload")
-    from ..native import native_path
+        if mode != "auto":
+            return Interception("preload")
+        try:    # what it execs that the preload cannot reach, tailproxy-exec runs
+            return Interception("preload", native_path(EXEC_HELPER))
+        except FileNotFoundError:
+            return Interception("preload")
     try:
         helper = native_path(EXEC_HELPER)
     except FileNotFoundError as e:
