@@ -31,6 +31,8 @@ modes interleaved (and their order rotated) in each repetition:
   (e) bench/export_bench.py: from peer, bulk and connect+echo to servers exported by tailproxy
       --export-listeners vs the same servers behind a userspace tailscaled's `serve --tcp`
   (f) bench/dns_bench.py: name lookups per second through tailproxy vs plain glibc
+  (i) bench/seccomp_bench.py: added cost per connection of the seccomp front end (static
+      program) vs the preload (dynamic) vs proxychains4 + microsocks; untrapped-syscall cost
   (g) start-up with saved state: from starting `tailproxy ... tcpbench stamp` to the program's
       main (CLOCK_MONOTONIC before the start vs the time tcpbench reads first thing in main),
       next to the same program started directly (fork/exec/ld.so: tailproxy's start-up is the
@@ -675,8 +677,8 @@ def main() -> int:
     p.add_argument("--reps-start", type=int, default=10, help="(g) runs of each start-up figure (default 10)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcdefgh",
-                   help="sections to run, e.g. 'ab'; h is (a″) (default abcdefgh)")
+    p.add_argument("--only", default="abcdefghi",
+                   help="sections to run, e.g. 'ab'; h is (a″) (default abcdefghi)")
     p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
@@ -719,7 +721,7 @@ def main() -> int:
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
     loc = tn = mem = ex = st = dr = None
-    dns = None
+    dns = sec = None
     try:
         say("\nsetup")
         tb = ctx["tb"] = build_tcpbench(tmp)
@@ -774,6 +776,10 @@ def main() -> int:
         if "e" in a.only:   # (e): bench/export_bench.py
             import export_bench
             ex = guarded("(e)", export_bench.section, ctx, info, a)
+        if "i" in a.only:   # (i): bench/seccomp_bench.py
+            import seccomp_bench
+            sec = guarded("(i)", seccomp_bench.section, info, tp, tp_env, tmp,
+                          200 if a.quick else 1000, 1 if a.quick else 5)
     except KeyboardInterrupt:
         say("bench: interrupted")
     finally:
@@ -792,6 +798,12 @@ def main() -> int:
     if dns:
         say("\n" + dns_bench.table(dns))
         failures += dns["failures"]
+    if sec:
+        import seccomp_bench
+        say("\n" + seccomp_bench.table(sec))
+        targets.append({"name": "(i) seccomp added cost per connection ≤ 1.5x the preload's",
+                        "met": sec["seccomp_vs_preload"] <= 1.5,
+                        "detail": f"{sec['seccomp_vs_preload']:.2f}x"})
     meta["seconds"] = round(time.monotonic() - t_start, 1)
     meta["loadavg_end"] = os.getloadavg()
     say("\n" + table(rows, ["benchmark", "mode", "median", "vs anchor"]))
@@ -817,6 +829,8 @@ def main() -> int:
         data["f_dns_lookups_per_s"] = dns["rates"]
     if ex:
         data["e_export"] = export_bench.to_json(ex)
+    if sec:
+        data["i_seccomp"] = sec
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(data, f, indent=2)
     with open(os.path.join(a.out, "latest.md"), "w") as f:

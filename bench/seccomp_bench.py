@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cost of the seccomp front end (issue 11), on its own:
+"""Cost of the seccomp front end (issue 11): section (i) of bench/run.py, or on its own:
 ``python -m tailproxy.testnet -- python bench/seccomp_bench.py [--conns N] [--reps R]``.
 
   (i) added cost per connection: tcpbench connloop (N sequential connect + 1-byte echo + close,
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,67 @@ def build(tmp: str) -> dict:
     return out
 
 
+def section(info: dict, tp: list[str], tp_env: dict, tmp: str, conns: int = 1000, reps: int = 5,
+            loop: int = 2_000_000) -> dict:
+    """Runs (i) and (i'); returns the figures (medians, every repetition, the ratios)."""
+    b = build(tmp)
+    ip = info["client"]["ipv4"]
+    helper = os.path.join(ROOT, "src", "tailproxy", "_native", "tailproxy-exec")
+    ms_port = free_port()
+    ms = subprocess.Popen(["microsocks", "-i", "127.0.0.1", "-p", str(ms_port)],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    STARTED.append(ms)
+    wait_port("127.0.0.1", ms_port, ms)
+    pc = proxychains_conf(os.path.join(tmp, "pc-seccomp.conf"), ms_port)
+    proxied = tp + ["--no-tailnet", "--proxy-all"]
+    modes = {
+        "direct": ([b["tb_static"]], {}),
+        "preload": (proxied + ["--intercept", "preload", b["tb"]], tp_env),
+        "seccomp": (proxied + ["--intercept", "seccomp", b["tb_static"]], tp_env),
+        "proxychains": (["proxychains4", "-q", "-f", pc, b["tb"]], {}),
+    }
+    ports = {}
+    for m in modes:     # one echo server per mode: its own ports for the loop's TIME_WAITs
+        _, ports[m] = start_server([b["tb"], "echo-server", "0", ip],
+                                   os.path.join(tmp, f"echo-seccomp-{m}.log"), note=f"for {m}")
+    say(f"\n(i) {conns} x (connect + 1-byte echo) to {ip}, {reps} reps")
+    per = {m: [] for m in modes}
+    for r in range(reps):
+        for m in rotated(list(modes), r):
+            argv, env = modes[m]
+            out = run(argv + ["connloop", ip, str(ports[m]), str(conns)], env)
+            per[m].append(float(result_line(out, "connloop")["per_conn_us"]))
+    med = {m: statistics.median(v) for m, v in per.items()}
+    added = {m: med[m] - med["direct"] for m in modes}
+    say(f"\n(i') untrapped calls: {loop} x (getppid + read 1 byte), {reps} reps")
+    loops = {"plain": [b["loop"]], "filtered": [helper, b["loop"], "loop"]}
+    ns = {m: [] for m in loops}
+    for r in range(reps):
+        for m in rotated(list(loops), r):
+            out = run(loops[m] + [str(loop)], {})
+            ns[m].append(float(result_line(out, "loop")["ns_per_iter"]))
+    nsmed = {m: statistics.median(v) for m, v in ns.items()}
+    return {"per_conn_us": per, "median_us": med, "added_us": added,
+            "seccomp_vs_preload": added["seccomp"] / added["preload"],
+            "loop_ns": ns, "loop_median_ns": nsmed,
+            "loop_ratio": nsmed["filtered"] / nsmed["plain"]}
+
+
+def table(res: dict) -> str:
+    med, added = res["median_us"], res["added_us"]
+    lines = ["| (i) mode | per connection (µs) | added (µs) | added vs preload |", "|---|---|---|---|"]
+    for m in med:
+        rel = f"{added[m] / added['preload']:.2f}x" if m != "direct" else ""
+        lines.append(f"| {m} | {med[m]:.1f} | {added[m]:.1f} | {rel} |")
+    lines.append(f"\nseccomp added cost / preload added cost: {res['seccomp_vs_preload']:.2f}x "
+                 f"(goal ≤ 1.5x)")
+    nsm = res["loop_median_ns"]
+    lines.append(f"(i') untrapped syscall loop (CPU time): plain {nsm['plain']:.1f} ns/iter, under "
+                 f"the filter {nsm['filtered']:.1f} ns/iter ({res['loop_ratio']:.3f}x)")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--conns", type=int, default=1000)
@@ -78,60 +140,16 @@ def main() -> int:
         info = json.load(f)
     tmp = tempfile.mkdtemp(prefix="tailproxy-seccomp-bench-")
     tp, tp_env = tailproxy_cmd(None)
-    ip = info["client"]["ipv4"]
     try:
-        b = build(tmp)
-        helper = os.path.join(ROOT, "src", "tailproxy", "_native", "tailproxy-exec")
-        ms_port = free_port()
-        ms = subprocess.Popen(["microsocks", "-i", "127.0.0.1", "-p", str(ms_port)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-        STARTED.append(ms)
-        wait_port("127.0.0.1", ms_port, ms)
-        pc = proxychains_conf(os.path.join(tmp, "pc.conf"), ms_port)
-        proxied = tp + ["--no-tailnet", "--proxy-all"]
-        modes = {
-            "direct": ([b["tb_static"]], {}),
-            "preload": (proxied + ["--intercept", "preload", b["tb"]], tp_env),
-            "seccomp": (proxied + ["--intercept", "seccomp", b["tb_static"]], tp_env),
-            "proxychains": (["proxychains4", "-q", "-f", pc, b["tb"]], {}),
-        }
-        ports = {}
-        for m in modes:     # one echo server per mode: its own ports for the loop's TIME_WAITs
-            _, ports[m] = start_server([b["tb"], "echo-server", "0", ip],
-                                       os.path.join(tmp, f"echo-{m}.log"), note=f"for {m}")
-        say(f"\n(i) {a.conns} x (connect + 1-byte echo) to {ip}, {a.reps} reps")
-        per = {m: [] for m in modes}
-        for r in range(a.reps):
-            for m in rotated(list(modes), r):
-                argv, env = modes[m]
-                out = run(argv + ["connloop", ip, str(ports[m]), str(a.conns)], env)
-                per[m].append(float(result_line(out, "connloop")["per_conn_us"]))
-        med = {m: statistics.median(v) for m, v in per.items()}
-        added = {m: med[m] - med["direct"] for m in modes}
-        say(f"\n(i') untrapped calls: {a.loop} x (getppid + read 1 byte), {a.reps} reps")
-        loops = {"plain": [b["loop"]], "filtered": [helper, b["loop"], "loop"]}
-        ns = {m: [] for m in loops}
-        for r in range(a.reps):
-            for m in rotated(list(loops), r):
-                out = run(loops[m] + [str(a.loop)], {})
-                ns[m].append(float(result_line(out, "loop")["ns_per_iter"]))
-        nsmed = {m: statistics.median(v) for m, v in ns.items()}
+        res = section(info, tp, tp_env, tmp, a.conns, a.reps, a.loop)
     except Failed as e:
         say(f"FAILED: {e}")
         return 1
     finally:
         stop_all()
-    say("\n| mode | per connection (µs) | added (µs) | added vs preload |")
-    say("|---|---|---|---|")
-    for m in modes:
-        rel = f"{added[m] / added['preload']:.2f}x" if m != "direct" else ""
-        say(f"| {m} | {med[m]:.1f} | {added[m]:.1f} | {rel} |")
-    say(f"\nseccomp added cost / preload added cost: {added['seccomp'] / added['preload']:.2f}x "
-        f"(goal ≤ 1.5x)")
-    say(f"untrapped syscall loop: plain {nsmed['plain']:.1f} ns/iter, under the filter "
-        f"{nsmed['filtered']:.1f} ns/iter ({nsmed['filtered'] / nsmed['plain']:.3f}x)")
-    say(json.dumps({"per_conn_us": per, "loop_ns": ns}))
+        shutil.rmtree(tmp, ignore_errors=True)
+    say("\n" + table(res))
+    say(json.dumps({"per_conn_us": res["per_conn_us"], "loop_ns": res["loop_ns"]}))
     return 0
 
 
