@@ -1,5 +1,6 @@
 """launcher/intercept.py: reading an ELF file's kind (dynamic? Go?), choosing the front end for
 `--intercept`, the fallback line, and the command and environment the seccomp helper gets."""
+import os
 import struct
 
 import pytest
@@ -71,6 +72,9 @@ def test_wants_seccomp_by_mode(tmp_path):
     assert wants_seccomp("auto", str(script)) == (False, True)  # its interpreter decides
     assert wants_seccomp("seccomp", dyn) == (True, True)        # raw syscalls in dynamic ones
     assert wants_seccomp("preload", static) == (False, False)
+    os.chmod(static, 0o4755)                                    # setuid: never seccomp
+    assert wants_seccomp("auto", static) == (False, False)
+    assert wants_seccomp("seccomp", static) == (False, False)
 
 
 def test_choose_seccomp_when_the_probe_passes(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import struct
 import subprocess
 from typing import Callable
@@ -149,9 +150,15 @@ def seccomp_unavailable(helper: str) -> str | None:
 
 def wants_seccomp(mode: str, program: str) -> tuple[bool, bool]:
     """(seccomp?, dynamic?) for this mode and program. A script is judged by its interpreter's
-    kind in the preload's coverage check, and runs under the preload here."""
+    kind in the preload's coverage check, and runs under the preload here; so does a setuid or
+    setgid program (the filter needs no_new_privs, which would run it unprivileged)."""
     facts = elf_facts(program)
     dynamic = facts.dynamic if facts else True
+    try:
+        if os.stat(program).st_mode & (stat.S_ISUID | stat.S_ISGID):
+            return False, dynamic   # no_new_privs would strip its privileges: never seccomp
+    except OSError:
+        pass
     if mode == "seccomp":
         return True, dynamic
     if mode == "auto" and facts is not None:
