@@ -2,7 +2,9 @@
  * hand-over on the program's own socket (taken with pidfd_getfd; same socket, fd number,
  * options and flags), answered with the result the preload's connect() would return. Port 53
  * (connect, sendto, sendmsg): the name service's DNS responder, as udpdns.c does.
- * getpeername() of a relayed socket: the destination the program asked for. Everything
+ * getpeername() of a relayed socket: the destination the program asked for;
+ * getsockopt(SO_ERROR) of a handed-over connect: its real errno (outcome.c); bind()/listen()
+ * with exports: exports.c. Everything
  * else, and a destination the routing table sends direct, runs as the program made it
  * (SECCOMP_USER_NOTIF_FLAG_CONTINUE): only calls whose memory we merely looked at continue;
  * a call we acted on is always answered by us. */

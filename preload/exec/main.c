@@ -28,11 +28,10 @@
 static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
 static struct seccomp_notif_sizes sizes;
 
-void notif_sizes(size_t *req, size_t *resp)
+size_t notif_size(void)
 {
-	*req = sizes.seccomp_notif > sizeof(struct seccomp_notif) ? sizes.seccomp_notif
+	return sizes.seccomp_notif > sizeof(struct seccomp_notif) ? sizes.seccomp_notif
 								  : sizeof(struct seccomp_notif);
-	*resp = sizes.seccomp_notif_resp;
 }
 
 static void say(const char *a, const char *b)
@@ -100,12 +99,10 @@ static int start_worker(void);
 
 static void *worker(void *arg)
 {
-	size_t reqsz, respsz;
-	struct seccomp_notif *req;
+	size_t reqsz = notif_size();
+	struct seccomp_notif *req = malloc(reqsz);
 
 	(void)arg;
-	notif_sizes(&reqsz, &respsz);
-	req = malloc(reqsz);
 	for (;;) {
 		int more, leave;
 

@@ -35,7 +35,8 @@ int call_valid(const struct call *c);
 /* answers: the call returns val (err 0) or -1 with errno err; or the kernel runs it as made */
 void answer(const struct call *c, int64_t val, int err);
 void answer_continue(const struct call *c);
-void notif_sizes(size_t *req, size_t *resp);
+/* main.c: bytes of a struct seccomp_notif as this kernel fills it (SECCOMP_GET_NOTIF_SIZES) */
+size_t notif_size(void);
 
 /* exports.c: bind() and listen() in export mode */
 void on_bind(const struct call *c);
