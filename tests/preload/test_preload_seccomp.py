@@ -159,12 +159,14 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
 s.sendto(b"query-sendto", ("198.18.0.1", 53)); print(s.recv(100).decode())
 c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(5)
 c.connect(("198.18.0.1", 53)); c.send(b"query-connect"); print(c.recv(100).decode())
+m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); m.settimeout(5)
+m.sendmsg([b"query-", b"sendmsg"], [], 0, ("198.18.0.1", 53)); print(m.recv(100).decode())
 """
     responder = subprocess.Popen(netns + ["python3", "-c", r"""
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1], flush=True)
-for _ in range(2):
+for _ in range(3):
     data, addr = s.recvfrom(100); s.sendto(b"answer:" + data, addr)
 """], stdout=subprocess.PIPE, text=True)
     try:
@@ -176,7 +178,8 @@ for _ in range(2):
         cp = subprocess.run(netns + [exec_helper, "/usr/bin/python3", "python3", "-c", code],
                             env=env, capture_output=True, text=True, timeout=30)
         assert cp.returncode == 0, cp.stderr
-        assert cp.stdout.split() == ["answer:query-sendto", "answer:query-connect"]
+        assert cp.stdout.split() == ["answer:query-sendto", "answer:query-connect",
+                                     "answer:query-sendmsg"]
     finally:
         responder.kill()
         responder.wait()
@@ -229,3 +232,27 @@ def test_exec_hook_leaves_setuid_programs_alone(run, exec_helper, status_progs, 
     os.chmod(suid, 0o4755)
     cp = run.run_cmd(["sh", "-c", str(suid)], env={"TAILPROXY_EXEC": exec_helper})
     assert cp.stdout.split() == ["0"]
+
+
+def test_bad_pointers_get_the_kernels_efault(exec_helper, netns, proxy):
+    """Addresses the supervisor cannot read: connect() and a port-53 sendto() fail with EFAULT,
+    as without the filter; nothing hangs."""
+    code = r"""
+import ctypes, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+s = socket.socket()
+r = libc.syscall(42, s.fileno(), ctypes.c_void_p(8), 16)              # connect(fd, bad, 16)
+print(r, ctypes.get_errno())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+addr = struct.pack("=HH4s8x", socket.AF_INET, socket.htons(53), socket.inet_aton("198.18.0.1"))
+r = libc.syscall(44, u.fileno(), ctypes.c_void_p(8), 12, 0, addr, 16)  # sendto(bad buf)
+print(r, ctypes.get_errno())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILPROXY_")}
+    env.pop("LD_PRELOAD", None)
+    env.update(TAILPROXY_SOCKET=proxy.channel, TAILPROXY_RESOLVE="1",
+               TAILPROXY_DNS_SERVER="127.0.0.1:9")
+    cp = subprocess.run(netns + [exec_helper, "/usr/bin/python3", "python3", "-c", code],
+                        env=env, capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["-1", "14", "-1", "14"]       # EFAULT
