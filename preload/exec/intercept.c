@@ -26,6 +26,19 @@
 #define DNS_MAX 65536           /* one datagram */
 #define IOV_MAX_READ 16
 
+static int handed_over;        /* set once: only then can a socket's peer need rewriting */
+
+int handed_over_any(void)
+{
+	return __atomic_load_n(&handed_over, __ATOMIC_RELAXED);
+}
+
+static void note_hand_over(void)
+{
+	if (!__atomic_load_n(&handed_over, __ATOMIC_RELAXED))
+		__atomic_store_n(&handed_over, 1, __ATOMIC_RELAXED);
+}
+
 static int sock_int(int fd, int level, int name)
 {
 	int v = -1;
@@ -436,6 +449,7 @@ static void on_connect(struct call *c)
 		close(s);
 		return;
 	}
+	note_hand_over();
 	fl = fcntl(s, F_GETFL);
 	if (fl >= 0 && (fl & O_NONBLOCK)) {
 		uint64_t token = 0;
@@ -465,7 +479,8 @@ static void on_so_error(const struct call *c)
 	socklen_t room;
 	int s, v, out;
 
-	if (!a[3] || !a[4] || (s = target_fd(c, (int)a[0])) < 0) {
+	/* no pending connect at all (the common case: a direct dial): the kernel's answer at once */
+	if (!pending_any() || !a[3] || !a[4] || (s = target_fd(c, (int)a[0])) < 0) {
 		answer_continue(c);
 		return;
 	}
@@ -515,7 +530,8 @@ static void on_getpeername(const struct call *c)
 	struct tp_addr peer, local, dst;
 	int s, mapped, err;
 
-	if (!tp_config()->active || !a[1] || !a[2] || (s = target_fd(c, (int)a[0])) < 0) {
+	if (!tp_config()->active || !handed_over_any() || !a[1] || !a[2] ||
+	    (s = target_fd(c, (int)a[0])) < 0) {
 		answer_continue(c);
 		return;
 	}

@@ -18,6 +18,12 @@ struct slot {
 
 static struct slot slots[SLOTS];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static int entries;             /* read without the lock: a hint that spares a lookup */
+
+int pending_any(void)
+{
+	return __atomic_load_n(&entries, __ATOMIC_RELAXED) > 0;
+}
 
 static struct slot *find(uint64_t ino, int for_insert)
 {
@@ -39,6 +45,8 @@ void pending_add(uint64_t ino, uint64_t token)
 		return;
 	pthread_mutex_lock(&lock);
 	s = find(ino, 1);
+	if (s->ino != ino)
+		__atomic_store_n(&entries, entries + (s->ino == 0), __ATOMIC_RELAXED);
 	s->ino = ino;
 	s->token = token;
 	pthread_mutex_unlock(&lock);
@@ -65,7 +73,9 @@ void pending_drop(uint64_t ino)
 
 	pthread_mutex_lock(&lock);
 	s = ino ? find(ino, 0) : NULL;
-	if (s)
+	if (s) {
 		memset(s, 0, sizeof(*s));
+		__atomic_store_n(&entries, entries - 1, __ATOMIC_RELAXED);
+	}
 	pthread_mutex_unlock(&lock);
 }

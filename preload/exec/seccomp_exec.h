@@ -46,6 +46,9 @@ void on_listen(const struct call *c);
 void pending_add(uint64_t ino, uint64_t token);
 int pending_token(uint64_t ino, uint64_t *token);    /* 1 if pending */
 void pending_drop(uint64_t ino);
+int pending_any(void);                               /* 0: none at all (a cheap check) */
+/* intercept.c: has this supervisor handed any socket over yet? */
+int handed_over_any(void);
 
 /* intercept.c: one trapped call, answered (or handed to a thread that answers it); req stays
  * the caller's */
