@@ -39,6 +39,8 @@ modes interleaved (and their order rotated) in each repetition:
   (i) bench/agent_bench.py: the agent (issue 16): start to exec attaching to a running agent vs
       a cold start with saved state; 50 x `tailproxy curl` to the peer on the agent vs 50 x
       `curl --socks5-hostname` through the anchor tailscaled
+  (j) bench/seccomp_bench.py: added cost per connection of the seccomp front end (static
+      program) vs the preload (dynamic) vs proxychains4 + microsocks; untrapped-syscall cost
 
 Prints every exact command, a table, and writes bench/results/latest.json + latest.md
 (--out DIR to change). A tailproxy mode that fails is reported as FAILED with its error; the
@@ -679,8 +681,9 @@ def main() -> int:
     p.add_argument("--reps-start", type=int, default=10, help="(g) runs of each start-up figure (default 10)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcdefghi",
-                   help="sections to run, e.g. 'ab'; h is (a″), i the agent (default abcdefghi)")
+    p.add_argument("--only", default="abcdefghij",
+                   help="sections to run, e.g. 'ab'; h is (a″), i the agent, j seccomp "
+                        "(default abcdefghij)")
     p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
@@ -723,7 +726,7 @@ def main() -> int:
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
     loc = tn = mem = ex = st = dr = ag = None
-    dns = None
+    dns = sec = None
     try:
         say("\nsetup")
         tb = ctx["tb"] = build_tcpbench(tmp)
@@ -782,6 +785,10 @@ def main() -> int:
         if "i" in a.only:   # (i): bench/agent_bench.py
             import agent_bench
             ag = guarded("(i)", agent_bench.section, ctx, info, a)
+        if "j" in a.only:   # (j): bench/seccomp_bench.py
+            import seccomp_bench
+            sec = guarded("(j)", seccomp_bench.section, info, tp, tp_env, tmp,
+                          200 if a.quick else 1000, 1 if a.quick else 5)
     except KeyboardInterrupt:
         say("bench: interrupted")
     finally:
@@ -804,6 +811,12 @@ def main() -> int:
     if dns:
         say("\n" + dns_bench.table(dns))
         failures += dns["failures"]
+    if sec:
+        import seccomp_bench
+        say("\n" + seccomp_bench.table(sec))
+        targets.append({"name": "(j) seccomp added cost per connection ≤ 1.5x the preload's",
+                        "met": sec["seccomp_vs_preload"] <= 1.5,
+                        "detail": f"{sec['seccomp_vs_preload']:.2f}x"})
     meta["seconds"] = round(time.monotonic() - t_start, 1)
     meta["loadavg_end"] = os.getloadavg()
     say("\n" + table(rows, ["benchmark", "mode", "median", "vs anchor"]))
@@ -832,6 +845,8 @@ def main() -> int:
     if ag:
         data["i_agent_s"] = {k: (v.to_json() if isinstance(v, Series) else v)
                              for k, v in ag.items()}
+    if sec:
+        data["j_seccomp"] = sec
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(data, f, indent=2)
     with open(os.path.join(a.out, "latest.md"), "w") as f:

@@ -1,6 +1,7 @@
 """Build tailproxy's native parts into one folder.
 
 - libtailproxy.so: the LD_PRELOAD library (C, preload/).
+- tailproxy-exec: the seccomp front end for programs LD_PRELOAD cannot reach (C, preload/exec/).
 - libtailproxy-node.so: the tailnet node (Go over tailscale.com/tsnet, node/), built c-shared;
   its modules come from the Go module proxy, pinned by node/go.mod and node/go.sum.
 - versions.json: the pinned tailscale.com version and the Go that built the node, for
@@ -29,9 +30,10 @@ NODE_LIBRARY = "libtailproxy-node.so"
 # portmapper: never ask the LAN's router to open a port (TS_DISABLE_PORTMAPPER says so too).
 NODE_TAGS = "ts_omit_peerapiserver,ts_omit_portmapper"
 PRELOAD_LIBRARY = "libtailproxy.so"
+EXEC_HELPER = "tailproxy-exec"
 VERSIONS_FILE = "versions.json"
 LICENSES_FILE = "THIRD_PARTY_LICENSES.txt"
-NATIVE_FILES = (PRELOAD_LIBRARY, NODE_LIBRARY, VERSIONS_FILE, LICENSES_FILE)
+NATIVE_FILES = (PRELOAD_LIBRARY, EXEC_HELPER, NODE_LIBRARY, VERSIONS_FILE, LICENSES_FILE)
 _LICENSE_NAMES = re.compile(r"^(LICEN[CS]E|COPYING|NOTICE|PATENTS)", re.IGNORECASE)
 
 

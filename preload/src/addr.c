@@ -112,3 +112,13 @@ int64_t now_ns(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+int so_error_of(int fd)
+{
+	int v = 0;
+	socklen_t len = sizeof(v);
+
+	if (real_getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &len) != 0)
+		return 0;
+	return v;
+}

@@ -9,12 +9,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "channel.h"
+#include "real.h"
 #include "tailproxy.h"
 
-#define VERSION 1
-#define HDR 8
-#define ADDR 20
-#define CONNECT_LEN 288
 #define QUICK_WAIT_MS 5000     /* bound for replies that need no dial */
 
 static uint32_t seq_counter;
@@ -24,7 +22,7 @@ static void put_hdr(uint8_t *b, int op, int flags)
 	uint16_t f = (uint16_t)flags;
 	uint32_t seq = __atomic_add_fetch(&seq_counter, 1, __ATOMIC_RELAXED);
 
-	b[0] = VERSION;
+	b[0] = WIRE_VERSION;
 	b[1] = (uint8_t)op;
 	memcpy(b + 2, &f, 2);
 	memcpy(b + 4, &seq, 4);
@@ -76,7 +74,7 @@ static int open_unix(const struct tp_config *c, int type, const char *suffix)
 	while (real_connect(s, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
 		if (errno != EINTR) {
 			e = errno;
-			close(s);
+			real_close(s);
 			errno = e;
 			return -1;
 		}
@@ -124,7 +122,7 @@ static ssize_t send_msg_flags(int s, const uint8_t *req, size_t reqlen, int send
 		ch->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(ch), &sendfd, sizeof(int));
 	}
-	while ((n = sendmsg(s, &mh, MSG_NOSIGNAL | flags)) < 0 && errno == EINTR)
+	while ((n = real_sendmsg(s, &mh, MSG_NOSIGNAL | flags)) < 0 && errno == EINTR)
 		;
 	return n;
 }
@@ -206,7 +204,7 @@ static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 	iov.iov_len = replen;
 	mh.msg_iov = &iov;
 	mh.msg_iovlen = 1;
-	while ((n = recvmsg(s, &mh, MSG_DONTWAIT)) < 0 && errno == EINTR)
+	while ((n = real_recvmsg(s, &mh, MSG_DONTWAIT)) < 0 && errno == EINTR)
 		;
 	if (n < 0) {
 		why = errno;
@@ -216,7 +214,7 @@ static int request(const uint8_t *req, size_t reqlen, int sendfd, uint8_t *rep,
 		why = ECONNRESET;
 		goto down;
 	}
-	if ((size_t)n < HDR || rep[0] != VERSION || rep[1] != req[1]) {
+	if ((size_t)n < HDR || rep[0] != WIRE_VERSION || rep[1] != req[1]) {
 		why = EPROTO;
 		goto down;
 	}
@@ -228,7 +226,7 @@ down:
 	err = ENETDOWN;
 out:
 	if (s >= 0)
-		close(s);
+		real_close(s);
 	if (interruptible)
 		sigprocmask(SIG_SETMASK, &old, NULL);
 	if (ret < 0)
@@ -302,10 +300,9 @@ int chan_peer(const struct tp_addr *local, int *err, struct tp_addr *dst)
 	return 0;
 }
 
-int chan_listen_notice(int op, int family, uint16_t port)
+int chan_listen_notice(int op, int family, uint16_t port, int pid)
 {
 	uint8_t req[HDR + 8];
-	int32_t pid = (int32_t)getpid();
 
 	memset(req, 0, sizeof(req));
 	put_hdr(req, op, 0);
@@ -354,7 +351,7 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 		if (r == 0)                     /* the parking listener accepted: undo */
 			real_connect(fd, &unspec, sizeof(unspec));
 		so_error_of(fd);
-		close(s);
+		real_close(s);
 		errno = EAGAIN;
 		return -1;
 	}
@@ -365,7 +362,7 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 	put_addr(req + HDR, dst);
 	r = send_msg_flags(s, req, sizeof(req), fd, dgram ? MSG_DONTWAIT : 0) < 0;
 	why = errno;
-	close(s);
+	real_close(s);
 	if (r && dgram && (why == EAGAIN || why == EWOULDBLOCK)) {
 		/* the datagram queue is full (a burst of connects): the stream channel,
 		 * which queues as many as the listener's backlog */
@@ -373,7 +370,7 @@ int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr
 		r = s < 0 || send_msg(s, req, sizeof(req), fd) < 0;
 		why = errno;
 		if (s >= 0)
-			close(s);
+			real_close(s);
 	}
 	if (r) {
 		real_connect(fd, &unspec, sizeof(unspec));      /* not parked after all */

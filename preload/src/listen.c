@@ -5,30 +5,12 @@
  * after listen() succeeds the port goes to the exporter (LISTEN); close() of a listening
  * socket sends UNLISTEN so the exporter checks at once (it trusts only the kernel's view). */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "tailproxy.h"
-
-typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
-typedef int (*listen_fn)(int, int);
-typedef int (*close_fn)(int);
-
-static void *next_fn(void **slot, const char *name)
-{
-	void *f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-
-	if (!f) {
-		f = dlsym(RTLD_NEXT, name);
-		__atomic_store_n(slot, f, __ATOMIC_RELEASE);
-	}
-	return f;
-}
-
-static void *p_bind, *p_listen, *p_close;
 
 static int export_mode(void)
 {
@@ -89,39 +71,28 @@ static int to_loopback(struct sockaddr_storage *ss)
 
 EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
-	bind_fn real = (bind_fn)next_fn(&p_bind, "bind");
 	struct sockaddr_storage ss;
 
-	if (!real) {
-		errno = ENOSYS;
-		return -1;
-	}
 	if (!export_mode() || !sa || len > sizeof(ss) || len < sizeof(sa_family_t) ||
 	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !tcp_family(fd))
-		return real(fd, sa, len);
+		return real_bind(fd, sa, len);
 	memcpy(&ss, sa, len);
 	if ((ss.ss_family == AF_INET && len < sizeof(struct sockaddr_in)) ||
 	    (ss.ss_family == AF_INET6 && len < sizeof(struct sockaddr_in6)))
-		return real(fd, sa, len);    /* let the kernel give its EINVAL */
+		return real_bind(fd, sa, len);    /* let the kernel give its EINVAL */
 	to_loopback(&ss);
-	return real(fd, (struct sockaddr *)&ss, len);
+	return real_bind(fd, (struct sockaddr *)&ss, len);
 }
 
 EXPORT int listen(int fd, int backlog)
 {
-	listen_fn real = (listen_fn)next_fn(&p_listen, "listen");
-	bind_fn real_bind = (bind_fn)next_fn(&p_bind, "bind");
 	struct sockaddr_storage ss;
 	socklen_t l = sizeof(ss);
 	int e0 = errno, fam, r;
 	uint16_t port;
 
-	if (!real || !real_bind) {
-		errno = ENOSYS;
-		return -1;
-	}
 	if (!export_mode() || !(fam = tcp_family(fd)))
-		return real(fd, backlog);
+		return real_listen(fd, backlog);
 	memset(&ss, 0, sizeof(ss));
 	if (getsockname(fd, (struct sockaddr *)&ss, &l) == 0 &&
 	    ((fam == AF_INET && ((struct sockaddr_in *)&ss)->sin_port == 0) ||
@@ -134,14 +105,14 @@ EXPORT int listen(int fd, int backlog)
 					     : sizeof(struct sockaddr_in6)) != 0)
 			return -1;
 	}
-	r = real(fd, backlog);
+	r = real_listen(fd, backlog);
 	if (r != 0)
 		return r;
 	l = sizeof(ss);
 	if (getsockname(fd, (struct sockaddr *)&ss, &l) == 0) {
 		port = ntohs(fam == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
 					    : ((struct sockaddr_in6 *)&ss)->sin6_port);
-		chan_listen_notice(OP_LISTEN, fam == AF_INET ? 4 : 6, port);
+		chan_listen_notice(OP_LISTEN, fam == AF_INET ? 4 : 6, port, getpid());
 	}
 	errno = e0;
 	return 0;
@@ -149,16 +120,11 @@ EXPORT int listen(int fd, int backlog)
 
 EXPORT int close(int fd)
 {
-	close_fn real = (close_fn)next_fn(&p_close, "close");
 	struct sockaddr_storage ss;
 	socklen_t l = sizeof(ss);
 	int acc = 0, fam = 0, r, e;
 	uint16_t port = 0;
 
-	if (!real) {
-		errno = ENOSYS;
-		return -1;
-	}
 	if (export_mode()) {
 		socklen_t al = sizeof(acc);
 		e = errno;
@@ -168,10 +134,10 @@ EXPORT int close(int fd)
 						    : ((struct sockaddr_in6 *)&ss)->sin6_port);
 		errno = e;
 	}
-	r = real(fd);
+	r = real_close(fd);
 	if (port) {
 		e = errno;
-		chan_listen_notice(OP_UNLISTEN, fam == AF_INET ? 4 : 6, port);
+		chan_listen_notice(OP_UNLISTEN, fam == AF_INET ? 4 : 6, port, getpid());
 		errno = e;
 	}
 	return r;

@@ -3,7 +3,6 @@
  * Like every request, one fresh SOCK_SEQPACKET connection each, closed before returning. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -12,25 +11,10 @@
 
 #include "names.h"
 
-#define HDR 8
-#define ADDR 20
 #define RESOLVE_BODY (4 + TP_NAME_MAX)
 #define RESOLVE_REP (HDR + 8 + TP_RES_MAX_ADDRS * ADDR + TP_CANON_FIELD + TP_ALIASES_FIELD)
 #define REVERSE_REP (HDR + 4 + TP_CANON_FIELD + TP_ALIASES_FIELD)
 #define QUERY_REQ (HDR + 4 + TP_QUERY_MAX)
-#define FLAG_IDN 1
-#define FLAG_SEARCH 1
-
-void *tp_real(const char *sym, void **cache)
-{
-	void *f = __atomic_load_n(cache, __ATOMIC_ACQUIRE);
-
-	if (!f) {
-		f = dlsym(RTLD_NEXT, sym);
-		__atomic_store_n(cache, f, __ATOMIC_RELEASE);
-	}
-	return f;
-}
 
 /* ---------------------------------------------------------------- config */
 

@@ -52,11 +52,4 @@ HIDDEN int tp_local_name(const char *name);     /* "localhost": glibc answers it
 HIDDEN int tp_h_errno_of(int err);              /* name-service errno -> h_errno */
 HIDDEN void tp_names_log(const char *what, const char *name, int err);
 
-/* real libc functions, found lazily with dlsym(RTLD_NEXT) */
-HIDDEN void *tp_real(const char *sym, void **cache);
-#define TP_REAL(type, sym) ({                                           \
-	static void *cache_;                                            \
-	(type)tp_real(#sym, &cache_);                                   \
-})
-
 #endif

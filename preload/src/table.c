@@ -60,11 +60,11 @@ static const uint8_t *map_file(void)
 		return NULL;
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
 	    (st.st_mode & 022) || (size_t)st.st_size < FILE_SIZE) {
-		close(fd);
+		real_close(fd);
 		return NULL;
 	}
 	p = mmap(NULL, FILE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
+	real_close(fd);
 	if (p == MAP_FAILED)
 		return NULL;
 	if (!header_ok(p)) {

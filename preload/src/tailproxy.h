@@ -10,25 +10,10 @@
 #define HIDDEN __attribute__((visibility("hidden")))
 #define EXPORT __attribute__((visibility("default")))
 
-/* ---- real.c: the next definitions of the hooked calls ---- */
-typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
-typedef int (*getsockopt_fn)(int, int, int, void *, socklen_t *);
-typedef int (*getpeername_fn)(int, struct sockaddr *, socklen_t *);
-
-HIDDEN connect_fn real_connect_fn(void);
-HIDDEN getsockopt_fn real_getsockopt_fn(void);
-HIDDEN getpeername_fn real_getpeername_fn(void);
-HIDDEN int real_connect(int fd, const struct sockaddr *sa, socklen_t len);
-HIDDEN int real_getsockopt(int fd, int level, int name, void *val, socklen_t *len);
-HIDDEN int real_getpeername(int fd, struct sockaddr *sa, socklen_t *len);
+#include "real.h"
+#include "wire.h"
 
 /* ---- config.c ---- */
-struct tp_addr {            /* a TCP endpoint, IPv4 in addr[0..3] */
-	uint8_t family;         /* 4 or 6 */
-	uint16_t port;          /* host order */
-	uint8_t addr[16];
-};
-
 #define TP_MAX_BYPASS 64
 #define TP_PATH_MAX 108
 
@@ -123,37 +108,8 @@ HIDDEN int fdt_get(int fd, struct fd_info *fi);      /* 1 if found for the curre
 HIDDEN void fdt_update(int fd, uint64_t ino, int state, uint16_t lport);
 HIDDEN void fdt_clear(int fd);
 
-/* ---- channel.c ---- */
-#define OP_CONNECT 1
-#define OP_STATUS 2
-#define OP_PEER 3
-#define FLAG_BLOCKING 1
+#include "channel.h"
 
-/* Result of a request: 0 with *err = reply err, or -1 with the local errno:
- * ENETDOWN (channel unreachable, already reported), EINTR, ETIMEDOUT (wait bound hit),
- * EMFILE/ENFILE (no fd left for the channel: the program's own limit). */
-HIDDEN int chan_connect(const struct tp_addr *dst, int fd, int blocking, int wait_ms,
-			int *err, uint64_t *token);
-HIDDEN int chan_status(uint64_t token, int *err);
-HIDDEN int chan_peer(const struct tp_addr *local, int *err, struct tp_addr *dst);
-/* Non-blocking fast path: park fd at `park` ourselves, then register it with a CONNECT that
- * needs no reply (FLAG_PARKED; token = pid << 32 | seq). 0 on success; -1 with errno
- * ENETDOWN (channel unusable: fd untouched) or EAGAIN (could not park: fd untouched). */
-#define FLAG_PARKED 2
-HIDDEN int chan_connect_parked(const struct tp_addr *dst, int fd, const struct sockaddr *park,
-			       socklen_t parklen, uint64_t *token);
-/* LISTEN/UNLISTEN notices for the exporter (send only; 0 or -1 with errno). */
-#define OP_LISTEN 7
-#define OP_UNLISTEN 8
-HIDDEN int chan_listen_notice(int op, int family, uint16_t port);
-/* Name-service requests (names.c builds the bodies): the header is filled in here; the reply
- * is checked for version and op. Returns the reply length or -1 with errno (ENETDOWN: the
- * channel is unreachable, already reported; ETIMEDOUT: no reply within wait_ms). */
-#define OP_RESOLVE 4
-#define OP_REVERSE 5
-#define OP_QUERY 6
-HIDDEN int chan_request(int op, int flags, uint8_t *req, size_t reqlen, uint8_t *rep,
-			size_t replen, int wait_ms);
 /* udpdns.c: a connect() to port 53 goes to the name service's DNS responder; 1 if handled
  * (*ret is connect's result, errno set), 0 if not ours. */
 HIDDEN int dns_redirect_connect(int fd, const struct sockaddr *sa, socklen_t len, int *ret);
@@ -165,11 +121,11 @@ HIDDEN socklen_t tp_to_sa(const struct tp_addr *a, int sock_family, int mapped,
 HIDDEN int tcp_state(int fd);                        /* tcpi_state or -1 */
 HIDDEN uint16_t local_port(int fd, struct tp_addr *local);  /* 0 if unbound/error */
 HIDDEN int64_t now_ns(void);
+HIDDEN int so_error_of(int fd);         /* reads (clears) SO_ERROR; 0 on failure */
 
-/* ---- sockopt.c ---- */
+/* ---- outcome.c ---- */
 /* Outcome of our pending connect, SO_ERROR already read: 1 with *err
  * (0 = connected) once known, 0 while in progress. */
 HIDDEN int pending_outcome_v(int fd, uint64_t token, int so_error, int *err);
-HIDDEN int so_error_of(int fd);         /* reads (clears) SO_ERROR; 0 on failure */
 
 #endif

@@ -15,10 +15,8 @@
 #include "names.h"
 
 typedef ssize_t (*sendto_fn)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
-typedef ssize_t (*sendmsg_fn)(int, const struct msghdr *, int);
 typedef int (*sendmmsg_fn)(int, struct mmsghdr *, unsigned int, int);
 typedef ssize_t (*recvfrom_fn)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
-typedef ssize_t (*recvmsg_fn)(int, struct msghdr *, int);
 typedef int (*recvmmsg_fn)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
 
 #define DNS_PORT 53
@@ -234,7 +232,7 @@ EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct
 
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
-	sendmsg_fn real = TP_REAL(sendmsg_fn, sendmsg);
+	sendmsg_fn real = real_sendmsg_fn();
 	struct sockaddr_storage to;
 	socklen_t tolen = 0;
 	struct tp_addr dst;
@@ -372,7 +370,7 @@ EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr 
 
 EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
-	recvmsg_fn real = TP_REAL(recvmsg_fn, recvmsg);
+	recvmsg_fn real = real_recvmsg_fn();
 	socklen_t cap = msg ? msg->msg_namelen : 0;
 	ssize_t r = real(fd, msg, flags);
 

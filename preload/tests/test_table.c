@@ -14,6 +14,12 @@
 #include "../src/cidr.c"
 #include "../src/table.c"
 
+/* table.c closes through the library's libc lookup (real.c), not built in here */
+int real_close(int fd)
+{
+	return close(fd);
+}
+
 static void print_table(void)
 {
 	struct tp_table t;

@@ -141,6 +141,13 @@ def _dns_mode(v: Any) -> str:
     return v
 
 
+def _intercept_mode(v: Any) -> str:
+    v = _str(v).lower()
+    if v not in ("auto", "preload", "seccomp"):
+        raise ValueError("expected auto, preload or seccomp")
+    return v
+
+
 def _placeholder_v4(v: Any) -> str:
     from .resolver.placeholders import check_range
     return str(check_range(_str(v), 4))
@@ -238,6 +245,10 @@ SETTINGS: list[Setting] = [
             "CIDR"),
     Setting("dns_placeholder_v6", _placeholder_v6, "fd74:7072:6f78::/48", (),
             "IPv6 range of the placeholder addresses (for IPv6-only lookups)", "CIDR"),
+    Setting("intercept", _intercept_mode, "auto", ("TAILPROXY_INTERCEPT",),
+            "how the program's connections are caught: auto (LD_PRELOAD for dynamic programs; "
+            "seccomp for static ones and Go programs), preload, or seccomp (every program, raw "
+            "syscalls included)", "MODE"),
     Setting("agent", _bool, True, ("TAILPROXY_AGENT",),
             "run the program on this identity's shared background agent (one node per state "
             "dir); --agent=false gives this run a node of its own that stops with it"),
@@ -281,6 +292,7 @@ class Settings:
     dns_placeholder_v6: str
     agent: bool
     linger: float
+    intercept: str
     __slots__ = tuple(s.key for s in SETTINGS)
 
     def __init__(self, **values: Any):

@@ -210,13 +210,15 @@ def _attach(settings: Settings, command: list[str],
         time.sleep(_POLL_S)
 
 
-def _program_env(settings: Settings, reply: dict, preload: str) -> dict:
+def _program_env(settings: Settings, reply: dict, preload: str, seccomp: bool = False) -> dict:
     bypass = list(settings.bypass)
     if settings.exit_node_allow_lan_access:
         from ..launcher.lan import local_networks
         bypass += [n for n in local_networks() if n not in bypass]
     env = child_env(dict(os.environ), preload=preload, channel=reply["channel"], bypass=bypass,
-                    verbose=settings.verbose, proxy_addr=tuple(reply["proxy_addr"]),
+                    verbose=settings.verbose,
+                    # intercepted programs get no proxy variables: never proxied twice
+                    proxy_addr=None if seccomp else tuple(reply["proxy_addr"]),
                     proxy_auth=tuple(reply["proxy_auth"]),
                     export_listeners=settings.export_listeners,
                     park_ports=tuple(reply["park_ports"]), dns_server=reply.get("dns_server"),
@@ -298,10 +300,10 @@ def run_attached(settings: Settings, command: list[str]) -> int:
     from ..launcher.program import program_and_preload
     from ..rundir import RunDirError
     raise_soft_limit()
-    found = program_and_preload(command, _say)
+    found = program_and_preload(command, _say, settings.intercept)
     if isinstance(found, int):
         return found
-    program, preload = found
+    program, preload, interception = found
     try:
         conn, reply = attach(settings, command)
     except AgentError as e:
@@ -315,7 +317,10 @@ def run_attached(settings: Settings, command: list[str]) -> int:
         return 130
     if settings.verbose:
         _say(f"attached to agent {reply['agent_pid']}")
-    return _serve_program(conn, program, command, _program_env(settings, reply, preload))
+    env = interception.env(_program_env(settings, reply, preload, interception.kind == "seccomp"),
+                           dict(os.environ), preload)
+    program, command = interception.argv(program, command)
+    return _serve_program(conn, program, command, env)
 
 
 class _Stop(Exception):

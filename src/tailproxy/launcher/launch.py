@@ -66,10 +66,10 @@ def run(settings: Settings, command: list[str]) -> int:
     raise_soft_limit()      # fds for every connection of the program (fdlimit.py)
     verbose = settings.verbose
     log = _say if verbose else (lambda msg: None)
-    found = program_and_preload(command, _say)
+    found = program_and_preload(command, _say, settings.intercept)
     if isinstance(found, int):
         return found
-    program, preload = found
+    program, preload, interception = found
     try:
         check_run(settings)     # flag combinations (config.py)
     except ConfigError as e:
@@ -122,7 +122,8 @@ def run(settings: Settings, command: list[str]) -> int:
         if exits:
             exits.on_change = dialer.exit_node_changed
             exits.on_changing = dialer.exit_node_changing
-        serve = _serve(settings, dialer, rundir, preload, program, command, node, exits, names)
+        serve = _serve(settings, dialer, rundir, preload, program, command, node, exits, names,
+                       interception)
         try:
             return eventloop.run(serve)
         finally:
@@ -149,7 +150,7 @@ def _listen_notice(exporter: Exporter):
 
 
 async def _serve(settings: Settings, dialer, rundir, preload, program, command, node, exits,
-                 names=None) -> int:
+                 names=None, interception=None) -> int:
     proxy_only = not command
     if proxy_only:
         listen = settings.socks5
@@ -199,12 +200,17 @@ async def _serve(settings: Settings, dialer, rundir, preload, program, command, 
             bypass += [n for n in local_networks() if n not in bypass]
         table = await _start_table(parts, dialer, rundir, settings, bypass)
         names_table = await start_name_table(parts, names, rundir, _say)
+        seccomp = interception is not None and interception.kind == "seccomp"
         env = child_env(dict(os.environ), preload=preload, channel=proxy.channel_path,
                         bypass=bypass, verbose=settings.verbose,
-                        proxy_addr=proxy.socks_address, proxy_auth=auth,
+                        # intercepted programs get no proxy variables: never proxied twice
+                        proxy_addr=None if seccomp else proxy.socks_address, proxy_auth=auth,
                         export_listeners=exporter is not None, park_ports=proxy.park_ports,
                         dns_server=responder.env_value() if responder else None,
                         table=table, names=names_table)
+        if interception is not None:
+            env = interception.env(env, dict(os.environ), preload)
+            program, command = interception.argv(program, command)
         status = await _run_child(program, command, env)
         # Data the program sent just before exiting may still be on its way to the node:
         # stopping now would cut it off.

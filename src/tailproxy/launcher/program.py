@@ -97,22 +97,28 @@ def coverage_warning(path: str, search_path: str | None, depth: int = 0) -> str 
     return None
 
 
-def program_and_preload(command: list[str], say: Callable[[str], None]) -> tuple[str | None, str] | int:
-    """The program's path (None without a command; a coverage warning said) and the preload's,
-    or the exit status to end with (the reason said): what a run checks before anything starts."""
+def program_and_preload(command: list[str], say: Callable[[str], None], intercept: str = "preload"
+                        ) -> tuple[str | None, str, "Interception"] | int:
+    """The program's path (None without a command; a coverage warning said), the preload's, and
+    the front end that intercepts it (intercept.py: `--intercept`), or the exit status to end
+    with (the reason said): what a run checks before anything starts."""
     from ..native import native_path
+    from .intercept import Interception, choose
     program = None
+    interception = Interception("preload")
     if command:
         try:
             program = locate(command[0], os.environ.get("PATH"))
         except ProgramError as e:
             say(str(e))
             return e.exit_status
-        warning = coverage_warning(program, os.environ.get("PATH"))
+        interception = choose(intercept, program, say)
+        warning = (coverage_warning(program, os.environ.get("PATH"))
+                   if interception.kind == "preload" else None)
         if warning:
             say("warning: " + warning)
     try:
-        return program, native_path("libtailproxy.so")
+        return program, native_path("libtailproxy.so"), interception
     except FileNotFoundError as e:
         say(str(e))
         return 1

@@ -1,0 +1,144 @@
+/* Export mode (TAILPROXY_EXPORT_LISTENERS=1), as the preload's listen.c: the program's TCP
+ * servers are held to loopback and the exporter is told about each listening port, which the
+ * node then serves on the tailnet. bind() to a non-loopback address is made here on the
+ * program's socket with 127.0.0.1 / ::1 (same port); listen() on an unbound socket binds it
+ * to loopback first (the kernel would pick 0.0.0.0); after listen() succeeds the port goes to
+ * the exporter (LISTEN). The end of a listener needs no notice: the exporter reads the
+ * kernel's listening sockets every quarter second. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "seccomp_exec.h"
+
+int export_mode(void)
+{
+	const char *v = getenv("TAILPROXY_EXPORT_LISTENERS");
+
+	return v && v[0] == '1' && tp_config()->active;
+}
+
+/* AF_INET/AF_INET6 stream socket: its family (AF_*), else 0. */
+static int tcp_family(int s)
+{
+	int type = 0, dom = 0;
+	socklen_t l = sizeof(type);
+
+	if (real_getsockopt(s, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM)
+		return 0;
+	l = sizeof(dom);
+	if (real_getsockopt(s, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
+		return 0;
+	return dom == AF_INET || dom == AF_INET6 ? dom : 0;
+}
+
+static const uint8_t v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+/* Rewrite a non-loopback address to loopback in place; 1 if changed. */
+static int to_loopback(struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)ss;
+		if ((ntohl(in->sin_addr.s_addr) >> 24) == 127)
+			return 0;
+		in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		return 1;
+	}
+	if (ss->ss_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+		uint8_t *a = in6->sin6_addr.s6_addr;
+		if (!memcmp(a, v4mapped_prefix, 12)) {
+			if (a[12] == 127)
+				return 0;
+			a[12] = 127, a[13] = 0, a[14] = 0, a[15] = 1;
+			return 1;
+		}
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return 0;
+		in6->sin6_addr = in6addr_loopback;
+		in6->sin6_scope_id = 0;
+		return 1;
+	}
+	return 0;
+}
+
+void on_bind(const struct call *c)
+{
+	const __u64 *a = c->req->data.args;
+	struct sockaddr_storage ss;
+	socklen_t len = (socklen_t)a[2];
+	int s, r;
+
+	memset(&ss, 0, sizeof(ss));
+	if (!export_mode() || len < sizeof(sa_family_t) || len > sizeof(ss) ||
+	    target_read(c, a[1], &ss, len) != 0 ||
+	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+	    (ss.ss_family == AF_INET && len < sizeof(struct sockaddr_in)) ||
+	    (ss.ss_family == AF_INET6 && len < sizeof(struct sockaddr_in6)) || !to_loopback(&ss)) {
+		answer_continue(c);     /* not ours, loopback already, or the kernel's EINVAL */
+		return;
+	}
+	s = target_fd(c, (int)a[0]);
+	if (s < 0 || !tcp_family(s) || !call_valid(c)) {
+		if (s >= 0)
+			close(s);
+		answer_continue(c);     /* UDP and others bind where they asked */
+		return;
+	}
+	r = bind(s, (struct sockaddr *)&ss, len);
+	answer(c, 0, r == 0 ? 0 : errno);
+	close(s);
+}
+
+static uint16_t bound_port(int s, int fam, struct sockaddr_storage *ss)
+{
+	socklen_t l = sizeof(*ss);
+
+	memset(ss, 0, sizeof(*ss));
+	if (getsockname(s, (struct sockaddr *)ss, &l) != 0)
+		return 0;
+	return ntohs(fam == AF_INET ? ((struct sockaddr_in *)ss)->sin_port
+				    : ((struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+void on_listen(const struct call *c)
+{
+	const __u64 *a = c->req->data.args;
+	struct sockaddr_storage ss;
+	int s, fam, r;
+	uint16_t port;
+
+	if (!export_mode() || (s = target_fd(c, (int)a[0])) < 0) {
+		answer_continue(c);
+		return;
+	}
+	if (!(fam = tcp_family(s)) || !call_valid(c)) {
+		close(s);
+		answer_continue(c);
+		return;
+	}
+	if (bound_port(s, fam, &ss) == 0) {
+		/* unbound: the kernel would bind 0.0.0.0 / ::; bind loopback ourselves */
+		to_loopback(&ss);
+		ss.ss_family = (sa_family_t)fam;
+		if (bind(s, (struct sockaddr *)&ss, fam == AF_INET ? sizeof(struct sockaddr_in)
+								  : sizeof(struct sockaddr_in6)) != 0) {
+			answer(c, 0, errno);
+			close(s);
+			return;
+		}
+	}
+	r = listen(s, (int)a[1]);
+	if (r != 0) {
+		answer(c, 0, errno);
+		close(s);
+		return;
+	}
+	port = bound_port(s, fam, &ss);
+	close(s);
+	answer(c, 0, 0);
+	if (port)
+		chan_listen_notice(OP_LISTEN, fam == AF_INET ? 4 : 6, port, (int)c->req->pid);
+}

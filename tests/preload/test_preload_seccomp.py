@@ -1,0 +1,258 @@
+"""tailproxy-exec (preload/exec/): the preload's own connect() test programs run with no
+LD_PRELOAD at all, their calls caught by the seccomp filter and handed over by the supervisor
+through the same channel and proxy. Also: exit status and signals pass through, the probe,
+fail-safe start, and port-53 traffic going to a responder. Under `make -C preload asan` the
+supervisor is an ASan build."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import Runner, _sanitizer
+from preload_env import UNREACH4, UNREACH6, V4, V6
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="session")
+def exec_helper(build):
+    path = os.environ.get("TAILPROXY_EXEC") or os.path.join(os.path.dirname(build[0]),
+                                                            "tailproxy-exec")
+    assert os.path.exists(path), f"{path} missing (make -C preload progs builds it)"
+    return path
+
+
+class SeccompRunner(Runner):
+    """A test program under tailproxy-exec, with no LD_PRELOAD."""
+
+    def __init__(self, helper, *a, **kw):
+        super().__init__(*a, **kw)
+        self.helper = helper
+
+    def env(self, extra=None, channel=True):
+        env = super().env(extra, channel)
+        env.pop("LD_PRELOAD", None)
+        env["TPTEST_SECCOMP"] = "1"     # tptest.h: how a relayed socket is recognised
+        if _sanitizer() == "address":   # the programs' own leak checks are not ours
+            env["ASAN_OPTIONS"] = "detect_leaks=0:exitcode=99:abort_on_error=0"
+        return env
+
+    def argv(self, prog, *args):
+        path = os.path.join(self.testbin, prog)
+        return self.prefix + [self.helper, path, path, *map(str, args)]
+
+
+@pytest.fixture(scope="module", params=["parked", "full"])
+def srun(request, exec_helper, build, netns, proxy):
+    """parked: the fast path (TAILPROXY_PARK); full: the proxy parks and replies."""
+    lib, testbin = build
+    return SeccompRunner(exec_helper, netns, lib, testbin, proxy.channel,
+                         proxy.park if request.param == "parked" else None)
+
+
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_blocking_success(srun, ip):
+    srun.run("test_connect", "ok", ip)
+
+
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_blocking_refused(srun, ip):
+    srun.run("test_connect", "refused", ip)
+
+
+@pytest.mark.parametrize("ip", [UNREACH4, UNREACH6])
+def test_blocking_unreachable_gives_the_real_errno(srun, ip):
+    srun.run("test_connect", "unreach", ip, 80)
+
+
+def test_v4_mapped_destination(srun):
+    srun.run("test_connect", "mapped", V4)
+
+
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_socket_stays_the_programs(srun, ip):
+    srun.run("test_connect", "opts", ip)
+
+
+def test_udp_connect_untouched(srun):
+    srun.run("test_connect", "udp", V4)
+
+
+@pytest.mark.parametrize("ip", [V4, V6])
+@pytest.mark.parametrize("how", ["poll", "epoll"])
+def test_nonblocking_in_progress_then_connected(srun, ip, how):
+    srun.run("test_nonblock", "ok", ip, how)
+
+
+@pytest.mark.parametrize("how", ["poll", "epoll"])
+def test_nonblocking_refused(srun, how):
+    srun.run("test_nonblock", "refused", V4, how)
+
+
+@pytest.mark.parametrize("ip", [UNREACH4, UNREACH6])
+@pytest.mark.parametrize("how", ["poll", "epoll"])
+def test_nonblocking_unreachable_so_error_is_the_real_errno(srun, ip, how):
+    """The kernel shows ECONNREFUSED; getsockopt(SO_ERROR), trapped, gives EHOSTUNREACH."""
+    srun.run("test_nonblock", "unreach", ip, how)
+
+
+def test_nonblocking_ealready_while_parked(srun):
+    srun.run("test_nonblock", "again", V4)
+
+
+def test_nonblocking_stress(srun):
+    srun.run("test_nonblock", "stress", V4, 40, timeout=120)
+
+
+def test_no_proxy_gives_enetdown(exec_helper, build, netns, rundir):
+    lib, testbin = build
+    r = SeccompRunner(exec_helper, netns, lib, testbin,
+                      os.path.join(rundir, "no-such-dir", "channel"))
+    r.run("test_connect", "netdown", V4)
+
+
+# ---- the helper itself ----------------------------------------------------------------------
+
+def test_probe_says_available(exec_helper):
+    assert subprocess.run([exec_helper, "--probe"]).returncode == 0
+
+
+def test_exit_status_and_signal_pass_through(exec_helper):
+    assert subprocess.run([exec_helper, "/bin/sh", "sh", "-c", "exit 7"]).returncode == 7
+    cp = subprocess.run([exec_helper, "/bin/sh", "sh", "-c", "kill -TERM $$"])
+    assert cp.returncode == -15      # died of the same signal, as the program did
+    cp = subprocess.run([exec_helper, "/no/such/program", "x"], capture_output=True, text=True)
+    assert cp.returncode == 127 and "command not found" in cp.stderr
+
+
+def test_signal_to_the_helper_reaches_the_program(exec_helper, tmp_path):
+    mark = tmp_path / "got"
+    p = subprocess.Popen([exec_helper, "/bin/sh", "sh", "-c",
+                          f"trap 'echo term > {mark}; exit 3' TERM; echo up; "
+                          f"while :; do sleep 0.05; done"],
+                         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert p.stdout.readline() == b"up\n"
+    p.terminate()
+    assert p.wait(10) == 3
+    assert mark.read_text() == "term\n"
+
+
+def test_no_filter_runs_the_program_with_one_line(exec_helper, build, netns):
+    """Where seccomp() is refused the program still runs (unintercepted), after one line."""
+    deny = os.path.join(build[1], "..", "deny_seccomp")
+    src = os.path.join(ROOT, "tests", "e2e", "seccomp_src", "deny_seccomp.c")
+    subprocess.run([os.environ.get("CC", "gcc"), "-o", deny, src], check=True)
+    cp = subprocess.run([deny, exec_helper, "/bin/sh", "sh", "-c", "echo ran"],
+                        capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0 and cp.stdout == "ran\n"
+    assert cp.stderr.count("seccomp user notification unavailable") == 1, cp.stderr
+    assert subprocess.run([deny, exec_helper, "--probe"], capture_output=True).returncode == 1
+
+
+def test_port_53_goes_to_the_responder(exec_helper, build, netns, proxy):
+    """A UDP query to port 53 of any address (connect()+send() and sendto()) reaches
+    TAILPROXY_DNS_SERVER instead; nothing is sent to the address the program named."""
+    code = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+s.sendto(b"query-sendto", ("198.18.0.1", 53)); print(s.recv(100).decode())
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(5)
+c.connect(("198.18.0.1", 53)); c.send(b"query-connect"); print(c.recv(100).decode())
+m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); m.settimeout(5)
+m.sendmsg([b"query-", b"sendmsg"], [], 0, ("198.18.0.1", 53)); print(m.recv(100).decode())
+"""
+    responder = subprocess.Popen(netns + ["python3", "-c", r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+for _ in range(3):
+    data, addr = s.recvfrom(100); s.sendto(b"answer:" + data, addr)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(responder.stdout.readline())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAILPROXY_")}
+        env.pop("LD_PRELOAD", None)
+        env.update(TAILPROXY_SOCKET=proxy.channel, TAILPROXY_RESOLVE="1",
+                   TAILPROXY_DNS_SERVER=f"127.0.0.1:{port}")
+        cp = subprocess.run(netns + [exec_helper, "/usr/bin/python3", "python3", "-c", code],
+                            env=env, capture_output=True, text=True, timeout=30)
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.split() == ["answer:query-sendto", "answer:query-connect",
+                                     "answer:query-sendmsg"]
+    finally:
+        responder.kill()
+        responder.wait()
+
+
+# ---- the preload's exec hook (execstatic.c) -------------------------------------------------
+
+SECCOMP_STATUS_C = r"""
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+	char b[256]; FILE *f = fopen("/proc/self/status", "r");
+	while (f && fgets(b, sizeof(b), f))
+		if (!strncmp(b, "Seccomp:", 8)) { printf("%d\n", atoi(b + 8)); return 0; }
+	return 1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def status_progs(tmp_path_factory):
+    """A static and a dynamic program that print their seccomp mode (2: filtered)."""
+    d = tmp_path_factory.mktemp("seccomp-status")
+    src = d / "status.c"
+    src.write_text("#include <stdlib.h>\n" + SECCOMP_STATUS_C)
+    cc = os.environ.get("CC", "gcc")
+    subprocess.run([cc, "-static", "-o", str(d / "static"), str(src)], check=True)
+    subprocess.run([cc, "-o", str(d / "dynamic"), str(src)], check=True)
+    return str(d / "static"), str(d / "dynamic")
+
+
+def test_preload_runs_static_children_under_the_helper(run, exec_helper, status_progs):
+    static, dynamic = status_progs
+    env = {"TAILPROXY_EXEC": exec_helper}
+    cp = run.run_cmd(["sh", "-c", f"{static}; {dynamic}; exec {static}"], env=env)
+    assert cp.stdout.split() == ["2", "0", "2"]         # static: filtered; dynamic: preload only
+    cp = run.run_cmd(["python3", "-c", "import subprocess, sys; "
+                      f"subprocess.run([{static!r}]); subprocess.run({static!r}, shell=True); "
+                      f"import os; os.execvp({os.path.basename(static)!r}, ['x'])"],
+                     env=dict(env, PATH=os.path.dirname(static) + ":/usr/bin:/bin"))
+    assert cp.stdout.split() == ["2", "2", "2"]
+    cp = run.run_cmd(["sh", "-c", static])              # no TAILPROXY_EXEC: as before
+    assert cp.stdout.split() == ["0"]
+
+
+def test_exec_hook_leaves_setuid_programs_alone(run, exec_helper, status_progs, tmp_path):
+    """no_new_privs would strip a setuid program's privileges: it is run as it is."""
+    suid = tmp_path / "suid-static"
+    shutil.copy(status_progs[0], suid)
+    os.chmod(suid, 0o4755)
+    cp = run.run_cmd(["sh", "-c", str(suid)], env={"TAILPROXY_EXEC": exec_helper})
+    assert cp.stdout.split() == ["0"]
+
+
+def test_bad_pointers_get_the_kernels_efault(exec_helper, netns, proxy):
+    """Addresses the supervisor cannot read: connect() and a port-53 sendto() fail with EFAULT,
+    as without the filter; nothing hangs."""
+    code = r"""
+import ctypes, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+s = socket.socket()
+r = libc.syscall(42, s.fileno(), ctypes.c_void_p(8), 16)              # connect(fd, bad, 16)
+print(r, ctypes.get_errno())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+addr = struct.pack("=HH4s8x", socket.AF_INET, socket.htons(53), socket.inet_aton("198.18.0.1"))
+r = libc.syscall(44, u.fileno(), ctypes.c_void_p(8), 12, 0, addr, 16)  # sendto(bad buf)
+print(r, ctypes.get_errno())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILPROXY_")}
+    env.pop("LD_PRELOAD", None)
+    env.update(TAILPROXY_SOCKET=proxy.channel, TAILPROXY_RESOLVE="1",
+               TAILPROXY_DNS_SERVER="127.0.0.1:9")
+    cp = subprocess.run(netns + [exec_helper, "/usr/bin/python3", "python3", "-c", code],
+                        env=env, capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["-1", "14", "-1", "14"]       # EFAULT
