@@ -290,9 +290,9 @@ class Settings:
     dns: str
     dns_placeholder_v4: str
     dns_placeholder_v6: str
+    intercept: str
     agent: bool
     linger: float
-    intercept: str
     __slots__ = tuple(s.key for s in SETTINGS)
 
     def __init__(self, **values: Any):

@@ -6,12 +6,13 @@ in dynamic ones too); `preload` is the library alone. Where seccomp user notific
 unavailable, one line says so and the run falls back to the preload and proxy variables."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 import struct
-import subprocess
-from typing import Callable
+
+# For annotations only; no `typing`, `dataclasses` or `subprocess` at import: this module is on
+# an attaching run's way to its program's exec (see program.py).
+Callable = object
 
 PT_INTERP, PT_NOTE = 3, 4
 NT_GO_BUILDID = 4
@@ -20,10 +21,20 @@ _MAX_HEADERS = 1 << 20          # bytes of program or section headers we read at
 EXEC_HELPER = "tailproxy-exec"
 
 
-@dataclasses.dataclass(frozen=True)
 class ElfFacts:
-    dynamic: bool       # asks for a program interpreter (ld.so)
-    go: bool            # built by Go (its build ID note or .go.buildinfo section)
+    __slots__ = ("dynamic", "go")
+
+    def __init__(self, dynamic: bool, go: bool):
+        self.dynamic = dynamic      # asks for a program interpreter (ld.so)
+        self.go = go                # built by Go (its build ID note or .go.buildinfo section)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is ElfFacts and (self.dynamic, self.go) == (other.dynamic, other.go)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"ElfFacts(dynamic={self.dynamic}, go={self.go})"
 
 
 def elf_facts(path: str) -> ElfFacts | None:
@@ -101,13 +112,26 @@ def _has_go_section(f, shoff: int, shentsize: int, shnum: int, shstrndx: int, is
     return False
 
 
-@dataclasses.dataclass(frozen=True)
 class Interception:
-    kind: str                   # "preload" or "seccomp"
-    # tailproxy-exec: runs the program (seccomp), or (preload, --intercept auto) the static and
-    # Go programs it execs (TAILPROXY_EXEC: the preload's execstatic.c)
-    helper: str | None = None
-    dynamic: bool = True        # the program loads ld.so: the preload goes along (name hooks)
+    __slots__ = ("kind", "helper", "dynamic")
+
+    def __init__(self, kind: str, helper: str | None = None, dynamic: bool = True):
+        self.kind = kind            # "preload" or "seccomp"
+        # tailproxy-exec: runs the program (seccomp), or (preload, --intercept auto) the static
+        # and Go programs it execs (TAILPROXY_EXEC: the preload's execstatic.c)
+        self.helper = helper
+        self.dynamic = dynamic      # the program loads ld.so: the preload goes along (name hooks)
+
+    def _key(self) -> tuple:
+        return self.kind, self.helper, self.dynamic
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Interception and self._key() == other._key()
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Interception({self.kind!r}, {self.helper!r}, {self.dynamic!r})"
 
     def argv(self, program: str, command: list[str]) -> tuple[str, list[str]]:
         """(executable, command) to start: the program itself, or the helper running it."""
@@ -138,6 +162,7 @@ class Interception:
 
 def seccomp_unavailable(helper: str) -> str | None:
     """Why seccomp user notification cannot be used here (the helper's probe), or None."""
+    import subprocess
     try:
         cp = subprocess.run([helper, "--probe"], capture_output=True, text=True, timeout=10,
                             stdin=subprocess.DEVNULL)
