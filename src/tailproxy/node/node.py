@@ -370,6 +370,15 @@ class Node:
         conn = await self._connect(b"udp", host, port, timeout)
         return _relayed_to_a_socket(conn, socket.SOCK_SEQPACKET)
 
+    async def connect_udp(self, host: str, port: int, timeout: float = 30.0) -> "TailnetConn":
+        """A UDP association with host:port held in the node until TailnetConn.relay() joins
+        it to a SOCK_SEQPACKET socket (as dial_udp does) or to a UDP socket connected to the
+        program's own (the preload's associations): datagrams then cross between the kernel's
+        loopback and the netstack in Go. With a UDP socket, a datagram too large for the
+        tailnet is dropped, and idleness ends the association only once the program's
+        address is free. Raises DialFailed."""
+        return await self._connect(b"udp", host, port, timeout)
+
     def _attach_events(self) -> EventRouter:
         if self._events is None:
             raise NodeStateError("the node is closed")
