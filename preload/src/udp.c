@@ -20,6 +20,7 @@
  * The table is one seqlock per slot: no lock is ever waited on forever (a hook in a signal
  * handler, or a fork child of a thread caught mid-write, skips the slot). */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <sched.h>
 #include <string.h>
@@ -287,19 +288,15 @@ static void verbose_line(int fd, const struct tp_addr *dst, const struct assoc *
 {
 	struct tp_log l;
 
-	if (!tp_config()->verbose)
+	if (!tp_config()->verbose || a->direct)     /* direct: as without tailproxy, no line */
 		return;
 	log_init(&l);
 	log_str(&l, "tailproxy: UDP fd ");
 	log_num(&l, fd);
 	log_str(&l, " to ");
 	log_addr(&l, dst);
-	if (a->direct) {
-		log_str(&l, ": direct");
-	} else {
-		log_str(&l, ": through the node's endpoint ");
-		log_addr(&l, &a->ep);
-	}
+	log_str(&l, ": through the node's endpoint ");
+	log_addr(&l, &a->ep);
 	log_flush(&l);
 }
 
@@ -416,13 +413,37 @@ static int endpoint_dst(int fd, const struct sockaddr *sa, socklen_t len, struct
 	return 1;
 }
 
+/* A source address the caller's buffer cut short: only its family and port are there, and the
+ * port alone names the endpoint (loopback can no longer be checked). */
+static int truncated_endpoint_dst(int fd, const struct sockaddr *sa, socklen_t cap,
+				  struct tp_addr *dst)
+{
+	struct assoc a;
+	uint16_t port, idx;
+
+	if (cap < 4 || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6))
+		return 0;
+	memcpy(&port, (const uint8_t *)sa + 2, 2);
+	port = ntohs(port);
+	idx = __atomic_load_n(&by_port[port], __ATOMIC_RELAXED);
+	if (!idx || !read_slot(idx - 1, &a) || a.direct || a.fd != fd || a.ep.port != port)
+		return 0;
+	*dst = a.dst;
+	return 1;
+}
+
 void udp_fix_source(int fd, struct sockaddr *sa, socklen_t cap, socklen_t *len)
 {
 	struct sockaddr_storage ss;
 	struct tp_addr dst;
 	socklen_t n;
+	int found;
 
-	if (!sa || !len || !tp_config()->active || !endpoint_dst(fd, sa, *len, &dst))
+	if (!sa || !len || !tp_config()->active)
+		return;
+	found = *len > cap ? truncated_endpoint_dst(fd, sa, cap, &dst)
+			   : endpoint_dst(fd, sa, *len, &dst);
+	if (!found)
 		return;
 	n = tp_to_sa(&dst, sa->sa_family, dst.family == 4 && sa->sa_family == AF_INET6, &ss);
 	if (!n)

@@ -396,7 +396,7 @@ static void fix_source(int fd, struct sockaddr *sa, socklen_t cap, socklen_t *le
 
 	if (!sa || !len || *len < sizeof(sa_family_t))
 		return;
-	if (!from_responder(sa, *len)) {
+	if (*len > cap || !from_responder(sa, *len)) {  /* cut short: not all of it is there */
 		udp_fix_source(fd, sa, cap, len);               /* udp.c */
 		return;
 	}
