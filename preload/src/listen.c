@@ -91,11 +91,14 @@ EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	bind_fn real = (bind_fn)next_fn(&p_bind, "bind");
 	struct sockaddr_storage ss;
+	int r;
 
 	if (!real) {
 		errno = ENOSYS;
 		return -1;
 	}
+	if (export_mode() && udp_export_bind(fd, sa, len, real, &r))     /* UDP: udpexport.c */
+		return r;
 	if (!export_mode() || !sa || len > sizeof(ss) || len < sizeof(sa_family_t) ||
 	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !tcp_family(fd))
 		return real(fd, sa, len);

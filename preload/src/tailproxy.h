@@ -146,6 +146,10 @@ HIDDEN int chan_connect_parked(const struct tp_addr *dst, int fd, const struct s
 #define OP_LISTEN 7
 #define OP_UNLISTEN 8
 HIDDEN int chan_listen_notice(int op, int family, uint16_t port);
+/* udpexport.c: bind() of a UDP socket in export mode; 1 if handled (*ret is bind's result). */
+#define FLAG_LISTEN_UDP 1
+HIDDEN int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
+			   int (*real_bind)(int, const struct sockaddr *, socklen_t), int *ret);
 /* Name-service requests (names.c builds the bodies): the header is filled in here; the reply
  * is checked for version and op. Returns the reply length or -1 with errno (ENETDOWN: the
  * channel is unreachable, already reported; ETIMEDOUT: no reply within wait_ms). */

@@ -137,10 +137,12 @@ def run(settings: Settings, command: list[str]) -> int:
 
 
 def _listen_notice(exporter: Exporter):
-    from ..proxy.channel_proto import OP_LISTEN
+    from ..proxy.channel_proto import FLAG_LISTEN_UDP, OP_LISTEN
 
     async def notice(req) -> None:
-        if req.op == OP_LISTEN:
+        if req.op == OP_LISTEN and req.flags & FLAG_LISTEN_UDP:
+            await exporter.on_udp_bind(req.family, req.port)
+        elif req.op == OP_LISTEN:
             await exporter.on_listen(req.family, req.port)
         else:
             await exporter.on_unlisten(req.family, req.port)

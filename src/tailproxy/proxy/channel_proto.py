@@ -38,6 +38,7 @@ FLAG_BLOCKING = 0x0001
 FLAG_PARKED = 0x0002       # CONNECT: the preload parked the socket itself; no reply wanted
 FLAG_IDN = 0x0001          # RESOLVE: the name may be UTF-8, encode it with IDNA (AI_IDN)
 FLAG_SEARCH = 0x0001       # QUERY: apply the resolver's search list (res_search)
+FLAG_LISTEN_UDP = 0x0001   # LISTEN: a UDP socket was bound to that port (a UDP server)
 
 # RESOLVE reply flags
 RES_PLACEHOLDER = 0x01     # addresses are placeholders for the name
