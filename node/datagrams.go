@@ -54,8 +54,9 @@ func relayDatagrams(local, remote net.Conn) relayResult {
 	idle := datagramIdle
 	stopIdle := make(chan struct{})
 	keep := func() bool { return false }
-	upLimit := maxDatagram
+	upLimit, lossy := maxDatagram, false
 	if isDatagram(local) {
+		lossy = true
 		keep = func() bool { return addressInUse(local.RemoteAddr()) }
 		upLimit = tailnetPayloadMax(remote)
 	}
@@ -65,7 +66,7 @@ func relayDatagrams(local, remote net.Conn) relayResult {
 	wg.Add(1)
 	goWork(func() {
 		defer wg.Done()
-		res.Up = copyDatagrams(remote, local, &last, upLimit, func(err error) {
+		res.Up = copyDatagrams(remote, local, &last, upLimit, lossy, func(err error) {
 			if errors.Is(err, io.EOF) {
 				end("", nil) // the caller closed its side: the association ends cleanly
 				return
@@ -73,14 +74,18 @@ func relayDatagrams(local, remote net.Conn) relayResult {
 			end("from the program", err)
 		})
 	})
-	res.Down = copyDatagrams(local, remote, &last, maxDatagram, func(err error) { end("from the tailnet", err) })
+	res.Down = copyDatagrams(local, remote, &last, maxDatagram, false,
+		func(err error) { end("from the tailnet", err) })
 	wg.Wait()
 	close(stopIdle)
 	return res
 }
 
-// copyDatagrams copies until an error; a datagram longer than limit is dropped.
-func copyDatagrams(dst, src net.Conn, last *atomic.Int64, limit int, stop func(error)) int64 {
+// copyDatagrams copies until an error; a datagram longer than limit is dropped, and so is
+// one whose write failed when lossy is set (a UDP send that fails loses that datagram only:
+// the netstack refuses writes for a moment when its queues are full).
+func copyDatagrams(dst, src net.Conn, last *atomic.Int64, limit int, lossy bool,
+	stop func(error)) int64 {
 	bp := datagramBuffers.Get().(*[]byte)
 	defer datagramBuffers.Put(bp)
 	buf := *bp
@@ -96,6 +101,9 @@ func copyDatagrams(dst, src net.Conn, last *atomic.Int64, limit int, stop func(e
 			continue
 		}
 		if _, err := dst.Write(buf[:nr]); err != nil {
+			if lossy && !errors.Is(err, net.ErrClosed) {
+				continue
+			}
 			stop(err)
 			return n
 		}

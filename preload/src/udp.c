@@ -308,18 +308,29 @@ static int associate(int fd, const struct sockaddr *sa, socklen_t len, ssize_t n
 	const struct tp_config *c = tp_config();
 	struct tp_addr dst;
 	uint64_t ino;
-	int mapped, domain, victim, i;
+	int mapped, domain, victim, i, fresh;
 
 	if (!c->active || !sa || len < sizeof(sa_family_t) ||
 	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
-	    sa_to_tp(sa, len, &dst, &mapped) != 0 || dst.port == 0 || tp_goes_direct(c, &dst) ||
-	    tp_table_direct(&dst))
+	    sa_to_tp(sa, len, &dst, &mapped) != 0 || dst.port == 0 || tp_goes_direct(c, &dst))
 		return 0;
 	ino = sock_ino(fd);
 	if (!ino)
 		return 0;
+	/* A routed association asked for less than REASK_S ago is used without reading the table
+	 * (the per-datagram cost is an fstat and a probe); anything else follows the table now,
+	 * so a destination that turned routed (an exit node set) is never sent directly. */
 	i = find(fd, ino, &dst, a, &victim);
-	if (i >= 0 && now_ns() - a->asked_ns < (int64_t)REASK_S * 1000000000) {
+	fresh = i >= 0 && now_ns() - a->asked_ns < (int64_t)REASK_S * 1000000000;
+	if (!(fresh && !a->direct)) {
+		struct tp_table t;
+
+		if (tp_table_direct(&dst))
+			return 0;
+		if (fresh && a->direct && tp_table_read(&t))
+			fresh = 0;          /* routed since the proxy said "direct": ask again */
+	}
+	if (fresh) {
 		domain = sa->sa_family;     /* a UDP socket of that family when remembered */
 	} else {
 		domain = udp_domain(fd);

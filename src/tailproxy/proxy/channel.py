@@ -458,7 +458,7 @@ class ChannelServer:
                 elif isinstance(req, (cp.ResolveReq, cp.ReverseReq, cp.QueryReq)):
                     self._send(conn, await self._names(req))
                 elif isinstance(req, cp.UdpReq):
-                    self._send(conn, await self.udp.answer(req))
+                    self._send(conn, await self._udp(req))
                 elif isinstance(req, cp.StatusReq):
                     err = self.tokens.get(req.token)
                     self._send(conn, cp.encode_status_reply(errno.ENOENT if err is None else err))
@@ -488,6 +488,13 @@ class ChannelServer:
         except Exception as exc:  # a broken name service must not take the channel down
             self.log(f"channel: name service: {exc!r}")
             return cp.encode_error_reply(op, errno.EAGAIN)
+
+    async def _udp(self, req: cp.UdpReq) -> bytes:
+        try:
+            return await self.udp.answer(req)
+        except Exception as exc:  # a bug here must not take the channel down
+            self.log(f"channel: udp {req.local} -> {req.dst}: {exc!r}")
+            return cp.encode_udp_reply(errno.EAGAIN)
 
     @staticmethod
     def _send(conn: socket.socket, data: bytes) -> bool:

@@ -21,6 +21,10 @@ DEFAULT_LIMIT = 1024
 ASSOCIATE_TIMEOUT = 10.0
 
 _LOOPBACK = {cp.FAMILY_V4: "127.0.0.1", cp.FAMILY_V6: "::1"}
+# The endpoint's receive queue absorbs the program's bursts while the node encrypts and sends;
+# past net.core.rmem_max only with CAP_NET_ADMIN (SO_RCVBUFFORCE), else the kernel's maximum.
+ENDPOINT_RCVBUF = 4 << 20
+_SO_RCVBUFFORCE = 33        # <asm-generic/socket.h>; Python's socket module lacks it
 
 
 class UdpAssociations:
@@ -88,7 +92,7 @@ class UdpAssociations:
     def _ended(self, key, endpoint: cp.Address, end) -> None:
         if self._live.get(key) == endpoint:
             del self._live[key]
-        if end.errno:
+        if end.reason:
             self.log(f"udp {key[0]} -> {key[1]}: ended: {end.reason}")
 
 
@@ -96,6 +100,10 @@ def _endpoint_for(local: cp.Address) -> socket.socket:
     """A UDP socket on loopback connected to the program's address `local`."""
     sock = socket.socket(local.af, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, ENDPOINT_RCVBUF)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ENDPOINT_RCVBUF)
         sock.bind((_LOOPBACK[local.family], 0))
         sock.connect(local.sockaddr())
     except BaseException:
