@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..node import DialFailed, Node
 from ..proxy.dialer import DatagramUpstream, DialError, Dialer, Outbound
-from ..resolver.held import held_while_connected
+from ..resolver.held import HeldDatagramUpstream, held_while_connected
 from ..resolver.placeholders import PlaceholderMap
 from .upstream import NodeUpstream
 from .view import TailnetView
@@ -122,9 +122,13 @@ class RouteDialer:
         if not via_node:
             return await self.direct.associate_udp(name, port, timeout)
         try:
-            return await self.node.connect_udp(name, port, timeout)
+            conn = await self.node.connect_udp(name, port, timeout)
         except DialFailed as e:
             raise DialError(e.errno, str(e)) from None
+        ip = _ip(host)
+        if ip is not None and self.placeholders is not None and self._is_placeholder(ip):
+            return HeldDatagramUpstream(self.placeholders, name, conn)   # held while it lives
+        return conn
 
     async def _udp_route(self, host: str, port: int) -> tuple[bool, str]:
         """(through the node?, the host to send to); raises DialError."""
