@@ -80,6 +80,7 @@ type udpFlow struct {
 // end with it).
 func (n *node) serveUDPExport(id int64, pc net.PacketConn, target *net.UDPAddr, spec listenSpec) {
 	defer recoverToLog(n, "udp export")
+	idle := udpFlowIdle
 	var mu sync.Mutex
 	flows := map[string]*udpFlow{}
 	defer func() {
@@ -111,7 +112,7 @@ func (n *node) serveUDPExport(id int64, pc net.PacketConn, target *net.UDPAddr, 
 			f = &udpFlow{c: c}
 			f.last.Store(time.Now().UnixNano())
 			flows[key] = f
-			go n.udpFlowDown(id, pc, src, f, spec, func() {
+			go n.udpFlowDown(id, pc, src, f, spec, idle, func() {
 				mu.Lock()
 				if flows[key] == f {
 					delete(flows, key)
@@ -130,17 +131,17 @@ func (n *node) serveUDPExport(id int64, pc net.PacketConn, target *net.UDPAddr, 
 // udpFlowDown carries the program's replies to the peer until the flow is idle, the program's
 // socket is gone (ECONNREFUSED) or the export closed.
 func (n *node) udpFlowDown(id int64, pc net.PacketConn, peer net.Addr, f *udpFlow, spec listenSpec,
-	forget func()) {
+	idle time.Duration, forget func()) {
 	defer recoverToLog(n, "udp export flow")
 	start := time.Now()
 	reason := ""
 	buf := make([]byte, maxDatagram+1)
 	for {
-		f.c.SetReadDeadline(time.Now().Add(udpFlowIdle / 4))
+		f.c.SetReadDeadline(time.Now().Add(idle / 4))
 		nr, err := f.c.Read(buf)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if time.Since(time.Unix(0, f.last.Load())) < udpFlowIdle {
+				if time.Since(time.Unix(0, f.last.Load())) < idle {
 					continue
 				}
 			} else if !errors.Is(err, net.ErrClosed) {
