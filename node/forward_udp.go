@@ -16,7 +16,7 @@ import (
 // one client per peer and its replies come back on that flow and go out to that peer from
 // <node>:port. Flows are bounded per export and end after udpFlowIdle without a datagram.
 
-const maxFlowsPerExport = 256
+var maxFlowsPerExport = 256 // a var for the tests
 
 var udpFlowIdle = 2 * time.Minute
 
@@ -80,7 +80,7 @@ type udpFlow struct {
 // end with it).
 func (n *node) serveUDPExport(id int64, pc net.PacketConn, target *net.UDPAddr, spec listenSpec) {
 	defer recoverToLog(n, "udp export")
-	idle := udpFlowIdle
+	idle, maxFlows := udpFlowIdle, maxFlowsPerExport
 	var mu sync.Mutex
 	flows := map[string]*udpFlow{}
 	defer func() {
@@ -100,7 +100,7 @@ func (n *node) serveUDPExport(id int64, pc net.PacketConn, target *net.UDPAddr, 
 		mu.Lock()
 		f := flows[key]
 		if f == nil {
-			if len(flows) >= maxFlowsPerExport {
+			if len(flows) >= maxFlows {
 				mu.Unlock()
 				continue // dropped: this export holds as many peers as it may
 			}

@@ -10,9 +10,9 @@ import (
 // A UDP export, with a loopback packet socket standing in for tsnet's: each peer address is a
 // flow of its own to the program's socket, replies go back to that peer, and an idle flow ends.
 func TestUDPExportFlows(t *testing.T) {
-	old := udpFlowIdle
-	udpFlowIdle = 200 * time.Millisecond
-	t.Cleanup(func() { udpFlowIdle = old })
+	old, oldMax := udpFlowIdle, maxFlowsPerExport
+	udpFlowIdle, maxFlowsPerExport = 200*time.Millisecond, 2
+	t.Cleanup(func() { udpFlowIdle, maxFlowsPerExport = old, oldMax })
 	n := newFakeNode(t)
 	program, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -67,6 +67,13 @@ func TestUDPExportFlows(t *testing.T) {
 	}
 	if rb[:bytes.IndexByte([]byte(rb), ' ')] == flowA {
 		t.Fatalf("peers a and b share the flow %s", flowA)
+	}
+	// a third peer is over the cap (2 here): its datagrams are dropped, the others go on
+	c := peer()
+	c.Write([]byte("over"))
+	c.SetReadDeadline(time.Now().Add(udpFlowIdle / 2))
+	if nr, err := c.Read(make([]byte, 100)); err == nil {
+		t.Fatalf("a peer over the cap got an answer (%d bytes)", nr)
 	}
 	time.Sleep(4 * udpFlowIdle) // idle: the flow ends, the next datagram makes a new one
 	if ra3 := ask(a, "four"); ra3 == flowA+" four" {
