@@ -310,25 +310,22 @@ static int associate(int fd, const struct sockaddr *sa, socklen_t len, ssize_t n
 	uint64_t ino;
 	int mapped, domain, victim, i, fresh;
 
+	/* The table first: a destination sent directly costs the hook no syscall. */
 	if (!c->active || !sa || len < sizeof(sa_family_t) ||
 	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
-	    sa_to_tp(sa, len, &dst, &mapped) != 0 || dst.port == 0 || tp_goes_direct(c, &dst))
+	    sa_to_tp(sa, len, &dst, &mapped) != 0 || dst.port == 0 || tp_goes_direct(c, &dst) ||
+	    tp_table_direct(&dst))
 		return 0;
 	ino = sock_ino(fd);
 	if (!ino)
 		return 0;
-	/* A routed association asked for less than REASK_S ago is used without reading the table
-	 * (the per-datagram cost is an fstat and a probe); anything else follows the table now,
-	 * so a destination that turned routed (an exit node set) is never sent directly. */
 	i = find(fd, ino, &dst, a, &victim);
 	fresh = i >= 0 && now_ns() - a->asked_ns < (int64_t)REASK_S * 1000000000;
-	if (!(fresh && !a->direct)) {
+	if (fresh && a->direct) {
 		struct tp_table t;
 
-		if (tp_table_direct(&dst))
-			return 0;
-		if (fresh && a->direct && tp_table_read(&t))
-			fresh = 0;          /* routed since the proxy said "direct": ask again */
+		if (tp_table_read(&t))
+			fresh = 0;  /* "direct" from the proxy, yet the table routes it: ask again */
 	}
 	if (fresh) {
 		domain = sa->sa_family;     /* a UDP socket of that family when remembered */
