@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import select
+import shutil
 import socket
 import statistics
 import struct
@@ -208,6 +209,7 @@ def main() -> int:
         B.stop(anchor)
     finally:
         B.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     rows, res = [], {"rates_mbit": list(rates), "size": SIZE, "seconds": seconds, "reps": reps,
                      "modes": {}}
