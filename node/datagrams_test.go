@@ -112,3 +112,64 @@ func TestDatagramRelayIdleTimeout(t *testing.T) {
 		t.Fatalf("the program's side still open after the end: %d, %v", n, err)
 	}
 }
+
+// loopbackAssociation returns the program's UDP socket and the relay's loopback UDP socket
+// connected to it, as the proxy sets up an association of the preload.
+func loopbackAssociation(t *testing.T) (prog *net.UDPConn, local net.Conn) {
+	t.Helper()
+	prog, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := prog.LocalAddr().(*net.UDPAddr).Port
+	local, err = net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)},
+		&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close(); local.Close() })
+	return prog, local
+}
+
+// A loopback association: datagrams cross both ways; one too large for the tailnet is
+// dropped without ending it; idleness does not end it while the program's socket lives,
+// and it ends once that socket is closed.
+func TestDatagramRelayLoopbackAssociation(t *testing.T) {
+	old := datagramIdle
+	datagramIdle = 200 * time.Millisecond
+	t.Cleanup(func() { datagramIdle = old })
+	prog, local := loopbackAssociation(t)
+	endpoint := local.LocalAddr().(*net.UDPAddr)
+	done := startDatagramRelay(local, udpEcho(t))
+	exchange := func(msg []byte) ([]byte, error) {
+		if _, err := prog.WriteToUDP(msg, endpoint); err != nil {
+			return nil, err
+		}
+		buf := make([]byte, maxDatagram)
+		prog.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
+		n, from, err := prog.ReadFromUDP(buf)
+		if err == nil && from.Port != endpoint.Port {
+			t.Fatalf("reply from %v, want the endpoint %v", from, endpoint)
+		}
+		return buf[:n], err
+	}
+	if got, err := exchange([]byte("one")); err != nil || string(got) != "one" {
+		t.Fatalf("first datagram: %q, %v", got, err)
+	}
+	if got, err := exchange(bytes.Repeat([]byte{'x'}, tailnetPayload4+1)); err == nil {
+		t.Fatalf("an oversize datagram crossed: %d bytes", len(got))
+	}
+	time.Sleep(3 * datagramIdle)
+	if got, err := exchange(bytes.Repeat([]byte{'y'}, tailnetPayload4)); err != nil || len(got) != tailnetPayload4 {
+		t.Fatalf("after idle periods with the program's socket open: %d bytes, %v", len(got), err)
+	}
+	prog.Close()
+	select {
+	case res := <-done:
+		if res.Reason != "idle for 200ms" {
+			t.Fatalf("result %+v", res)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the association outlived the program's socket")
+	}
+}

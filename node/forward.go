@@ -19,6 +19,7 @@ type listenSpec struct {
 	Target        string // "127.0.0.1:8000" or "[::1]:8000"
 	ProxyProtocol bool   // a PROXY v2 header naming the tailnet client first
 	Report        bool   // an "inbound" event per connection, with the peer's identity
+	Network       string // "tcp" (or empty), or "udp": an export of a UDP port (forward_udp.go)
 }
 
 // listen accepts on the node's tailnet addresses only: tsnet forwards nothing
@@ -27,6 +28,13 @@ type listenSpec struct {
 func (n *node) listen(id int64, spec listenSpec) error {
 	if spec.Port <= 0 || spec.Port > 65535 {
 		return fmt.Errorf("invalid port %d", spec.Port)
+	}
+	switch spec.Network {
+	case "", "tcp":
+	case "udp":
+		return n.listenUDP(id, spec)
+	default:
+		return fmt.Errorf("invalid network %q", spec.Network)
 	}
 	ln, err := n.srv.Listen("tcp", fmt.Sprintf(":%d", spec.Port))
 	if err != nil {

@@ -286,6 +286,8 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 
 	if (c->active && dns_redirect_connect(fd, sa, len, &err))   /* port 53: udpdns.c */
 		return err;
+	if (c->active && udp_redirect_connect(fd, sa, len, &err))   /* UDP: udp.c */
+		return err;
 	if (!c->active || sa_to_tp(sa, len, &dst, &mapped) != 0) {
 		errno = e0;
 		return real_connect(fd, sa, len);

@@ -72,7 +72,10 @@ static int to_loopback(struct sockaddr_storage *ss)
 EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	struct sockaddr_storage ss;
+	int r;
 
+	if (export_mode() && udp_export_bind(fd, sa, len, real_bind, &r))     /* UDP: udpexport.c */
+		return r;
 	if (!export_mode() || !sa || len > sizeof(ss) || len < sizeof(sa_family_t) ||
 	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !tcp_family(fd))
 		return real_bind(fd, sa, len);

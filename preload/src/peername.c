@@ -35,6 +35,11 @@ EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len)
 	if (sslen > sizeof(ss) || sa_to_tp((struct sockaddr *)&ss, sslen, &peer, &mapped) != 0 ||
 	    !is_loopback(&peer))
 		goto real;
+	if (udp_peer(fd, (struct sockaddr *)&ss, sslen, &out, &outlen)) {     /* udp.c */
+		copy_out(sa, len, &out, outlen);
+		errno = e0;
+		return 0;
+	}
 	lport = local_port(fd, &local);
 	if (lport == 0)
 		goto real;

@@ -110,9 +110,26 @@ HIDDEN void fdt_clear(int fd);
 
 #include "channel.h"
 
+/* udpexport.c: bind() of a UDP socket in export mode; 1 if handled (*ret is bind's result). */
+HIDDEN int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
+			   int (*real_bind)(int, const struct sockaddr *, socklen_t), int *ret);
 /* udpdns.c: a connect() to port 53 goes to the name service's DNS responder; 1 if handled
  * (*ret is connect's result, errno set), 0 if not ours. */
 HIDDEN int dns_redirect_connect(int fd, const struct sockaddr *sa, socklen_t len, int *ret);
+
+/* ---- udp.c: UDP to routed destinations through the node's loopback endpoints ---- */
+/* connect(): 1 if handled (*ret is connect's result, errno set), 0 if not ours. */
+HIDDEN int udp_redirect_connect(int fd, const struct sockaddr *sa, socklen_t len, int *ret);
+/* A send of n bytes to sa: 1 with *to (send there instead), 0 if not ours, -1 with errno. */
+HIDDEN int udp_route_send(int fd, const struct sockaddr *sa, socklen_t len, size_t n,
+			  struct sockaddr_storage *to, socklen_t *tolen);
+/* After a receive: an endpoint's address (cap: the caller's size) becomes the destination's. */
+HIDDEN void udp_fix_source(int fd, struct sockaddr *sa, socklen_t cap, socklen_t *len);
+/* getpeername() of a socket connected to an endpoint: 1 with the destination in *out. */
+HIDDEN int udp_peer(int fd, const struct sockaddr *peer, socklen_t len,
+		    struct sockaddr_storage *out, socklen_t *outlen);
+/* 1 if fd is connected to an endpoint and n bytes are more than the tailnet carries whole. */
+HIDDEN int udp_oversize_connected(int fd, size_t n);
 
 /* ---- helpers shared by the hooks (addr.c) ---- */
 HIDDEN int sa_to_tp(const struct sockaddr *sa, socklen_t len, struct tp_addr *a, int *mapped);

@@ -148,6 +148,15 @@ static void verbose_line(int fd, const struct tp_addr *dst, int stream)
 	log_flush(&l);
 }
 
+static size_t iov_len(const struct msghdr *m)
+{
+	size_t n = 0, i;
+
+	for (i = 0; m->msg_iov && i < m->msg_iovlen; i++)
+		n += m->msg_iov[i].iov_len;
+	return n;
+}
+
 /* Is this a send to port 53 that we take? 1 with the responder's address in *to (for the
  * socket's family), -1 when it must be refused, 0 when it is not ours. */
 static int redirect(int fd, const struct sockaddr *sa, socklen_t len, int want_type,
@@ -219,8 +228,17 @@ EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct
 
 	r = redirect(fd, sa, len, SOCK_DGRAM, &to, &tolen, &dst, &mapped);
 	errno = e0;
-	if (r == 0)
-		return real(fd, buf, n, flags, sa, len);
+	if (r == 0) {
+		if (!sa && udp_oversize_connected(fd, n)) {
+			errno = EMSGSIZE;
+			return -1;
+		}
+		r = udp_route_send(fd, sa, len, n, &to, &tolen);     /* udp.c */
+		if (r < 0)
+			return -1;
+		return r ? real(fd, buf, n, flags, (struct sockaddr *)&to, tolen)
+			 : real(fd, buf, n, flags, sa, len);
+	}
 	if (r < 0) {
 		refuse_line(&dst);
 		errno = ENETUNREACH;
@@ -239,12 +257,29 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	struct msghdr m;
 	int mapped, r, e0 = errno;
 
-	if (!msg || !msg->msg_name)
+	if (!msg)
 		return real(fd, msg, flags);
+	if (!msg->msg_name) {
+		if (udp_oversize_connected(fd, iov_len(msg))) {
+			errno = EMSGSIZE;
+			return -1;
+		}
+		return real(fd, msg, flags);
+	}
 	r = redirect(fd, msg->msg_name, msg->msg_namelen, SOCK_DGRAM, &to, &tolen, &dst, &mapped);
 	errno = e0;
-	if (r == 0)
-		return real(fd, msg, flags);
+	if (r == 0) {
+		r = udp_route_send(fd, msg->msg_name, msg->msg_namelen, iov_len(msg), &to,
+				   &tolen);                            /* udp.c */
+		if (r < 0)
+			return -1;
+		if (r == 0)
+			return real(fd, msg, flags);
+		m = *msg;
+		m.msg_name = &to;
+		m.msg_namelen = tolen;
+		return real(fd, &m, flags);
+	}
 	if (r < 0) {
 		refuse_line(&dst);
 		errno = ENETUNREACH;
@@ -275,35 +310,49 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 		int m;
 		if (sa && l >= sizeof(sa_family_t) &&
 		    (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) &&
-		    sa_to_tp(sa, l, &t, &m) == 0 && t.port == DNS_PORT)
+		    sa_to_tp(sa, l, &t, &m) == 0 &&
+		    (t.port == DNS_PORT || (tp_config()->active && !tp_goes_direct(tp_config(), &t) &&
+					    !tp_table_direct(&t))))
 			any = 1;
 	}
 	errno = e0;
 	if (!any)
 		return real(fd, vec, vlen, flags);
 	while (done < vlen) {
+		int stop_err = 0;
+
 		k = vlen - done < CHUNK ? vlen - done : CHUNK;
-		for (i = 0; i < k; i++) {
+		for (i = 0; i < k && !stop_err; i++) {
 			struct msghdr *h = &copy[i].msg_hdr;
 			socklen_t tolen = 0;
 
 			copy[i] = vec[done + i];
 			r = redirect(fd, h->msg_name, h->msg_namelen, SOCK_DGRAM, &to[i], &tolen, &dst,
 				     &mapped);
-			if (r < 0) {
+			if (r == 0)             /* not DNS: routed UDP maybe (udp.c) */
+				r = udp_route_send(fd, h->msg_name, h->msg_namelen, iov_len(h), &to[i],
+						   &tolen) < 0 ? -2 : 2;
+			if (r == -1) {
 				refuse_line(&dst);
-				if (done + i > 0) {
-					errno = e0;
-					return (int)(done + i);
-				}
-				errno = ENETUNREACH;
-				return -1;
-			}
-			if (r > 0) {
-				remember(fd, &dst, mapped);
+				stop_err = ENETUNREACH;
+			} else if (r == -2) {
+				stop_err = errno;
+			} else if (r > 0 && tolen) {
+				if (r == 1)
+					remember(fd, &dst, mapped);
 				h->msg_name = &to[i];
 				h->msg_namelen = tolen;
 			}
+			if (stop_err)
+				k = i;          /* send those before it, then stop */
+		}
+		if (k == 0) {                   /* the first one failed */
+			if (done > 0) {
+				errno = e0;
+				return (int)done;
+			}
+			errno = stop_err;
+			return -1;
 		}
 		errno = e0;
 		r = real(fd, copy, k, flags);
@@ -312,7 +361,7 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 		for (i = 0; i < (unsigned int)r; i++)
 			vec[done + i].msg_len = copy[i].msg_len;
 		done += (unsigned int)r;
-		if ((unsigned int)r < k)
+		if ((unsigned int)r < k || stop_err)
 			break;
 	}
 	return (int)done;
@@ -343,8 +392,13 @@ static void fix_source(int fd, struct sockaddr *sa, socklen_t cap, socklen_t *le
 	socklen_t n;
 	int mapped;
 
-	if (!sa || !len || *len < sizeof(sa_family_t) || !from_responder(sa, *len) ||
-	    !recall(fd, &orig, &mapped))
+	if (!sa || !len || *len < sizeof(sa_family_t))
+		return;
+	if (*len > cap || !from_responder(sa, *len)) {  /* cut short: not all of it is there */
+		udp_fix_source(fd, sa, cap, len);               /* udp.c */
+		return;
+	}
+	if (!recall(fd, &orig, &mapped))
 		return;
 	n = tp_to_sa(&orig, sa->sa_family, mapped, &ss);
 	if (!n)

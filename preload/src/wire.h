@@ -18,11 +18,13 @@
 #define OP_QUERY 6
 #define OP_LISTEN 7
 #define OP_UNLISTEN 8
+#define OP_UDP 9
 
 #define FLAG_BLOCKING 1         /* CONNECT: reply once dialled */
 #define FLAG_PARKED 2           /* CONNECT: already parked, no reply */
 #define FLAG_IDN 1              /* RESOLVE */
 #define FLAG_SEARCH 1           /* QUERY */
+#define FLAG_LISTEN_UDP 1       /* LISTEN: a UDP port */
 
 struct tp_addr {            /* a TCP endpoint, IPv4 in addr[0..3] */
 	uint8_t family;         /* 4 or 6 */

@@ -1,5 +1,6 @@
 /* Export mode hooks: bind() held to loopback, listen() on an unbound socket binds loopback,
- * other sockets untouched, errno kept. Subcommands: v4 v6 mapped unbound port0 udp off close */
+ * other sockets untouched, errno kept. Subcommands: v4 v6 mapped unbound port0 udp udpserver
+ * off close */
 #include "tptest.h"
 
 static void name_of(int fd, char *buf, size_t n, int *port)
@@ -78,6 +79,10 @@ int main(int argc, char **argv)
 		fd = bound(AF_INET, "0.0.0.0", SOCK_DGRAM, 0);
 		name_of(fd, a, sizeof(a), &port);
 		CHECK(!strcmp(a, "0.0.0.0"), "UDP socket was moved to %s", a);
+	} else if (!strcmp(what, "udpserver")) {      /* a fixed port: held to loopback, LISTEN udp */
+		fd = bound(AF_INET, "0.0.0.0", SOCK_DGRAM, want_port);    /* errno kept: bound() */
+		name_of(fd, a, sizeof(a), &port);
+		CHECK(!strcmp(a, "127.0.0.1"), "UDP server socket at %s, not loopback", a);
 	} else if (!strcmp(what, "badfd")) {
 		CHECK_ERRNO(listen(987, 1), EBADF);
 		CHECK_ERRNO(close(987), EBADF);

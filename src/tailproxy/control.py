@@ -157,7 +157,7 @@ def handler(settings: Settings, node, exits, command: list[str], dialer, say: Ca
         if cmd == "info":
             info = {"ok": True, "pid": os.getpid(), "hostname": settings.hostname,
                     "command": command, "exit_node": None, "node_name": None, "ips": [],
-                    "exports": sorted(exporter.exports) if exporter else [], "routes": []}
+                    "exports": _exported_ports(exporter), "routes": []}
             if node:
                 st = await asyncio.to_thread(node.localapi.status)
                 info["node_name"] = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".")
@@ -192,3 +192,10 @@ def handler(settings: Settings, node, exits, command: list[str], dialer, say: Ca
             return {"ok": True, "exit_node": peer_label(peer) if peer else None}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
     return handle
+
+
+def _exported_ports(exporter) -> list:
+    """TCP ports as numbers, UDP ports as "PORT/udp" (`tailproxy ps` prints them as they are)."""
+    if exporter is None:
+        return []
+    return sorted(exporter.exports) + [f"{p}/udp" for p in sorted(exporter.udp_exports)]

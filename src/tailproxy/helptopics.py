@@ -58,9 +58,10 @@ TOPICS = (
         instead of dialling them from this host.""",
           ("exit_node", "exit_node_allow_lan_access", "tailnet_only", "accept_routes", "dns")),
     Topic("exports", "serving the program's listening ports on the tailnet", """
-        With --export-listeners, every TCP port the program listens on is served at the same
-        port on the node's tailnet addresses, and only there: the program's bind() is held to
-        loopback. An export lives while the kernel shows the listener. --export-allow-ports
+        With --export-listeners, every TCP port the program listens on, and every UDP port it
+        binds a socket to (a fixed port: a server's), is served at the same port on the node's
+        tailnet addresses, and only there: the program's bind() is held to loopback. An export
+        lives while the kernel shows the listener (or the bound UDP socket). --export-allow-ports
         and --export-deny-ports take SPEC lists such as 3000,8080,10000-10100 (deny wins);
         --export-max caps the number of exported ports. With --verbose each inbound
         connection is logged with the peer's node and user.

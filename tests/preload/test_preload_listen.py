@@ -7,9 +7,9 @@ import pytest
 EXPORT = {"TAILPROXY_EXPORT_LISTENERS": "1"}
 
 
-def notices(proxy, port):
+def notices(proxy, port, proto="tcp"):
     text = open(proxy.log_path, errors="replace").read()
-    return re.findall(rf"tailproxy: (LISTEN|UNLISTEN) tcp[46] port {port} pid \d+", text)
+    return re.findall(rf"tailproxy: (LISTEN|UNLISTEN) {proto}[46] port {port} pid \d+", text)
 
 
 def wait_notices(proxy, port, want):
@@ -43,6 +43,16 @@ def test_port_zero_reports_the_kernels_choice(run, proxy):
 
 def test_udp_untouched(run):
     run.run("test_listen", "udp", env=EXPORT)
+
+
+def test_udp_server_held_to_loopback_and_announced(run, proxy):
+    """A UDP socket bound to a fixed port is a server: held to loopback, LISTEN with the UDP
+    flag (no UNLISTEN: the exporter watches /proc/net/udp)."""
+    assert "port 18305" in run.run("test_listen", "udpserver", 18305, env=EXPORT).stdout
+    deadline = time.monotonic() + 5
+    while notices(proxy, 18305, "udp") != ["LISTEN"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert notices(proxy, 18305, "udp") == ["LISTEN"]
 
 
 def test_export_mode_off_leaves_bind_alone(run, proxy):

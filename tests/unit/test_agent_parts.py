@@ -255,6 +255,18 @@ def test_a_port_exported_by_one_program_is_refused_to_another_until_released():
     assert b.claim(8080) is None and claims.held_by("B") == [8080, 8081]
 
 
+def test_udp_ports_are_claimed_apart_from_tcp_ports():
+    from tailproxy.exporter.claims import OwnerClaims, PortClaims
+    claims = PortClaims()
+    a, b = OwnerClaims(claims, "A", "pid 1: a"), OwnerClaims(claims, "B", "pid 2: b")
+    assert a.claim(5353, "udp") is None
+    assert b.claim(5353) is None                      # TCP 5353: another port space
+    assert b.claim(5353, "udp") == "it is exported already by another program on this node (pid 1: a)"
+    assert claims.held_by("A") == ["5353/udp"] and claims.held_by("B") == [5353]
+    a.release(5353, "udp")
+    assert b.claim(5353, "udp") is None and claims.held_by("B") == [5353, "5353/udp"]
+
+
 def test_proxy_only_requests_are_checked():
     from tailproxy.agent.server import proxy_request
     assert proxy_request(None) is None

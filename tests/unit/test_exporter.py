@@ -224,3 +224,58 @@ def test_verbose_line_per_inbound_connection_from_the_node_event():
         await ex.close()
     asyncio.run(scenario())
     assert "up=0B" in inbound_line(1, "127.0.0.1:1", {"src": "x"})
+
+
+def test_proc_net_udp_lists_real_unconnected_loopback_sockets():
+    from tailproxy.exporter.listening import loopback_udp_servers
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.connect(server.getsockname())            # connected: a client's, not a server's
+    try:
+        found = loopback_udp_servers()
+        assert ("127.0.0.1", server.getsockname()[1]) in found
+        assert ("127.0.0.1", client.getsockname()[1]) not in found
+    finally:
+        server.close()
+        client.close()
+
+
+class _FakeExport:
+    def __init__(self, port, target, udp):
+        self.port, self.target, self.udp, self.closed = port, target, udp, False
+
+    def close(self):
+        self.closed = True
+
+
+class _FakeNode:
+    def __init__(self):
+        self.made = []
+
+    async def export(self, port, target, proxy_protocol=False, on_inbound=None, udp=False):
+        self.made.append(_FakeExport(port, target, udp))
+        return self.made[-1]
+
+
+def test_udp_exports_follow_the_kernel_and_share_the_max():
+    async def main():
+        bound = {("127.0.0.1", 5353)}
+        lines = []
+        node = _FakeNode()
+        ex = Exporter(node, PortFilter(None, parse_ports("9999"), max_exports=2), False,
+                      lines.append, udp_servers=lambda: set(bound), listeners=lambda: set())
+        await ex.on_udp_bind(4, 5353)
+        await ex.on_udp_bind(4, 5353)                   # once only
+        await ex.on_udp_bind(4, 9999)                   # denied
+        assert [(e.port, e.target, e.udp) for e in node.made] == [(5353, ("127.0.0.1", 5353), True)]
+        ex.exports[80] = _FakeExport(80, ("127.0.0.1", 80), False)   # a TCP export counts too
+        await ex.on_udp_bind(4, 5354)
+        assert "not exporting UDP port 5354: --export-max=2" in lines[-1]
+        bound.clear()
+        ex.exports.clear()
+        await ex._sweep()
+        assert node.made[0].closed and not ex.udp_exports
+        assert "UDP port 5353 is no longer exported (no socket is bound to it)" in lines[-1]
+    asyncio.run(main())

@@ -64,3 +64,21 @@ def test_an_abandoned_upstream_releases_its_hold():
     out = asyncio.run(d.dial(ip, 443, 5))
     out.close()
     assert m._held == {} and out.inner._conn.closed
+
+
+def test_udp_association_through_a_placeholder_holds_it_until_it_ends():
+    m = PlaceholderMap()
+    ip = m.get("far.example", 4)
+    d, node, _, _, _ = make(placeholders=m)
+    up = asyncio.run(d.associate_udp(ip, 443, 5))
+    assert node.calls == [("udp-assoc", "far.example", 443)]       # dialled by name
+    assert m._held == {"far.example": 1}
+    ends = []
+    up.relay(object(), ends.append)
+    _sock, on_end, _initial = up.inner.relayed[0]
+    on_end(RelayEnd(1, 1, "", 0))
+    assert ends and m._held == {}
+    abandoned = asyncio.run(d.associate_udp(ip, 443, 5))
+    assert m._held == {"far.example": 1}
+    abandoned.close()
+    assert m._held == {} and abandoned.inner.closed

@@ -74,6 +74,12 @@ class FakeNode:
             raise self.fail
         return ("node-udp", host, port)
 
+    async def connect_udp(self, host, port, timeout):
+        self.calls.append(("udp-assoc", host, port))
+        if self.fail is not None:
+            raise self.fail
+        return FakeConn(host, port)
+
 
 class FakeDirect:
     """A direct dialer: start_dial gives a 'socket' at once (a local destination would)."""
@@ -91,6 +97,10 @@ class FakeDirect:
     async def dial_udp(self, host, port, timeout):
         self.calls.append(("udp", host, port))
         return ("direct-udp", host, port)
+
+    async def associate_udp(self, host, port, timeout):
+        self.calls.append(("udp-assoc", host, port))
+        return None
 
 
 class Status:
@@ -486,3 +496,22 @@ def test_udp_node_failure_keeps_its_errno():
     with pytest.raises(DialError) as e:
         run(d.dial_udp(PEER_ONLINE_V4, 53, 5))
     assert e.value.errno == errno.ENETUNREACH
+
+
+# ---------------------------------------------------------------- the preload's UDP associations
+
+def test_udp_association_routes_as_a_tcp_dial_would():
+    d, node, direct, _, _ = make()
+    conn = run(d.associate_udp(PEER_ONLINE_V4, 7, 5))
+    assert (conn.host, conn.port) == (PEER_ONLINE_V4, 7)
+    conn = run(d.associate_udp("::ffff:" + PEER_ONLINE_V4, 7, 5))    # v4-mapped: the peer
+    assert conn.host == PEER_ONLINE_V4
+    assert run(d.associate_udp("198.51.100.7", 7, 5)) is None         # not routed: direct
+    assert direct.calls == [("udp-assoc", "198.51.100.7", 7)]
+    with pytest.raises(DialError) as e:
+        run(d.associate_udp(PEER_OFFLINE, 7, 5))
+    assert e.value.errno == errno.EHOSTUNREACH
+    d, _, _, _, _ = make(tailnet_only=True)
+    with pytest.raises(DialError) as e:
+        run(d.associate_udp("198.51.100.7", 7, 5))
+    assert e.value.errno == errno.EHOSTUNREACH

@@ -20,7 +20,6 @@ from ..exporter.claims import OwnerClaims, PortClaims
 from ..exporter.exporter import Exporter
 from ..exporter.ports import PortFilter
 from ..policy import NodeHandoff
-from ..proxy.channel_proto import OP_LISTEN
 from ..proxy.server import Proxy
 from .lifetime import Lifetime, PidfdBudget
 from .routing import SharedRouting
@@ -89,7 +88,7 @@ class ProgramSession:
                 p.export_proxy_protocol, self.say, verbose=p.verbose,
                 claims=OwnerClaims(self.claims, self, self.label))
             await self.exporter.start()
-            self.proxy.on_listen = self._listen_notice
+            self.proxy.on_listen = self.exporter.on_notice
         try:
             await self.proxy.start()
             if with_channel:
@@ -100,12 +99,6 @@ class ProgramSession:
             raise
         self.lifetime.hold(self)        # the launcher's hold, until detached()
         self.lifetime.start()
-
-    async def _listen_notice(self, req) -> None:
-        if req.op == OP_LISTEN:
-            await self.exporter.on_listen(req.family, req.port)
-        else:
-            await self.exporter.on_unlisten(req.family, req.port)
 
     def reply(self) -> dict:
         """What the launcher puts in its program's environment."""

@@ -8,24 +8,30 @@ from __future__ import annotations
 
 
 class PortClaims:
-    def __init__(self):
-        self._owners: dict[int, tuple[object, str]] = {}     # port -> (owner, its description)
+    """TCP and UDP ports are claimed apart: they are two port spaces on the tailnet too."""
 
-    def claim(self, port: int, owner: object, description: str) -> str | None:
+    def __init__(self):
+        # (protocol, port) -> (owner, its description)
+        self._owners: dict[tuple[str, int], tuple[object, str]] = {}
+
+    def claim(self, port: int, owner: object, description: str, proto: str = "tcp") -> str | None:
         """None once `owner` holds `port` (or held it already); else why it cannot."""
-        held = self._owners.get(port)
+        held = self._owners.get((proto, port))
         if held is not None and held[0] is not owner:
             return f"it is exported already by another program on this node ({held[1]})"
-        self._owners[port] = (owner, description)
+        self._owners[(proto, port)] = (owner, description)
         return None
 
-    def release(self, port: int, owner: object) -> None:
-        held = self._owners.get(port)
+    def release(self, port: int, owner: object, proto: str = "tcp") -> None:
+        held = self._owners.get((proto, port))
         if held is not None and held[0] is owner:
-            del self._owners[port]
+            del self._owners[(proto, port)]
 
-    def held_by(self, owner: object) -> list[int]:
-        return sorted(p for p, (o, _) in self._owners.items() if o is owner)
+    def held_by(self, owner: object) -> list:
+        """The TCP ports `owner` holds, then its UDP ports as "PORT/udp" (as `ps` lists them)."""
+        mine = sorted(k for k, (o, _) in self._owners.items() if o is owner)
+        return [p for proto, p in mine if proto == "tcp"] + \
+            [f"{p}/udp" for proto, p in mine if proto == "udp"]
 
 
 class OwnerClaims:
@@ -34,8 +40,8 @@ class OwnerClaims:
     def __init__(self, claims: PortClaims, owner: object, description: str):
         self.claims, self.owner, self.description = claims, owner, description
 
-    def claim(self, port: int) -> str | None:
-        return self.claims.claim(port, self.owner, self.description)
+    def claim(self, port: int, proto: str = "tcp") -> str | None:
+        return self.claims.claim(port, self.owner, self.description, proto)
 
-    def release(self, port: int) -> None:
-        self.claims.release(port, self.owner)
+    def release(self, port: int, proto: str = "tcp") -> None:
+        self.claims.release(port, self.owner, proto)

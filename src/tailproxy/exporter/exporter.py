@@ -10,6 +10,11 @@ Whether a port is still served is the kernel's word: the export ends when no soc
 any more (last close, dup'd copies, forked children, exec, crash all included), as read from
 /proc/net/tcp{,6} on every UNLISTEN notice and every `poll_interval`. If the address that was
 served goes away while another loopback address still listens on the port, the export follows it.
+
+UDP: a UDP socket the program binds to a fixed port (held to loopback by the preload) is a
+server; the node serves <node>:port/udp by it, one flow per peer, for as long as
+/proc/net/udp{,6} shows an unconnected socket bound to that loopback port. The same filters and
+maximum apply (TCP and UDP ports counted together).
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ import asyncio
 from typing import Callable
 
 from ..node import Node, NodeError
-from .listening import loopback_listeners, target_host
+from ..proxy.channel_proto import FLAG_LISTEN_UDP, OP_LISTEN
+from .listening import loopback_listeners, loopback_udp_servers, target_host
 from .ports import PortFilter
 
 
@@ -25,13 +31,15 @@ class Exporter:
     def __init__(self, node: Node, port_filter: PortFilter, proxy_protocol: bool,
                  say: Callable[[str], None], poll_interval: float = 0.25,
                  listeners: Callable[[], set] = loopback_listeners, verbose: bool = False,
-                 claims=None):
+                 claims=None, udp_servers: Callable[[], set] = loopback_udp_servers):
         self.node, self.filter, self.proxy_protocol = node, port_filter, proxy_protocol
         # exporter/claims.py's OwnerClaims when several programs export through one node
         self.claims = claims
         self.verbose = verbose                   # one line per inbound connection, from the node
         self.say, self.poll_interval, self._listeners = say, poll_interval, listeners
         self.exports: dict = {}                  # port -> the node's Export (.target)
+        self.udp_exports: dict = {}              # port -> the node's UDP Export
+        self._udp_servers = udp_servers
         self._refused: set[int] = set()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -53,8 +61,19 @@ class Exporter:
         async with self._lock:
             for port in list(self.exports):
                 self._unexport(port, quiet=True)
+            for port in list(self.udp_exports):
+                self._unexport_udp(port)
 
     # -- notices from the preload -----------------------------------------------------------
+    async def on_notice(self, req) -> None:
+        """A LISTEN or UNLISTEN request from the channel (the proxy's `on_listen`)."""
+        if req.op == OP_LISTEN and req.flags & FLAG_LISTEN_UDP:
+            await self.on_udp_bind(req.family, req.port)
+        elif req.op == OP_LISTEN:
+            await self.on_listen(req.family, req.port)
+        else:
+            await self.on_unlisten(req.family, req.port)
+
     async def on_listen(self, family: int, port: int) -> None:
         async with self._lock:
             if port in self.exports:
@@ -74,6 +93,43 @@ class Exporter:
                 return
             self._refused.discard(port)
             self.say(f"exported port {port}: {self.urls(port)} (forwarded to {_hostport(host, port)})")
+
+    async def on_udp_bind(self, family: int, port: int) -> None:
+        async with self._lock:
+            if port in self.udp_exports:
+                return
+            why = self.filter.refusal(port, len(self.exports) + len(self.udp_exports))
+            if why is None and self.claims is not None:
+                why = self.claims.claim(port, "udp")
+            if why:
+                if ("udp", port) not in self._refused:
+                    self.say(f"not exporting UDP port {port}: {why}")
+                    self._refused.add(("udp", port))
+                return
+            host = target_host(await self._udp_live_on(port)) or (
+                "::1" if family == 6 else "127.0.0.1")
+            on_inbound = None
+            if self.verbose:
+                target = _hostport(host, port)
+                on_inbound = lambda ev: self._log_inbound(port, target + "/udp", ev)  # noqa: E731
+            try:
+                self.udp_exports[port] = await self.node.export(port, (host, port),
+                                                                on_inbound=on_inbound, udp=True)
+            except (NodeError, OSError, ValueError) as e:
+                if self.claims is not None:
+                    self.claims.release(port, "udp")
+                self.say(f"could not export UDP port {port}: {e}")
+                return
+            self._refused.discard(("udp", port))
+            name, ips = self._names or ("", [])
+            where = " ".join(([f"{name}:{port}"] if name else []) + [_hostport(ip, port) for ip in ips])
+            self.say(f"exported UDP port {port}: {where} (forwarded to {_hostport(host, port)})")
+
+    async def _udp_live_on(self, port: int | None = None):
+        by_port: dict[int, set[str]] = {}
+        for addr, p in await asyncio.to_thread(self._udp_servers):
+            by_port.setdefault(p, set()).add(addr)
+        return by_port if port is None else by_port.get(port, set())
 
     async def on_unlisten(self, family: int, port: int) -> None:
         if port in self.exports:
@@ -105,6 +161,11 @@ class Exporter:
         if not quiet:
             self.say(f"port {port} is no longer exported (nothing listens on it)")
 
+    def _unexport_udp(self, port: int) -> None:
+        self.udp_exports.pop(port).close()
+        if self.claims is not None:
+            self.claims.release(port, "udp")
+
     def _log_inbound(self, port: int, target: str, ev: dict) -> None:
         try:
             self.say(inbound_line(port, target, ev))
@@ -128,6 +189,13 @@ class Exporter:
         return by_port if port is None else by_port.get(port, set())
 
     async def _sweep(self) -> None:
+        if self.udp_exports:
+            async with self._lock:
+                live = await self._udp_live_on()
+                for port in list(self.udp_exports):
+                    if not live.get(port):
+                        self._unexport_udp(port)
+                        self.say(f"UDP port {port} is no longer exported (no socket is bound to it)")
         if not self.exports:
             return
         # Read the kernel under the lock: a snapshot taken before an on_listen that is still

@@ -1,13 +1,22 @@
-"""Which loopback TCP addresses have a listening socket right now (the kernel's own count)."""
+"""Which loopback TCP addresses have a listening socket right now, and which loopback UDP
+addresses a bound, unconnected one (the kernel's own count)."""
 from __future__ import annotations
 
 import ipaddress
 import sys
 
 _LISTEN = "0A"
+_UDP_UNCONNECTED = "07"     # TCP_CLOSE, as /proc/net/udp shows a socket with no peer
 
 
-def loopback_listeners(paths=("/proc/net/tcp", "/proc/net/tcp6")) -> set[tuple[str, int]]:
+def loopback_udp_servers(paths=("/proc/net/udp", "/proc/net/udp6")) -> set[tuple[str, int]]:
+    """{(address, port)} of UDP sockets bound to a loopback address and not connected (a
+    server's), listed as loopback_listeners lists TCP listeners."""
+    return loopback_listeners(paths, _UDP_UNCONNECTED)
+
+
+def loopback_listeners(paths=("/proc/net/tcp", "/proc/net/tcp6"),
+                       state: str = _LISTEN) -> set[tuple[str, int]]:
     """{(address, port)} of sockets in LISTEN on 127.0.0.0/8 or ::1, as an export would connect
     to them: an IPv6 socket bound to a v4-mapped loopback address (::ffff:127.0.0.1) is reached
     at the IPv4 address, so it is listed as "127.0.0.1"."""
@@ -18,7 +27,7 @@ def loopback_listeners(paths=("/proc/net/tcp", "/proc/net/tcp6")) -> set[tuple[s
                 next(f, None)
                 for line in f:
                     parts = line.split(None, 4)
-                    if len(parts) < 4 or parts[3] != _LISTEN:
+                    if len(parts) < 4 or parts[3] != state:
                         continue
                     hexaddr, _, port = parts[1].partition(":")
                     addr = _address(hexaddr)

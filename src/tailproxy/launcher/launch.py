@@ -138,17 +138,6 @@ def run(settings: Settings, command: list[str]) -> int:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def _listen_notice(exporter: Exporter):
-    from ..proxy.channel_proto import OP_LISTEN
-
-    async def notice(req) -> None:
-        if req.op == OP_LISTEN:
-            await exporter.on_listen(req.family, req.port)
-        else:
-            await exporter.on_unlisten(req.family, req.port)
-    return notice
-
-
 async def _serve(settings: Settings, dialer, rundir, preload, program, command, node, exits,
                  names=None, interception=None) -> int:
     proxy_only = not command
@@ -168,7 +157,7 @@ async def _serve(settings: Settings, dialer, rundir, preload, program, command, 
         exporter = Exporter(node, PortFilter(settings.export_allow_ports,
                                              settings.export_deny_ports, settings.export_max),
                             settings.export_proxy_protocol, _say, verbose=settings.verbose)
-        proxy.on_listen = _listen_notice(exporter)
+        proxy.on_listen = exporter.on_notice
     control = ControlServer(control_mod.handler(settings, node, exits, command, dialer, _say,
                                                 exporter, names))
     responder = None

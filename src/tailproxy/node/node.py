@@ -370,6 +370,15 @@ class Node:
         conn = await self._connect(b"udp", host, port, timeout)
         return _relayed_to_a_socket(conn, socket.SOCK_SEQPACKET)
 
+    async def connect_udp(self, host: str, port: int, timeout: float = 30.0) -> "TailnetConn":
+        """A UDP association with host:port held in the node until TailnetConn.relay() joins
+        it to a SOCK_SEQPACKET socket (as dial_udp does) or to a UDP socket connected to the
+        program's own (the preload's associations): datagrams then cross between the kernel's
+        loopback and the netstack in Go. With a UDP socket, a datagram too large for the
+        tailnet is dropped, and idleness ends the association only once the program's
+        address is free. Raises DialFailed."""
+        return await self._connect(b"udp", host, port, timeout)
+
     def _attach_events(self) -> EventRouter:
         if self._events is None:
             raise NodeStateError("the node is closed")
@@ -392,12 +401,15 @@ class Node:
         return listener
 
     async def export(self, port: int, target: tuple[str, int], proxy_protocol: bool = False,
-                     on_inbound: Callable[[dict], None] | None = None) -> "Export":
+                     on_inbound: Callable[[dict], None] | None = None,
+                     udp: bool = False) -> "Export":
         """Serve tailnet connections to `port` by connecting each, in the node, to `target`
         (the program's loopback listener). `on_inbound` gets one event per connection with the
-        peer's node and user, bytes and outcome."""
+        peer's node and user, bytes and outcome. With `udp`, the tailnet UDP port `port` is
+        served by the program's loopback UDP socket `target`, one flow per peer address (at
+        most 256, each ended after two minutes without a datagram; no PROXY header)."""
         self._require_running()
-        export = Export(self, self._port(port), target, proxy_protocol, on_inbound)
+        export = Export(self, self._port(port), target, proxy_protocol, on_inbound, udp)
         export._start(self._attach_events())
         return export
 
@@ -542,8 +554,8 @@ class Export:
     """A tailnet port served, in the node, by a loopback listener of the program."""
 
     def __init__(self, node: Node, port: int, target: tuple[str, int], proxy_protocol: bool,
-                 on_inbound: Callable[[dict], None] | None):
-        self.node, self.port, self.target = node, port, target
+                 on_inbound: Callable[[dict], None] | None, udp: bool = False):
+        self.node, self.port, self.target, self.udp = node, port, target, udp
         self._proxy_protocol, self._on_inbound = proxy_protocol, on_inbound
         self._ident = next(node._ids)
         self._events: EventRouter | None = None
@@ -551,7 +563,8 @@ class Export:
     def _start(self, events: EventRouter) -> None:
         host, port = self.target
         spec = {"Port": self.port, "Target": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "ProxyProtocol": self._proxy_protocol, "Report": self._on_inbound is not None}
+                "ProxyProtocol": self._proxy_protocol and not self.udp,
+                "Report": self._on_inbound is not None, "Network": "udp" if self.udp else "tcp"}
         if self._on_inbound is not None:
             events.register(self._ident, self._on_event)
         self._events = events

@@ -11,8 +11,8 @@ from collections.abc import Awaitable
 from typing import Callable
 
 from ..node import DialFailed, Node
-from ..proxy.dialer import DialError, Dialer, Outbound
-from ..resolver.held import held_while_connected
+from ..proxy.dialer import DatagramUpstream, DialError, Dialer, Outbound
+from ..resolver.held import HeldDatagramUpstream, held_while_connected
 from ..resolver.placeholders import PlaceholderMap
 from .upstream import NodeUpstream
 from .view import TailnetView
@@ -108,14 +108,36 @@ class RouteDialer:
         """The same route as a TCP dial to host:port would take, for datagrams. (No redial
         when the exit node changes: a UDP association has no handshake to lose; the node
         sends its next datagram through the new exit node.)"""
+        via_node, name = await self._udp_route(host, port)
+        if not via_node:
+            return await self.direct.dial_udp(name, port, timeout)
+        try:
+            return await self.node.dial_udp(name, port, timeout)
+        except DialFailed as e:
+            raise DialError(e.errno, str(e)) from None
+
+    async def associate_udp(self, host: str, port: int, timeout: float) -> DatagramUpstream | None:
+        """The preload's UDP association: held in the node (None: send directly)."""
+        via_node, name = await self._udp_route(host, port)
+        if not via_node:
+            return await self.direct.associate_udp(name, port, timeout)
+        try:
+            conn = await self.node.connect_udp(name, port, timeout)
+        except DialFailed as e:
+            raise DialError(e.errno, str(e)) from None
+        ip = _ip(host)
+        if ip is not None and self.placeholders is not None and self._is_placeholder(ip):
+            return HeldDatagramUpstream(self.placeholders, name, conn)   # held while it lives
+        return conn
+
+    async def _udp_route(self, host: str, port: int) -> tuple[bool, str]:
+        """(through the node?, the host to send to); raises DialError."""
         ip = _ip(host)
         if ip is not None and self.placeholders is not None and self._is_placeholder(ip):
             name = self._placeholder_name(host, ip)
-            if self.node is None:
-                return await self.direct.dial_udp(name, port, timeout)
-            return await self._udp_via_node(name, port, timeout)   # resolved on the far side
+            return self.node is not None, name   # through the node: resolved on the far side
         if self.node is None:
-            return await self.direct.dial_udp(host, port, timeout)
+            return False, host
         if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
             host = str(ip)
@@ -126,16 +148,10 @@ class RouteDialer:
                 raise DialError(errno.EHOSTUNREACH, f"{host}: no node of this tailnet has that name")
         if not self._goes_to_node(host, ip):
             self._check_direct_allowed(host, port)
-            return await self.direct.dial_udp(host, port, timeout)
+            return False, host
         if ip is not None and self.view.in_tailnet_range(ip):
             await self._check_peer(host, ip)
-        return await self._udp_via_node(host, port, timeout)
-
-    async def _udp_via_node(self, host: str, port: int, timeout: float) -> socket.socket:
-        try:
-            return await self.node.dial_udp(host, port, timeout)
-        except DialFailed as e:
-            raise DialError(e.errno, str(e)) from None
+        return True, host
 
     def exit_node_changing(self) -> None:
         """The exit node is about to be switched or cleared: the preload hands everything

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from .dialer import DirectDialer
-from .channel_proto import OP_LISTEN
+from .channel_proto import FLAG_LISTEN_UDP, OP_LISTEN
 from .server import Proxy
 from .. import eventloop
 
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args) -> int:
     async def listen_notice(req) -> None:   # standalone: no exporter, just say what came
         kind = "LISTEN" if req.op == OP_LISTEN else "UNLISTEN"
-        print(f"tailproxy: {kind} tcp{req.family} port {req.port} pid {req.pid}",
+        proto = "udp" if req.op == OP_LISTEN and req.flags & FLAG_LISTEN_UDP else "tcp"
+        print(f"tailproxy: {kind} {proto}{req.family} port {req.port} pid {req.pid}",
               file=sys.stderr, flush=True)
 
     proxy = Proxy(DirectDialer(), channel_path=args.channel, socks_listen=args.socks5,

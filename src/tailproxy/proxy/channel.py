@@ -39,6 +39,7 @@ from .dialer import (DialError, Dialer, Joined, Outbound, as_dial_error, errno_n
 from .loopback import LoopbackEndpoints, clear_error
 from .relay import DEFAULT_BUFSIZE, relay_outcome, start_relay
 from .relay import drain as drain_relays
+from .udp_assoc import UdpAssociations
 
 __all__ = ["ChannelServer", "TokenStore", "ConnLog"]
 
@@ -173,6 +174,7 @@ class ChannelServer:
         self._park_limit = max(1.0, _syn_give_up_s() - 2.0)
         self.stats = _Stats()
         self._closing = False
+        self.udp = UdpAssociations(dialer, log=self.log)   # the preload's UDP associations
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -455,6 +457,8 @@ class ChannelServer:
                         self._spawn(self._notify_listen(req))
                 elif isinstance(req, (cp.ResolveReq, cp.ReverseReq, cp.QueryReq)):
                     self._send(conn, await self._names(req))
+                elif isinstance(req, cp.UdpReq):
+                    self._send(conn, await self._udp(req))
                 elif isinstance(req, cp.StatusReq):
                     err = self.tokens.get(req.token)
                     self._send(conn, cp.encode_status_reply(errno.ENOENT if err is None else err))
@@ -484,6 +488,13 @@ class ChannelServer:
         except Exception as exc:  # a broken name service must not take the channel down
             self.log(f"channel: name service: {exc!r}")
             return cp.encode_error_reply(op, errno.EAGAIN)
+
+    async def _udp(self, req: cp.UdpReq) -> bytes:
+        try:
+            return await self.udp.answer(req)
+        except Exception as exc:  # a bug here must not take the channel down
+            self.log(f"channel: udp {req.local} -> {req.dst}: {exc!r}")
+            return cp.encode_udp_reply(errno.EAGAIN)
 
     @staticmethod
     def _send(conn: socket.socket, data: bytes) -> bool:

@@ -29,13 +29,16 @@ OP_REVERSE = 5      # name service: address -> name
 OP_QUERY = 6        # name service: raw DNS query -> raw DNS answer
 OP_LISTEN = 7
 OP_UNLISTEN = 8
-OPS = (OP_CONNECT, OP_STATUS, OP_PEER, OP_RESOLVE, OP_REVERSE, OP_QUERY, OP_LISTEN, OP_UNLISTEN)
+OP_UDP = 9          # a UDP association of the program's socket with a destination
+OPS = (OP_CONNECT, OP_STATUS, OP_PEER, OP_RESOLVE, OP_REVERSE, OP_QUERY, OP_LISTEN, OP_UNLISTEN,
+       OP_UDP)
 NAME_OPS = (OP_RESOLVE, OP_REVERSE, OP_QUERY)
 
 FLAG_BLOCKING = 0x0001
 FLAG_PARKED = 0x0002       # CONNECT: the preload parked the socket itself; no reply wanted
 FLAG_IDN = 0x0001          # RESOLVE: the name may be UTF-8, encode it with IDNA (AI_IDN)
 FLAG_SEARCH = 0x0001       # QUERY: apply the resolver's search list (res_search)
+FLAG_LISTEN_UDP = 0x0001   # LISTEN: a UDP socket was bound to that port (a UDP server)
 
 # RESOLVE reply flags
 RES_PLACEHOLDER = 0x01     # addresses are placeholders for the name
@@ -70,6 +73,8 @@ STATUS_REP_SIZE = REP_HDR_SIZE                         # 8
 PEER_REP_SIZE = REP_HDR_SIZE + ADDR_SIZE               # 28
 LISTEN_REQ_SIZE = REQ_HDR_SIZE + _LISTEN_BODY.size      # 16
 LISTEN_REP_SIZE = REP_HDR_SIZE                          # 8
+UDP_REQ_SIZE = REQ_HDR_SIZE + 2 * ADDR_SIZE             # 48: destination, program's address
+UDP_REP_SIZE = REP_HDR_SIZE + ADDR_SIZE                 # 28: the endpoint (family 0: direct)
 
 NAME_MAX = 255             # a name on the channel (no NUL)
 RESOLVE_MAX_ADDRS = 16
@@ -88,7 +93,7 @@ QUERY_REP_MIN = REP_HDR_SIZE + _QUERY_REP.size           # 12, + the answer (var
 REQ_SIZES = {OP_CONNECT: CONNECT_REQ_SIZE, OP_STATUS: STATUS_REQ_SIZE, OP_PEER: PEER_REQ_SIZE,
              OP_RESOLVE: RESOLVE_REQ_SIZE, OP_REVERSE: REVERSE_REQ_SIZE,
              OP_QUERY: QUERY_REQ_SIZE,
-             OP_LISTEN: LISTEN_REQ_SIZE, OP_UNLISTEN: LISTEN_REQ_SIZE}
+             OP_LISTEN: LISTEN_REQ_SIZE, OP_UNLISTEN: LISTEN_REQ_SIZE, OP_UDP: UDP_REQ_SIZE}
 MAX_REQ_SIZE = max(REQ_SIZES.values())
 
 assert (CONNECT_REQ_SIZE, CONNECT_REP_SIZE) == (288, 16)
@@ -214,7 +219,18 @@ class QueryReq:
         return bool(self.flags & FLAG_SEARCH)
 
 
-Request = ConnectReq | StatusReq | PeerReq | ListenReq | ResolveReq | ReverseReq | QueryReq
+@dataclass(frozen=True, slots=True)
+class UdpReq:
+    """The program's UDP socket, sending from ``local`` (the address datagrams to a loopback
+    endpoint will come from), wants to reach ``dst``."""
+    seq: int
+    flags: int
+    dst: Address
+    local: Address
+
+
+Request = (ConnectReq | StatusReq | PeerReq | ListenReq | ResolveReq | ReverseReq | QueryReq
+           | UdpReq)
 NameRequest = ResolveReq | ReverseReq | QueryReq
 
 
@@ -303,6 +319,12 @@ def decode_request(data: bytes, nfds: int = 0) -> Request:
         if not 12 <= n <= QUERY_MAX:
             raise ProtoError(errno.EINVAL, f"query: bad length {n}", op)
         return QueryReq(seq, flags, bytes(raw[:n]))
+    if op == OP_UDP:
+        dst = decode_address(bytes(body[:ADDR_SIZE]), op)
+        local = decode_address(bytes(body[ADDR_SIZE:]), op)
+        if not dst.port or not local.port:
+            raise ProtoError(errno.EINVAL, "udp: port 0", op)
+        return UdpReq(seq, flags, dst, local)
     return PeerReq(seq, flags, decode_address(bytes(body), op))
 
 
@@ -313,6 +335,10 @@ def encode_connect(dst: Address, *, seq: int = 0, blocking: bool = False,
         raise ValueError("host too long")
     return (_REQ_HDR.pack(VERSION, OP_CONNECT, FLAG_BLOCKING if blocking else 0, seq)
             + _CONNECT_BODY.pack(encode_address(dst), timeout_ms, len(hb), hb))
+
+
+def encode_udp(dst: Address, local: Address, *, seq: int = 0) -> bytes:
+    return _REQ_HDR.pack(VERSION, OP_UDP, 0, seq) + encode_address(dst) + encode_address(local)
 
 
 def encode_status(token: int, *, seq: int = 0) -> bytes:
@@ -365,6 +391,12 @@ def encode_peer_reply(err: int, dst: Address | None = None) -> bytes:
     return _REP_HDR.pack(VERSION, OP_PEER, 0, err) + body
 
 
+def encode_udp_reply(err: int, endpoint: Address | None = None) -> bytes:
+    """UDP reply: the loopback endpoint to send to, or none (all zero: send directly)."""
+    body = encode_address(endpoint) if endpoint is not None and err == 0 else bytes(ADDR_SIZE)
+    return _REP_HDR.pack(VERSION, OP_UDP, 0, err) + body
+
+
 def _names_field(names: list[str], size: int) -> tuple[int, bytes]:
     """(count, packed NUL-terminated names) fitting in ``size`` bytes; the rest is dropped."""
     out, n = b"", 0
@@ -415,6 +447,8 @@ def encode_error_reply(op: int, err: int) -> bytes:
         return encode_reverse_reply(err)
     if op == OP_QUERY:
         return encode_query_reply(err)
+    if op == OP_UDP:
+        return encode_udp_reply(err)
     return encode_reply_header(op, err)
 
 

@@ -75,6 +75,18 @@ class Upstream(Protocol):
 Outbound = Union[socket.socket, Upstream]
 
 
+class DatagramUpstream(Protocol):
+    """A UDP association held in the node (node.TailnetConn), not yet relayed."""
+
+    def relay(self, sock: socket.socket, done: Callable | None = None,
+              initial: bytes = b"") -> None:
+        """Carry datagrams between `sock` (SOCK_SEQPACKET, or a connected UDP socket) and
+        the far side; `done(RelayEnd)` runs on the loop when the association ends."""
+
+    def close(self) -> None:
+        """Abandon it (it was never relayed)."""
+
+
 @runtime_checkable
 class Dialer(Protocol):
     async def dial(self, host: str, port: int, timeout: float) -> Outbound:
@@ -90,6 +102,11 @@ class Dialer(Protocol):
         """A non-blocking socket that carries datagrams to and from host:port, one send()
         or recv() each: a connected UDP socket, or a SOCK_SEQPACKET socket the node relays.
         Raises DialError."""
+        ...
+
+    async def associate_udp(self, host: str, port: int, timeout: float) -> DatagramUpstream | None:
+        """The preload's UDP association with host:port: one the node carries, or None when
+        the program should send to host:port itself. Raises DialError."""
         ...
 
 
@@ -229,6 +246,9 @@ class DirectDialer:
             sock.close()
             raise _map_oserror(exc, host, port) from None
         return sock
+
+    async def associate_udp(self, host: str, port: int, timeout: float) -> None:
+        return None             # the program's own socket reaches it directly
 
     def start_dial(self, host: str, port: int, timeout: float):
         """The hot path: for a numeric address, the connect is started here and a local

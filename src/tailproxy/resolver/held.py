@@ -77,3 +77,28 @@ class HeldUpstream:
     def close(self) -> None:
         self._release()
         self.inner.close()
+
+
+class HeldDatagramUpstream:
+    """A DatagramUpstream (proxy/dialer.py: a UDP association in the node) through a
+    placeholder: the placeholder is held until the association ends or is abandoned."""
+
+    def __init__(self, placeholders: PlaceholderMap, name: str, inner):
+        placeholders.hold(name)
+        self.inner = inner
+        self._release = _once(lambda: placeholders.release(name))
+
+    def relay(self, sock, done=None, initial: bytes = b"") -> None:
+        def ended(end) -> None:
+            self._release()
+            if done is not None:
+                done(end)
+        try:
+            self.inner.relay(sock, ended, initial)
+        except BaseException:
+            self._release()
+            raise
+
+    def close(self) -> None:
+        self._release()
+        self.inner.close()

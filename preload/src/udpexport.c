@@ -1,0 +1,87 @@
+/* Export mode (TAILPROXY_EXPORT_LISTENERS=1), UDP: a UDP socket bound to a fixed port is a
+ * server (a client lets the kernel pick its port), so its bind() is held to loopback, as a TCP
+ * listener's is (listen.c), and the exporter is told (LISTEN with FLAG_LISTEN_UDP); the node
+ * then serves that port on the tailnet and forwards each peer's datagrams to it. A bind to port
+ * 0 is left alone: such a socket may well send to the internet directly. The exporter ends the
+ * export when the kernel no longer shows a UDP socket on the port (no close() notice here). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tailproxy.h"
+
+#define LISTEN_LEN (8 + 8)
+
+static int udp_family(int fd)
+{
+	int type = 0, dom = 0;
+	socklen_t l = sizeof(type);
+
+	if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_DGRAM)
+		return 0;
+	l = sizeof(dom);
+	if (real_getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
+		return 0;
+	return dom == AF_INET || dom == AF_INET6 ? dom : 0;
+}
+
+/* The same address on loopback (IPv4-mapped stays mapped); its port, or 0. */
+static uint16_t held_to_loopback(const struct sockaddr *sa, socklen_t len,
+				 struct sockaddr_storage *ss)
+{
+	static const uint8_t mapped[12] = {[10] = 0xff, [11] = 0xff};
+
+	memset(ss, 0, sizeof(*ss));
+	if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+		struct sockaddr_in *in = (struct sockaddr_in *)ss;
+		memcpy(in, sa, sizeof(*in));
+		if ((ntohl(in->sin_addr.s_addr) >> 24) != 127)
+			in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		return ntohs(in->sin_port);
+	}
+	if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+		uint8_t *a = in6->sin6_addr.s6_addr;
+		memcpy(in6, sa, sizeof(*in6));
+		if (!memcmp(a, mapped, 12)) {
+			if (a[12] != 127)
+				a[12] = 127, a[13] = 0, a[14] = 0, a[15] = 1;
+		} else if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) {
+			in6->sin6_addr = in6addr_loopback;
+			in6->sin6_scope_id = 0;
+		}
+		return ntohs(in6->sin6_port);
+	}
+	return 0;
+}
+
+int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
+		    int (*real_bind)(int, const struct sockaddr *, socklen_t), int *ret)
+{
+	struct sockaddr_storage ss;
+	uint8_t req[LISTEN_LEN];
+	int32_t pid;
+	uint16_t port;
+	int e0 = errno, fam;
+
+	if (!sa || len < sizeof(sa_family_t) ||
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !(fam = udp_family(fd)))
+		return 0;
+	port = held_to_loopback(sa, len, &ss);
+	if (port == 0) {
+		errno = e0;
+		return 0;
+	}
+	*ret = real_bind(fd, (struct sockaddr *)&ss, len);
+	if (*ret != 0)
+		return 1;
+	memset(req, 0, sizeof(req));
+	req[8] = fam == AF_INET ? 4 : 6;
+	memcpy(req + 10, &port, 2);
+	pid = (int32_t)getpid();
+	memcpy(req + 12, &pid, 4);
+	chan_request(OP_LISTEN, FLAG_LISTEN_UDP, req, sizeof(req), NULL, 0, 0);  /* a notice */
+	errno = e0;
+	return 1;
+}
