@@ -41,6 +41,8 @@ modes interleaved (and their order rotated) in each repetition:
       `curl --socks5-hostname` through the anchor tailscaled
   (j) bench/seccomp_bench.py: added cost per connection of the seccomp front end (static
       program) vs the preload (dynamic) vs proxychains4 + microsocks; untrapped-syscall cost
+  (u) bench/udp_bench.py: the loss-free rate of a paced UDP stream to peer from an unmodified
+      program under tailproxy vs the same through a userspace tailscaled's SOCKS5 UDP ASSOCIATE
 
 Prints every exact command, a table, and writes bench/results/latest.json + latest.md
 (--out DIR to change). A tailproxy mode that fails is reported as FAILED with its error; the
@@ -654,6 +656,21 @@ def markdown(rows, targets, failures, meta, a) -> str:
 CRASHES: list[str] = []
 
 
+def udp_section(tmp: str, a) -> dict:
+    """(u): bench/udp_bench.py run as it runs alone; its figures (udp.json)."""
+    out = os.path.join(tmp, "udp")
+    argv = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "udp_bench.py"),
+            "--out", out] + (["--quick"] if a.quick else []) + \
+        (["--tailproxy", a.tailproxy] if a.tailproxy else [])
+    show(argv)
+    cp = subprocess.run(argv, text=True, capture_output=True, timeout=1800)
+    say(cp.stdout[-4000:])
+    if cp.returncode != 0:
+        raise RuntimeError(f"udp_bench.py exit {cp.returncode}: {cp.stderr[-2000:]}")
+    with open(os.path.join(out, "udp.json")) as f:
+        return json.load(f)
+
+
 def guarded(name, fn, *args):
     """A bug in one section of this script must not lose the others' figures."""
     try:
@@ -681,9 +698,9 @@ def main() -> int:
     p.add_argument("--reps-start", type=int, default=10, help="(g) runs of each start-up figure (default 10)")
     p.add_argument("--warmup", type=int, default=50, help="(c) warm-up connections per run (default 50)")
     p.add_argument("--hold", type=int, default=1000, help="(d) open connections (default 1000)")
-    p.add_argument("--only", default="abcdefghij",
-                   help="sections to run, e.g. 'ab'; h is (a″), i the agent, j seccomp "
-                        "(default abcdefghij)")
+    p.add_argument("--only", default="abcdefghiju",
+                   help="sections to run, e.g. 'ab'; h is (a″), i the agent, j seccomp, u UDP "
+                        "(default abcdefghiju)")
     p.add_argument("--dns-lookups", type=int, default=20000, help="(f) lookups per run (default 20000)")
     p.add_argument("--no-tailnet-memory", action="store_true", help="(d) skip the tailnet hold")
     p.add_argument("--tailproxy", help="command that runs tailproxy (default: the venv's tailproxy)")
@@ -726,7 +743,7 @@ def main() -> int:
     say(f"tailproxy benchmarks ({meta['versions']['git']}), in {tmp}")
     say(f"  (ulimit -n {hard} for everything below)")
     loc = tn = mem = ex = st = dr = ag = None
-    dns = sec = None
+    dns = sec = udp = None
     try:
         say("\nsetup")
         tb = ctx["tb"] = build_tcpbench(tmp)
@@ -789,6 +806,8 @@ def main() -> int:
             import seccomp_bench
             sec = guarded("(j)", seccomp_bench.section, info, tp, tp_env, tmp,
                           200 if a.quick else 1000, 1 if a.quick else 5)
+        if "u" in a.only:   # (u): bench/udp_bench.py, in a process of its own (its own servers)
+            udp = guarded("(u)", udp_section, tmp, a)
     except KeyboardInterrupt:
         say("bench: interrupted")
     finally:
@@ -817,6 +836,11 @@ def main() -> int:
         targets.append({"name": "(j) seccomp added cost per connection ≤ 1.5x the preload's",
                         "met": sec["seccomp_vs_preload"] <= 1.5,
                         "detail": f"{sec['seccomp_vs_preload']:.2f}x"})
+    if udp:
+        t, anchor = udp["modes"]["tailproxy"], udp["modes"]["anchor"]
+        targets.append({"name": "(u) UDP loss-free rate ≥ a userspace tailscaled's SOCKS5 UDP",
+                        "met": t["loss_free_mbit"] >= anchor["loss_free_mbit"],
+                        "detail": f"{t['loss_free_mbit']} vs {anchor['loss_free_mbit']} Mbit/s"})
     meta["seconds"] = round(time.monotonic() - t_start, 1)
     meta["loadavg_end"] = os.getloadavg()
     say("\n" + table(rows, ["benchmark", "mode", "median", "vs anchor"]))
@@ -847,6 +871,8 @@ def main() -> int:
                              for k, v in ag.items()}
     if sec:
         data["j_seccomp"] = sec
+    if udp:
+        data["u_udp"] = udp
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(data, f, indent=2)
     with open(os.path.join(a.out, "latest.md"), "w") as f:
