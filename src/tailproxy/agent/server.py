@@ -33,8 +33,11 @@ from ..node.exitnode import peer_label
 from ..policy import TailnetView
 from ..printable import printable
 from ..resolver import PlaceholderMap
+from ..resolver.service import LOOKUP_SOURCES
 from . import identity
 from .lifetime import Lifetime, PidfdBudget
+from .measure import Measurements, ProgramInfo
+from .peers import exit_node_health, peer_rows
 from .routing import SharedRouting
 from .session import ProgramSession
 from .policy import policy_from_json
@@ -112,6 +115,7 @@ class Agent:
         self.claims = PortClaims()             # which program exports which tailnet port
         self.pidfds = PidfdBudget()            # every program's tracked processes together
         self.lifetime = Lifetime(settings.linger, self._idle, log=self.say)
+        self.measure = Measurements(self._classify)
 
     # -- saying things -------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -139,6 +143,40 @@ class Agent:
               flush=True)
         self.stopping = True
         self.stop.set()
+
+    # -- measurements (tailproxy top) ---------------------------------------------------------
+    def _classify(self, asked: str, dialled: str, via_node: bool) -> str:
+        """A connection's route: through the node to a tailnet peer (or a subnet route it
+        accepted), through the node to the exit node, or dialled directly by the agent."""
+        if not via_node:
+            return "direct"
+        view = self.view
+        if view is None or not view.exit_node_in_use:
+            return "tailnet"
+        import ipaddress
+        host = asked.rpartition(":")[0].strip("[]")
+        try:
+            ip = ipaddress.ip_address(dialled.rpartition(":")[0].strip("[]"))
+        except ValueError:
+            ip = None
+        if view.is_tailnet_name(host) or (ip is not None and (view.in_tailnet_range(ip)
+                                                               or view.in_routes(ip))):
+            return "tailnet"
+        return "exit-node"
+
+    async def _top(self) -> dict:
+        """Everything `tailproxy top` shows of this agent (docs: top.schema.json)."""
+        st = await asyncio.to_thread(self.node.localapi.status) if self.node else {}
+        peers = peer_rows(st)
+        lookups = dict.fromkeys(LOOKUP_SOURCES, 0)
+        for names in (self.routing.names.values() if self.routing else ()):
+            for source, n in names.by_source.items():
+                lookups[source] = lookups.get(source, 0) + n
+        snap = self.measure.snapshot()
+        snap.update(ok=True, pid=os.getpid(), hostname=self.settings.hostname,
+                    state_dir=self.settings.state_dir, programs=self._programs(),
+                    peers=peers, exit_node=exit_node_health(peers), lookups=lookups)
+        return snap
 
     # -- parts ---------------------------------------------------------------------------
     def _start_node(self) -> None:
@@ -325,6 +363,8 @@ class Agent:
             value = req.get("linger")
             self.lifetime.set_linger(float("inf") if value == "forever" else float(value))
             return {"ok": True}
+        if cmd == "top":
+            return await self._top()
         if cmd == "info":
             info = await self._handler({"cmd": "info"})
             programs = self._programs()
@@ -378,9 +418,12 @@ class Agent:
             return {"ok": False, "error": f"the agent for {self.settings.state_dir} serves "
                                           f"{MAX_SESSIONS} programs already"}
         if command:
-            session = ProgramSession(next(self._numbers), policy, command, pid, self.node,
+            number = next(self._numbers)
+            program = ProgramInfo(number, lambda: session.program_pid or pid, command)
+            session = ProgramSession(number, policy, command, pid, self.node,
                                      self.routing, self.claims, self.run_dir, a.send_log,
                                      self._log_line, self._session_ended, pidfds=self.pidfds,
+                                     watch=self.measure.for_program(program),
                                      **({"socks": socks[0], "socks_auth": socks[1]} if socks
                                         else {}))
             try:

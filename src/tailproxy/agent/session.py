@@ -21,6 +21,7 @@ from ..exporter.exporter import Exporter
 from ..exporter.ports import PortFilter
 from ..policy import NodeHandoff
 from ..proxy.channel_proto import OP_LISTEN
+from ..proxy.connwatch import ConnWatch
 from ..proxy.server import Proxy
 from .lifetime import Lifetime, PidfdBudget
 from .routing import SharedRouting
@@ -36,7 +37,7 @@ class ProgramSession:
                  on_end: Callable[["ProgramSession"], None],
                  socks: tuple[str, int] | None = ("127.0.0.1", 0),
                  socks_auth: tuple[str, str] | None | bool = True,
-                 pidfds: PidfdBudget | None = None):
+                 pidfds: PidfdBudget | None = None, watch: ConnWatch | None = None):
         self.number, self.policy, self.command = number, policy, command
         self.launcher_pid, self.program_pid = launcher_pid, None
         self.node, self.routing, self.claims, self.run_dir = node, routing, claims, run_dir
@@ -46,6 +47,7 @@ class ProgramSession:
         # True: a password of its own; None: none (`--socks5-no-auth`); a pair: that one
         self.auth = ("tailproxy", secrets.token_urlsafe(16)) if socks_auth is True else socks_auth
         self.socks = socks
+        self.watch = watch
         self.proxy: Proxy | None = None
         self.exporter: Exporter | None = None
         self.table: str | None = None
@@ -78,7 +80,7 @@ class ProgramSession:
                            connect_timeout=p.connect_timeout, verbose=p.verbose,
                            log=self._verbose_line, make_channel_dir=False,
                            handoff=NodeHandoff(self.node) if with_channel else None,
-                           on_names=names.handle if names else None)
+                           on_names=names.handle if names else None, watch=self.watch)
         if p.export_listeners and with_channel:
             self.exporter = Exporter(
                 self.node, PortFilter(p.export_allow_ports and list(p.export_allow_ports),
