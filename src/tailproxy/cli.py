@@ -58,7 +58,7 @@ def usage() -> str:
         lines.append(f"  {'--' + name:<34} {text}")
     lines += ["", "subcommands (`tailproxy -- NAME` always runs a program NAME instead):",
               "  tailproxy ps [--json]                      list running agents and tailproxies",
-              "  tailproxy top --once [--json]              connections, programs, peers, exit node",
+              "  tailproxy top [--once [--json]]            live connections, programs, peers, exit node",
               "  tailproxy up [OPTIONS]                     start this identity's agent (--linger)",
               "  tailproxy down [--hostname H|--state-dir D]   stop this identity's agent",
               "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)",

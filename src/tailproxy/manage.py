@@ -9,7 +9,7 @@ from .printable import printable
 from .rundir import RunDirError
 
 USAGE = """usage: tailproxy ps [--json]
-       tailproxy top --once [--json]    (connections, programs, peers, exit node of each agent)
+       tailproxy top [--once [--json]]  (connections, programs, peers, exit node of each agent)
        tailproxy up [OPTIONS]            (start or keep this identity's agent; --linger forever)
        tailproxy down [--hostname NAME | --state-dir DIR]
        tailproxy [--hostname NAME] exit-node set NAME|auto
@@ -214,9 +214,12 @@ def _run_subcommand(args: list[str], settings: Settings, hostname_flag: str | No
         words = set(args[1:])
         if len(words) != len(args) - 1 or not words <= {"--once", "--json"}:
             return _err("top takes --once and --json\n" + USAGE)
-        if "--once" not in words:
-            return _err("top: only --once is built so far (a live view is planned)\n" + USAGE)
-        return top_once("--json" in words)
+        if "--once" in words:
+            return top_once("--json" in words)
+        if "--json" in words:
+            return _err("top --json needs --once\n" + USAGE)
+        from .top import run
+        return run()
     if args[0] in ("up", "down"):
         if len(args) > 1:
             settings = _options_after(args[0], args[1:])

@@ -172,3 +172,28 @@ def test_ps_schema_takes_an_agent_and_a_run_of_its_own():
          "ips": [], "exports": [80], "routes": []}]})
     with pytest.raises(jsonschema.ValidationError):
         validator("ps.schema.json").validate({"version": 1, "runs": [{"pid": 0}]})
+
+
+def test_top_keys_and_a_frame_in_80_columns():
+    from rich.console import Console
+
+    from tailproxy.top import TopState, render
+    st = TopState()
+    assert st.key("n") and st.view == "peers"
+    for ch in "/abc\x7fd\r":
+        assert st.key(ch)
+    assert st.filter == "abd" and st.typing is None
+    assert st.key("/") and st.key("\r") and st.filter == ""
+    assert not st.key("q")
+    m, w, clock = make()
+    w.opened(11, "peer:80", "100.64.0.2:80", True, clock.t, NodeJoined())
+    view = m.snapshot()
+    view.update(pid=1, hostname="h", peers=peer_rows(STATUS), exit_node=None, programs=[],
+                lookups={})
+    for name in ("connections", "programs", "peers"):
+        st.view = name
+        con = Console(width=80, record=True, file=open(os.devnull, "w"))
+        con.print(render(st, [view], 24))
+        text = con.export_text()
+        assert max(len(line) for line in text.splitlines()) <= 80
+    assert "peer.ts.net" in text and "direct" in text
