@@ -63,7 +63,7 @@ def usage() -> str:
               "  tailproxy down [--hostname H|--state-dir D]   stop this identity's agent",
               "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)",
               f"  tailproxy completion {'|'.join(SHELLS):<21} print a shell completion script",
-              "  tailproxy help TOPIC                       config, exit-nodes, exports, names"]
+              "  tailproxy help TOPIC                       config, exit-nodes, exports, names, top"]
     return "\n".join(lines)
 
 
