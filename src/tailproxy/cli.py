@@ -27,7 +27,7 @@ _META_HELP = {"config": "config file (default ~/.config/tailproxy/config.toml)",
               "profile": "use [profiles.NAME] from the config file"}
 _SWITCHES = {"help": "print this help", "version": "print the version"}   # -h is --help
 # Management subcommands (manage.py): they act on running tailproxies and need settings.
-MANAGE_SUBCOMMANDS = ("ps", "top", "exit-node", "up", "down")
+MANAGE_SUBCOMMANDS = ("ps", "top", "ui", "exit-node", "up", "down")
 EXIT_NODE_ACTIONS = ("set", "clear", "list")
 # Subcommands that need no settings: a broken config file must not stop them.
 INFO_SUBCOMMANDS = ("help", "completion")
@@ -59,6 +59,7 @@ def usage() -> str:
     lines += ["", "subcommands (`tailproxy -- NAME` always runs a program NAME instead):",
               "  tailproxy ps [--json]                      list running agents and tailproxies",
               "  tailproxy top [--once [--json]]            live connections, programs, peers, exit node",
+              "  tailproxy [--hostname H] ui [--no-browser] the agent's local web page (prints its URL)",
               "  tailproxy up [OPTIONS]                     start this identity's agent (--linger)",
               "  tailproxy down [--hostname H|--state-dir D]   stop this identity's agent",
               "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)",
@@ -95,6 +96,7 @@ def completion_spec() -> "CompletionSpec":
         SubcommandSpec("ps", "list running agents and tailproxies", ("--json",)),
         SubcommandSpec("top", "connections, programs, peers and exit node of each agent",
                        ("--once", "--json")),
+        SubcommandSpec("ui", "the agent's local web page (prints its URL)", ("--no-browser",)),
         SubcommandSpec("up", "start this identity's agent in the background"),
         SubcommandSpec("down", "stop this identity's agent"),
         SubcommandSpec("exit-node", "set, clear or list a running tailproxy's exit node",

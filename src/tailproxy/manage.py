@@ -10,6 +10,7 @@ from .rundir import RunDirError
 
 USAGE = """usage: tailproxy ps [--json]
        tailproxy top [--once [--json]]  (connections, programs, peers, exit node of each agent)
+       tailproxy [--hostname NAME] ui [--no-browser]   (the agent's local web page)
        tailproxy up [OPTIONS]            (start or keep this identity's agent; --linger forever)
        tailproxy down [--hostname NAME | --state-dir DIR]
        tailproxy [--hostname NAME] exit-node set NAME|auto
@@ -104,6 +105,26 @@ def top_once(as_json: bool) -> int:
         return 0
     from .topview import render_text
     print(render_text(views, width=_terminal_width()))
+    return 0
+
+
+def ui(hostname: str | None, browser: bool) -> int:
+    """Start (or find) the agent's web page and print its URL, with its token."""
+    from .agent.client import agents
+    target, why = _pick(agents(), hostname)
+    if target is None:
+        return _err(why.replace("tailproxy", "agent", 1) if why.startswith("no running")
+                    else why)
+    reply = control.ask(target[0], {"cmd": "ui"}, timeout=30)
+    if not reply.get("ok"):
+        return _err(reply.get("error", "failed"))
+    print(f"{target[1].get('hostname')}: {reply['url']}", flush=True)
+    if browser:
+        import webbrowser
+        try:
+            webbrowser.open(reply["url"])
+        except webbrowser.Error as e:
+            return _err(f"cannot open a browser ({e}); open the URL above")
     return 0
 
 
@@ -220,6 +241,10 @@ def _run_subcommand(args: list[str], settings: Settings, hostname_flag: str | No
             return _err("top --json needs --once\n" + USAGE)
         from .top import run
         return run()
+    if args[0] == "ui":
+        if args[1:] not in ([], ["--no-browser"]):
+            return _err("ui takes only --no-browser\n" + USAGE)
+        return ui(hostname_flag, browser=len(args) == 1)
     if args[0] in ("up", "down"):
         if len(args) > 1:
             settings = _options_after(args[0], args[1:])

@@ -145,7 +145,7 @@ def test_peers_and_a_whole_view_match_the_schema():
     w.opened(11, "peer:80", "100.64.0.2:80", True, clock.t - 0.003, NodeJoined())
     w.failed(12, "inet:443", "203.0.113.9:443", "EHOSTUNREACH", clock.t)
     view = m.snapshot()
-    view.update(pid=1, hostname="h", state_dir="/s", peers=peers,
+    view.update(pid=1, hostname="h", node_name="h.ts.net", state_dir="/s", peers=peers,
                 exit_node=exit_node_health(peers),
                 lookups={"hosts": 0, "magicdns": 2, "placeholder": 1, "system": 0},
                 programs=[{"pid": 4242, "command": ["curl", "x"], "started": 1.0,

@@ -116,6 +116,8 @@ class Agent:
         self.pidfds = PidfdBudget()            # every program's tracked processes together
         self.lifetime = Lifetime(settings.linger, self._idle, log=self.say)
         self.measure = Measurements(self._classify)
+        self.web = None                        # the ui's server, once asked for (web.py)
+        self._parts: contextlib.AsyncExitStack | None = None
 
     # -- saying things -------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -173,10 +175,33 @@ class Agent:
             for source, n in names.by_source.items():
                 lookups[source] = lookups.get(source, 0) + n
         snap = self.measure.snapshot()
-        snap.update(ok=True, pid=os.getpid(), hostname=self.settings.hostname,
+        node_name = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".") or None
+        snap.update(ok=True, pid=os.getpid(), hostname=self.settings.hostname, node_name=node_name,
                     state_dir=self.settings.state_dir, programs=self._programs(),
                     peers=peers, exit_node=exit_node_health(peers), lookups=lookups)
         return snap
+
+    async def _ui(self) -> dict:
+        """Start the web page's server on the first request (aiohttp is imported only then)."""
+        if self.web is None:
+            from .web import WebUI
+            web = WebUI(self._top_for_web, self._exit_node_from_web, self.log)
+            await web.start()
+            self._parts.push_async_callback(web.close)
+            self.web = web
+        return {"ok": True, "url": self.web.url}
+
+    async def _top_for_web(self) -> dict:
+        top = await self._top()
+        top.pop("ok", None)
+        return top
+
+    async def _exit_node_from_web(self, name: str | None) -> dict:
+        req = {"cmd": "exit-node-set", "name": name} if name else {"cmd": "exit-node-clear"}
+        try:
+            return await self._handler(req)
+        except Exception as e:      # as the control socket answers it
+            return {"ok": False, "error": str(e)}
 
     # -- parts ---------------------------------------------------------------------------
     def _start_node(self) -> None:
@@ -211,6 +236,7 @@ class Agent:
 
     async def run(self) -> int:
         async with contextlib.AsyncExitStack() as parts:
+            self._parts = parts
             try:
                 self._start_node()
             except NodeError as e:
@@ -365,6 +391,8 @@ class Agent:
             return {"ok": True}
         if cmd == "top":
             return await self._top()
+        if cmd == "ui":
+            return await self._ui()
         if cmd == "info":
             info = await self._handler({"cmd": "info"})
             programs = self._programs()
