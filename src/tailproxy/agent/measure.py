@@ -12,6 +12,7 @@ each peer's totals (peers.py)."""
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from typing import Callable
 
@@ -96,11 +97,7 @@ class Measurements:
     # -- the channel server's calls, through ProgramWatch --------------------------------
     def _latency(self, seconds: float) -> None:
         self.latency_sum += seconds
-        for i, bound in enumerate(LATENCY_BOUNDS):
-            if seconds <= bound:
-                self.latency_counts[i] += 1
-                return
-        self.latency_counts[-1] += 1
+        self.latency_counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1     # le: bound inclusive
 
     def opened(self, program: ProgramInfo, pid: int, asked: str, dialled: str, via_node: bool,
                t0: float, relay: Joined) -> Conn | None:
