@@ -67,7 +67,7 @@ TOPICS = (
 
             tailproxy --export-listeners npm run dev""",
           ("export_listeners", "export_allow_ports", "export_deny_ports", "export_max",
-           "export_proxy_protocol", "verbose")),
+           "export_proxy_protocol", "export_idle_timeout", "verbose")),
     Topic("names", "how the program's name lookups are answered", """
         A program's lookups (getaddrinfo and friends, res_query and friends, and its own DNS
         packets to port 53) are answered by tailproxy's name service, in this order:

@@ -78,8 +78,13 @@ def ps(as_json: bool = False) -> int:
               f"{i.get('connections', 0)} connection(s) relayed by the proxy "
               f"(the node's fast path not counted)")
         for p in i.get("programs") or []:
+            idle = (f" (idle timeout {p['export_idle_timeout']:g}s"
+                    + (f"; withdrawn {','.join(map(str, p['withdrawn']))})" if p.get("withdrawn")
+                       else ")") if p.get("export_idle_timeout") else "")
+            exports = (f"  exports {','.join(map(str, p['exports'])) or '-'}{idle}"
+                       if p.get("exports") or idle else "")
             print(f"  {p.get('pid'):>7}  {_started(p.get('started'))}  "
-                  f"{printable(' '.join(p.get('command') or [])) or '(up)'}")
+                  f"{printable(' '.join(p.get('command') or [])) or '(up)'}{exports}")
     return 0
 
 

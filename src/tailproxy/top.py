@@ -22,6 +22,7 @@ from rich.text import Text
 
 from . import control
 from .printable import printable
+from .topview import _exports
 
 VIEWS = {"c": "connections", "p": "programs", "n": "peers"}
 INTERVAL_S = 1.0
@@ -145,7 +146,7 @@ def _programs(state: TopState, views: list[dict], rows: int) -> Table:
              if state.matches(p["pid"], " ".join(p["command"]), v["hostname"])]
     for v, p in progs[:rows]:
         t.add_row(str(p["pid"]), printable(" ".join(p["command"])) or "(proxy)",
-                  str(p["connections"]), ",".join(map(str, p["exports"])) or "-", v["hostname"])
+                  str(p["connections"]), _exports(p), v["hostname"])
     return t
 
 

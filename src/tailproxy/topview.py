@@ -37,7 +37,7 @@ def render_text(views: list[dict], width: int = 80) -> str:
                    f"up {_bytes(t['bytes_up'])} down {_bytes(t['bytes_down'])} (closed)")
         out.append("  PROGRAMS")
         for p in v["programs"]:
-            out.append(f"  {p['pid']:>7} {len(p.get('exports') or []):>2} exp  {_cmd(p['command'])}")
+            out.append(f"  {p['pid']:>7} {_exports(p):<24} {_cmd(p['command'])}")
         out.append("  OPEN CONNECTIONS             ROUTE     UP      DOWN    CONNECT  AGE")
         conns = sorted(v["connections"], key=lambda c: -((c["up"] or 0) + (c["down"] or 0)))
         for c in conns:
@@ -53,6 +53,16 @@ def render_text(views: list[dict], width: int = 80) -> str:
                        f"{'' if p['online'] else ' offline'}{mark}")
         out.append("  LOOKUPS " + ", ".join(f"{k} {n}" for k, n in v["lookups"].items()))
     return "\n".join(line[:width] for line in out)
+
+
+def _exports(p: dict) -> str:
+    """ "8080,3000 idle 60s withdrawn 9090": exported ports, --export-idle-timeout, withdrawn."""
+    text = ",".join(map(str, p["exports"])) or "-"
+    if p.get("export_idle_timeout"):
+        text += f" idle {p['export_idle_timeout']:g}s"
+    if p.get("withdrawn"):
+        text += " withdrawn " + ",".join(map(str, p["withdrawn"]))
+    return text
 
 
 def _conn_line(c: dict, closed: bool = False) -> str:

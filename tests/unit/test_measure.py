@@ -149,7 +149,8 @@ def test_peers_and_a_whole_view_match_the_schema():
                 exit_node=exit_node_health(peers),
                 lookups={"hosts": 0, "magicdns": 2, "placeholder": 1, "system": 0},
                 programs=[{"pid": 4242, "command": ["curl", "x"], "started": 1.0,
-                           "exports": [8080], "connections": 1, "tracked": 1}])
+                           "exports": [8080], "export_idle_timeout": 60.0, "withdrawn": [9090],
+                           "connections": 1, "tracked": 1}])
     doc = {"version": 1, "agents": [view]}
     validator("top.schema.json").validate(doc)
     bad = json.loads(json.dumps(doc))
@@ -157,12 +158,14 @@ def test_peers_and_a_whole_view_match_the_schema():
     with pytest.raises(jsonschema.ValidationError):
         validator("top.schema.json").validate(bad)
     text = render_text([view], width=80)
+    assert "withdrawn 9090" in text and "idle 60s" in text
     assert "exit node exit.ts.net (online, derp)" in text and "peer:80 (100.64.0.2" in text
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
 def test_ps_schema_takes_an_agent_and_a_run_of_its_own():
-    prog = {"pid": 5, "command": ["x"], "started": 1.0, "exports": [], "connections": 0,
+    prog = {"pid": 5, "command": ["x"], "started": 1.0, "exports": [], "withdrawn": [],
+            "export_idle_timeout": None, "connections": 0,
             "tracked": 1}
     validator("ps.schema.json").validate({"version": 1, "runs": [
         {"pid": 1, "hostname": "a", "command": [], "exit_node": None, "node_name": "a.ts.net",

@@ -365,6 +365,8 @@ class Agent:
         return [{"pid": x.program_pid or x.launcher_pid, "command": x.command,
                  "started": x.started_at,
                  "exports": x.claims.held_by(x) if x.exporter else [],
+                 "export_idle_timeout": x.policy.export_idle_timeout,
+                 "withdrawn": sorted(x.exporter.withdrawn) if x.exporter else [],
                  "connections": x.connections, "tracked": len(x.lifetime.tracked)}
                 for x in sorted(self.sessions, key=lambda x: x.number)]
 

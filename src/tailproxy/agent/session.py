@@ -87,7 +87,8 @@ class ProgramSession:
                                       p.export_deny_ports and list(p.export_deny_ports),
                                       p.export_max),
                 p.export_proxy_protocol, self.say, verbose=p.verbose,
-                claims=OwnerClaims(self.claims, self, self.label))
+                claims=OwnerClaims(self.claims, self, self.label),
+                idle_timeout=p.export_idle_timeout)
             await self.exporter.start()
             self.proxy.on_listen = self._listen_notice
         try:

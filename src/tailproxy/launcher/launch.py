@@ -165,7 +165,8 @@ async def _serve(settings: Settings, dialer, rundir, preload, program, command, 
     if settings.export_listeners and node:
         exporter = Exporter(node, PortFilter(settings.export_allow_ports,
                                              settings.export_deny_ports, settings.export_max),
-                            settings.export_proxy_protocol, _say, verbose=settings.verbose)
+                            settings.export_proxy_protocol, _say, verbose=settings.verbose,
+                            idle_timeout=settings.export_idle_timeout)
         proxy.on_listen = _listen_notice(exporter)
     control = ControlServer(control_mod.handler(settings, node, exits, command, dialer, _say,
                                                 exporter, names))

@@ -392,12 +392,17 @@ class Node:
         return listener
 
     async def export(self, port: int, target: tuple[str, int], proxy_protocol: bool = False,
-                     on_inbound: Callable[[dict], None] | None = None) -> "Export":
+                     on_inbound: Callable[[dict], None] | None = None,
+                     idle_timeout: float | None = None,
+                     on_idle: Callable[[], None] | None = None) -> "Export":
         """Serve tailnet connections to `port` by connecting each, in the node, to `target`
         (the program's loopback listener). `on_inbound` gets one event per connection with the
-        peer's node and user, bytes and outcome."""
+        peer's node and user, bytes and outcome. With `idle_timeout` (seconds) the node
+        withdraws the export once no connection has been open or begun for that long, and
+        then calls `on_idle`."""
         self._require_running()
-        export = Export(self, self._port(port), target, proxy_protocol, on_inbound)
+        export = Export(self, self._port(port), target, proxy_protocol, on_inbound,
+                        idle_timeout, on_idle)
         export._start(self._attach_events())
         return export
 
@@ -542,17 +547,20 @@ class Export:
     """A tailnet port served, in the node, by a loopback listener of the program."""
 
     def __init__(self, node: Node, port: int, target: tuple[str, int], proxy_protocol: bool,
-                 on_inbound: Callable[[dict], None] | None):
+                 on_inbound: Callable[[dict], None] | None, idle_timeout: float | None = None,
+                 on_idle: Callable[[], None] | None = None):
         self.node, self.port, self.target = node, port, target
         self._proxy_protocol, self._on_inbound = proxy_protocol, on_inbound
+        self._idle_timeout, self._on_idle = idle_timeout, on_idle
         self._ident = next(node._ids)
         self._events: EventRouter | None = None
 
     def _start(self, events: EventRouter) -> None:
         host, port = self.target
         spec = {"Port": self.port, "Target": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "ProxyProtocol": self._proxy_protocol, "Report": self._on_inbound is not None}
-        if self._on_inbound is not None:
+                "ProxyProtocol": self._proxy_protocol, "Report": self._on_inbound is not None,
+                "IdleTimeoutMS": int(self._idle_timeout * 1000) if self._idle_timeout else 0}
+        if self._on_inbound is not None or self._on_idle is not None:
             events.register(self._ident, self._on_event)
         self._events = events
         try:
@@ -564,6 +572,8 @@ class Export:
     def _on_event(self, ev: dict) -> None:
         if ev["ev"] == "inbound" and self._on_inbound is not None:
             self._on_inbound(ev)
+        elif ev["ev"] == "idle" and self._on_idle is not None:
+            self._on_idle()
 
     def close(self) -> None:
         """Stop accepting; connections already served run to their end (and are still

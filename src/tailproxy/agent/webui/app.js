@@ -88,6 +88,7 @@ function show(top) {
     cell(tr, p.command.join(" ") || "(proxy)");
     cell(tr, p.connections, "num");
     const td = cell(tr, p.exports.length ? "" : "-");
+    td.dataset.withdrawn = p.withdrawn.join(",");
     for (const port of p.exports) {
       const url = `http://${top.node_name || top.hostname}:${port}/`;
       const code = document.createElement("code");
@@ -100,6 +101,8 @@ function show(top) {
       b.addEventListener("click", () => navigator.clipboard.writeText(url));
       td.append(code, b, " ");
     }
+    if (p.export_idle_timeout) td.append(`idle timeout ${p.export_idle_timeout} s`);
+    if (p.withdrawn.length) td.append(`; withdrawn (unused): ${p.withdrawn.join(", ")}`);
     return tr;
   });
   fill("peers", top.peers, p => {
