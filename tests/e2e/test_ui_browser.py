@@ -1,8 +1,9 @@
 """`tailproxy ui` against a live agent on the local tailnet (issue 13), in a real headless
 Chromium: the page loads with the printed URL, shows a connection a program under tailproxy
-holds, and switching the exit node from the page changes the address the internet host sees.
-Refused: without the token, from another uid (with the token), and from the tailnet peer.
-A screenshot goes to build/ (never into the repository). Run with --exit-nodes 2."""
+holds (with its bytes, live), and switching the exit node from the page changes the address the
+internet host sees (this host's own over a direct link, then the exit node's, then this host's
+again once cleared). Refused: without the token, from another uid (with the token), and from
+the tailnet peer. A screenshot goes to build/ (never into the repository)."""
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from helpers import REPO, py, readline, run_tp
+from helpers import REPO, direct_link_to_the_internet, py, readline, run_tp
 from test_agent import AGENT, ident, popen_tpa  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.tailnet
@@ -44,8 +45,11 @@ def browser(tmp) -> webdriver.Chrome:
 
 
 def test_ui_page_live_connection_and_exit_switch(ident, testnet, short_tmp):
-    if len(testnet.get("exit_nodes") or []) < 2:
-        pytest.fail("this test needs the testnet started with --exit-nodes 2")
+    with direct_link_to_the_internet(testnet) as local:
+        check_ui(ident, testnet, short_tmp, local)
+
+
+def check_ui(ident, testnet, short_tmp, local):
     state, host = ident
     inet = testnet["internet"]
     exits = {e["name"]: e for e in testnet["exit_nodes"]}
@@ -53,7 +57,7 @@ def test_ui_page_live_connection_and_exit_switch(ident, testnet, short_tmp):
     program = py(f"""
         import json, socket, sys, urllib.request
         held = socket.create_connection(({inet['ipv4']!r}, {inet['http_port']}), timeout=20)
-        held.sendall(b"GET / HTTP/1.1\\r\\n")
+        held.sendall(b"GET / HTTP/1.1\\r\\n" + b"X-Pad: " + b"x" * 3000 + b"\\r\\n")
         op = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))
         print("READY", flush=True)
         for _ in iter(sys.stdin.readline, ""):
@@ -63,7 +67,9 @@ def test_ui_page_live_connection_and_exit_switch(ident, testnet, short_tmp):
             except Exception as e:
                 print("ERROR", type(e).__name__, flush=True)
     """)
-    p = popen_tpa(ident, "--linger", "0", "--exit-node", "exit", *program,
+    # --proxy-all: the agent dials the internet host itself (directly, over the link), so the
+    # connection is its to list, with live byte counts
+    p = popen_tpa(ident, "--linger", "0", "--proxy-all", *program,
                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                   text=True)
     driver = None
@@ -74,7 +80,7 @@ def test_ui_page_live_connection_and_exit_switch(ident, testnet, short_tmp):
         return readline(p.stdout, 30).strip()
     try:
         assert readline(p.stdout, 90).strip() == "READY"
-        assert fetch() == exits["exit"]["egress_ipv4"]
+        assert fetch() == local
         cp = run_tp("--hostname", host, "ui", "--no-browser", env=AGENT, timeout=60)
         assert cp.returncode == 0, cp.stderr
         url = re.search(r"http://127\.0\.0\.1:\d+/\?token=\S+", cp.stdout).group(0)
@@ -105,21 +111,24 @@ except urllib.error.HTTPError as e:
         wait = WebDriverWait(driver, 30)
         row = wait.until(lambda d: d.find_elements(
             By.CSS_SELECTOR, f'#connections tbody tr[data-dialled="{dest}"]'))[0]
-        assert row.get_attribute("data-route") == "exit-node"
+        assert row.get_attribute("data-route") == "direct"
+        up = row.find_elements(By.TAG_NAME, "td")[5].text
+        assert up.endswith("K") and float(up[:-1]) >= 2.9, up        # live, before it ends
+        assert row.find_elements(By.CSS_SELECTOR, "svg.spark polyline")
         assert "token" not in driver.current_url        # exchanged for a cookie
         os.makedirs(os.path.join(REPO, "build"), exist_ok=True)
         driver.save_screenshot(os.path.join(REPO, "build", "ui-e2e.png"))
-        target = exits["exit2"]["fqdn"].rstrip(".")
+        target = exits["exit"]["fqdn"].rstrip(".")
         select = wait.until(lambda d: (lambda s: s if target in
                                        [o.get_attribute("value") for o in s.options] else None)(
             Select(d.find_element(By.ID, "exit-select"))))
         select.select_by_value(target)
         driver.find_element(By.ID, "exit-set").click()
         wait.until(lambda d: d.find_element(By.ID, "exit-status").text == f"using {target}")
-        assert fetch() == exits["exit2"]["egress_ipv4"]
+        assert fetch() == exits["exit"]["egress_ipv4"]
         driver.find_element(By.ID, "exit-clear").click()
         wait.until(lambda d: d.find_element(By.ID, "exit-status").text == "cleared")
-        assert fetch().startswith("ERROR")      # no exit node: the internet host is unreachable
+        assert fetch() == local
     finally:
         if driver is not None:
             driver.quit()
