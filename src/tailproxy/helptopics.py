@@ -104,8 +104,9 @@ TOPICS = (
         name lookups by answer source (hosts, magicdns, placeholder, system). Memory stays
         bounded: at most 4096 open connections are listed, more are only counted. Not
         listed: connections the program connects itself (loopback, --bypass, and direct
-        destinations without an exit node), and connections to online peers that the node
-        relays on its own (the fast path): the peers view counts their bytes.""",
+        destinations without an exit node). Connections to online peers that the node relays
+        on its own (the fast path) are listed while open, without byte counts; the peers view
+        counts their bytes.""",
           ("verbose",)),
 )
 BY_NAME = {t.name: t for t in TOPICS}

@@ -1,6 +1,7 @@
 """`tailproxy top --once --json` and `tailproxy ps --json` against a live agent on the local
 tailnet (issue 13): a program under tailproxy holds a connection to the internet host through
-the exit node, then makes one that ends; both outputs match their schemas (docs/schemas), the
+the exit node and one to an online peer (the node's fast path), then makes one that ends;
+both outputs match their schemas (docs/schemas), the
 open connection is listed live with its program, route and connect latency, the ended one is
 in the closed window with its bytes, the exit node is healthy, and the program's lookups are
 counted by source."""
@@ -45,11 +46,15 @@ def mine(doc: dict, host: str) -> dict:
 def test_top_and_ps_json_show_a_live_program(ident, testnet, short_tmp):
     state, host = ident
     inet = testnet["internet"]
+    peer = testnet["peers"]["peer"]
     go, end = str(short_tmp / "go"), str(short_tmp / "end")
     program = py(f"""
         import os, socket, time
         held = socket.create_connection(({inet['ipv4']!r}, {inet['http_port']}), timeout=20)
         held.sendall(b"GET / HTTP/1.1\\r\\n")          # unfinished: the server waits for more
+        # an online peer's address: the node's fast path relays it on its own
+        to_peer = socket.create_connection(({peer['ipv4']!r}, {peer['echo_port']}), timeout=20)
+        to_peer.sendall(b"x"); to_peer.recv(1)
         socket.getaddrinfo({testnet['exit_node']['fqdn']!r}, 80)      # a MagicDNS answer
         socket.getaddrinfo({inet['name']!r}, 80)     # a placeholder (the exit node resolves it)
         print("READY", os.getpid(), flush=True)
@@ -83,7 +88,11 @@ def test_top_and_ps_json_show_a_live_program(ident, testnet, short_tmp):
         assert conn["state"] == "open" and conn["route"] == "exit-node", conn
         assert conn["pid"] == pid and conn["program_pid"] == pid, (conn, pid)
         assert conn["command"][-2] == "-c" and conn["reason"] is None
-        assert 0 < conn["connect_ms"] < 20000
+        assert 0 < conn["connect_ms"] < 20000 and conn["relayed_by"] == "agent"
+        [fast] = [c for c in view["connections"]
+                  if c["dialled"] == f"{peer['ipv4']}:{peer['echo_port']}"]
+        assert fast["relayed_by"] == "node" and fast["route"] == "tailnet", fast
+        assert fast["pid"] == pid and fast["program_pid"] == pid and fast["up"] is None, fast
         assert view["exit_node"]["online"] and view["exit_node"]["name"].startswith("exit.")
         assert view["lookups"]["magicdns"] >= 1 and view["lookups"]["placeholder"] >= 1, \
             view["lookups"]

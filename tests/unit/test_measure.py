@@ -163,6 +163,24 @@ def test_peers_and_a_whole_view_match_the_schema():
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
+def test_a_fast_path_connection_as_a_view_lists_it():
+    from tailproxy.agent.measure import FAST_PATH_IDS, fast_path_row
+    prog = ProgramInfo(3, lambda: 4242, ["ssh", "peer"])
+    row = fast_path_row({"server": 5, "pid": 4250, "src": "127.0.0.1:40123",
+                         "dst": "100.64.0.2:22", "connect_ms": 1.5, "age_ms": 2500}, prog)
+    assert row["id"] == FAST_PATH_IDS + (5 << 17) + 40123 and row["relayed_by"] == "node"
+    assert (row["pid"], row["program_pid"], row["command"]) == (4250, 4242, ["ssh", "peer"])
+    assert (row["route"], row["state"], row["up"], row["duration_s"]) == ("tailnet", "open",
+                                                                         None, 2.5)
+    m, w, clock = make()
+    view = m.snapshot()
+    view["connections"].append(row)
+    view.update(pid=1, hostname="h", node_name=None, state_dir="/s", peers=[], exit_node=None,
+                lookups={"hosts": 0, "magicdns": 0, "placeholder": 0, "system": 0},
+                programs=[])
+    validator("top.schema.json").validate({"version": 1, "agents": [view]})
+
+
 def test_ps_schema_takes_an_agent_and_a_run_of_its_own():
     prog = {"pid": 5, "command": ["x"], "started": 1.0, "exports": [], "withdrawn": [],
             "export_idle_timeout": None, "connections": 0,

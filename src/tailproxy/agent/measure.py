@@ -7,8 +7,9 @@ capped at MAX_FAILURE_KINDS.
 Cost per connection: one record and a dict insert at the outcome, a dict pop and a deque
 append at the end; nothing while bytes flow (live byte counts are read from the relay when a
 snapshot is asked for). Connections the node's fast path relays entirely in Go (a parked
-connect to an online peer) never reach the proxy and are not here: the node's status gives
-each peer's totals (peers.py)."""
+connect to an online peer) never reach the proxy: a view lists the open ones from the node's
+snapshot (fast_path_row), without bytes; the node's status gives each peer's totals
+(peers.py)."""
 from __future__ import annotations
 
 import time
@@ -20,6 +21,7 @@ from ..proxy.dialer import Joined
 from ..proxy.relay import Relay
 
 MAX_LIVE = 4096
+FAST_PATH_IDS = 1 << 40     # ids of the node's fast-path connections in a view start here
 WINDOW = 256
 MAX_FAILURE_KINDS = 64
 # connect latency histogram upper bounds, seconds (Prometheus style: cumulative at export)
@@ -51,7 +53,7 @@ class Conn:
         if self.state == "open" and isinstance(self.relay, Relay):
             up, down = self.relay.up.count, self.relay.down.count
         live = self.state == "open"
-        return {"id": self.id, "pid": self.pid or self.program.pid,
+        return {"id": self.id, "relayed_by": "agent", "pid": self.pid or self.program.pid,
                 "program_pid": self.program.pid, "command": self.program.command,
                 "asked": self.asked, "dialled": self.dialled, "route": self.route,
                 "state": self.state,
@@ -182,3 +184,17 @@ class ProgramWatch:
 
     def failed(self, pid, asked, dialled, outcome, t0):
         self.m.failed_one(self.program, pid, asked, dialled, outcome, t0)
+
+
+def fast_path_row(entry: dict, program: ProgramInfo | None) -> dict:
+    """A connection the node relays on its own (Node.parked_snapshot) as a view lists it: to
+    an online peer's address (route tailnet), open, its bytes not counted while it runs. Its
+    id stays the same from one look to the next (server and the program's port)."""
+    port = int(entry["src"].rpartition(":")[2] or 0)
+    age_s = entry["age_ms"] / 1000
+    return {"id": FAST_PATH_IDS + (entry["server"] << 17) + port, "relayed_by": "node",
+            "pid": entry["pid"], "program_pid": program.pid if program else 0,
+            "command": program.command if program else [],
+            "asked": entry["dst"], "dialled": entry["dst"], "route": "tailnet", "state": "open",
+            "up": None, "down": None, "connect_ms": entry["connect_ms"],
+            "started": time.time() - age_s, "duration_s": round(age_s, 3), "reason": None}

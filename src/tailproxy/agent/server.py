@@ -36,7 +36,7 @@ from ..resolver import PlaceholderMap
 from ..resolver.service import LOOKUP_SOURCES
 from . import identity
 from .lifetime import Lifetime, PidfdBudget
-from .measure import Measurements, ProgramInfo
+from .measure import MAX_LIVE, Measurements, ProgramInfo, fast_path_row
 from .peers import exit_node_health, peer_rows
 from .routing import SharedRouting
 from .session import ProgramSession
@@ -175,6 +175,10 @@ class Agent:
             for source, n in names.by_source.items():
                 lookups[source] = lookups.get(source, 0) + n
         snap = self.measure.snapshot()
+        fast = await asyncio.to_thread(self.node.parked_snapshot, MAX_LIVE) if self.node else []
+        programs = {x.handoff.server_id: x.watch.program for x in self.sessions
+                    if x.handoff is not None and x.watch is not None}
+        snap["connections"] += [fast_path_row(e, programs.get(e["server"])) for e in fast]
         node_name = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".") or None
         snap.update(ok=True, pid=os.getpid(), hostname=self.settings.hostname, node_name=node_name,
                     state_dir=self.settings.state_dir, programs=self._programs(),

@@ -47,9 +47,10 @@ class ProgramSession:
         # True: a password of its own; None: none (`--socks5-no-auth`); a pair: that one
         self.auth = ("tailproxy", secrets.token_urlsafe(16)) if socks_auth is True else socks_auth
         self.socks = socks
-        self.watch = watch
+        self.watch = watch      # a measure.ProgramWatch (its .program), or None
         self.proxy: Proxy | None = None
         self.exporter: Exporter | None = None
+        self.handoff: NodeHandoff | None = None     # the node's fast path for its connects
         self.table: str | None = None
         self.dns_server: str | None = None
         self.lifetime = Lifetime(0, self._idle, log=self.say, budget=pidfds)
@@ -71,6 +72,7 @@ class ProgramSession:
     # -- parts -----------------------------------------------------------------------------------
     async def start(self, with_channel: bool = True) -> None:
         p = self.policy
+        self.handoff = NodeHandoff(self.node) if with_channel else None
         dialer = self.routing.dialer(p.tailnet_only, self.say)
         found = await self.routing.name_service(p.dns) if with_channel else None
         names = found[0] if found else None
@@ -79,7 +81,7 @@ class ProgramSession:
                            else None, socks_listen=self.socks, socks_auth=self.auth,
                            connect_timeout=p.connect_timeout, verbose=p.verbose,
                            log=self._verbose_line, make_channel_dir=False,
-                           handoff=NodeHandoff(self.node) if with_channel else None,
+                           handoff=self.handoff,
                            on_names=names.handle if names else None, watch=self.watch)
         if p.export_listeners and with_channel:
             self.exporter = Exporter(

@@ -413,6 +413,15 @@ class Node:
         return int(port)
 
     # -- the preload's parked connects --------------------------------------------------------
+    def parked_snapshot(self, limit: int) -> list[dict]:
+        """The connections the fast path relays now (every program's), oldest first, at most
+        `limit`: {"server", "pid", "src", "dst", "connect_ms", "age_ms"} each (blocking call)."""
+        if self._handle is None:
+            return []
+        out = library.ctypes.c_void_p()
+        library.call("parked_snapshot", self._handle, int(limit), library.byref(out))
+        return json.loads(library.take_string(out.value) or "[]")
+
     def serve_parked(self, datagrams: socket.socket, forward: socket.socket,
                      park_ports: tuple[int, int], default_timeout: float, max_timeout: float,
                      on_event: Callable[[dict], None] | None = None) -> "ParkedConnects":
@@ -592,6 +601,11 @@ class ParkedConnects:
 
     def __init__(self, node: Node, ident: int):
         self.node, self._ident = node, ident
+
+    @property
+    def server_id(self) -> int:
+        """This server's number in Node.parked_snapshot()."""
+        return self._ident
 
     def drain(self, timeout: float) -> int:
         """Wait (blocking) until no connection taken is still delivering what its program
