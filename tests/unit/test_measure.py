@@ -141,6 +141,7 @@ def test_peers_and_a_whole_view_match_the_schema():
     assert by["peer.ts.net"]["path"] == "direct" and by["peer.ts.net"]["rx_bytes"] == 5
     assert by["exit.ts.net"]["path"] == "derp" and by["exit.ts.net"]["last_handshake"] is None
     assert exit_node_health(peers)["name"] == "exit.ts.net"
+    assert [p["name"] for p in peers] == ["exit.ts.net", "peer.ts.net"]   # the exit node first
     m, w, clock = make()
     w.opened(11, "peer:80", "100.64.0.2:80", True, clock.t - 0.003, NodeJoined())
     w.failed(12, "inet:443", "203.0.113.9:443", "EHOSTUNREACH", clock.t)

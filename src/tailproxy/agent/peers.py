@@ -27,7 +27,8 @@ def peer_rows(status: dict) -> list[dict]:
             "exit_node": bool(p.get("ExitNode")),
             "exit_node_option": bool(p.get("ExitNodeOption")),
         })
-    return sorted(rows, key=lambda r: r["name"])
+    # the exit node first, then online peers: what a short view must not cut off
+    return sorted(rows, key=lambda r: (not r["exit_node"], not r["online"], r["name"]))
 
 
 def exit_node_health(rows: list[dict]) -> dict | None:
