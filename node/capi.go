@@ -207,6 +207,24 @@ func tp_parked_peer(h C.int64_t, prog *C.char, dst **C.char) (res *C.char) {
 	return nil
 }
 
+//export tp_parked_snapshot
+func tp_parked_snapshot(h C.int64_t, limit C.int64_t, out **C.char) (res *C.char) {
+	defer guard(&res)
+	n, err := lookup(h)
+	if err != nil {
+		return cerr(err)
+	}
+	if limit < 0 {
+		return cerr(fmt.Errorf("bad limit %d", int64(limit)))
+	}
+	b, err := json.Marshal(n.parkedSnapshot(int(limit)))
+	if err != nil {
+		return cerr(err)
+	}
+	*out = C.CString(string(b))
+	return nil
+}
+
 //export tp_unlisten
 func tp_unlisten(h C.int64_t, id C.int64_t) (res *C.char) {
 	defer guard(&res)

@@ -20,6 +20,7 @@ type listenSpec struct {
 	ProxyProtocol bool   // a PROXY v2 header naming the tailnet client first
 	Report        bool   // an "inbound" event per connection, with the peer's identity
 	Network       string // "tcp" (or empty), or "udp": an export of a UDP port (forward_udp.go)
+	IdleTimeoutMS int64  // > 0: withdraw the export after this long unused (idle.go)
 }
 
 // listen accepts on the node's tailnet addresses only: tsnet forwards nothing
@@ -46,7 +47,12 @@ func (n *node) listen(id int64, spec listenSpec) error {
 	}
 	n.listeners[id] = ln
 	n.mu.Unlock()
-	go n.acceptLoop(id, ln, spec)
+	var idle *idleWatch
+	if spec.IdleTimeoutMS > 0 {
+		idle = newIdleWatch()
+		go n.watchIdle(id, ln, idle, time.Duration(spec.IdleTimeoutMS)*time.Millisecond)
+	}
+	go n.acceptLoop(id, ln, spec, idle)
 	return nil
 }
 
@@ -64,7 +70,7 @@ func (n *node) unlisten(id int64) {
 // (goroutines, buffers and a local fd each); a connection over it is refused.
 const maxConnsPerListener = 1024
 
-func (n *node) acceptLoop(id int64, ln net.Listener, spec listenSpec) {
+func (n *node) acceptLoop(id int64, ln net.Listener, spec listenSpec, idle *idleWatch) {
 	defer recoverToLog(n, "accept")
 	slots := make(chan struct{}, maxConnsPerListener)
 	for {
@@ -78,8 +84,14 @@ func (n *node) acceptLoop(id int64, ln net.Listener, spec listenSpec) {
 			c.Close()
 			continue
 		}
+		if idle != nil {
+			idle.begin()
+		}
 		go func() {
 			defer func() { <-slots }()
+			if idle != nil {
+				defer idle.end()
+			}
 			if spec.Target == "" {
 				n.deliver(id, c)
 			} else {

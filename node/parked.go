@@ -109,8 +109,11 @@ type parkedServer struct {
 // liveRelay is a connection being relayed: the node's end of the program's connection,
 // and where the program asked to connect (its getpeername, if the preload must ask).
 type liveRelay struct {
-	local *net.TCPConn
-	dst   netip.AddrPort
+	local   *net.TCPConn
+	dst     netip.AddrPort
+	pid     uint32        // the process that connected (the kernel's word, from the datagram)
+	asked   time.Time     // when the program's connect reached us
+	relayed time.Time     // when its connect completed and the relay began
 }
 
 // serveParked starts the fast path on the proxy's datagram socket (in) and forward socket.
@@ -289,7 +292,7 @@ func (p *parkedServer) connect(d datagram, req connectReq, sock int, park syscal
 		return
 	}
 	syscall.Close(sock) // the program keeps its own descriptor of it
-	p.track(prog, liveRelay{local, req.dst})
+	p.track(prog, liveRelay{local: local, dst: req.dst, pid: d.pid, asked: t0, relayed: time.Now()})
 	defer p.untrack(prog, local) // if the relay panics; untracking twice is harmless
 	res := relay(local, remote)
 	p.untrack(prog, local) // before the report: a PEER after it must not find it

@@ -417,3 +417,32 @@ func TestParkedServersOfOneNode(t *testing.T) {
 		t.Fatal("parkedPeer answers for a relay that ended")
 	}
 }
+
+// The fast path's live relays as `tailproxy top` lists them: every program's server, the
+// process, the destination, connect latency and age; oldest first, at most limit.
+func TestParkedSnapshot(t *testing.T) {
+	n := &node{parked: map[int64]*parkedServer{}}
+	now := time.Now()
+	for id, age := range map[int64]time.Duration{1: time.Second, 2: 3 * time.Second} {
+		p := &parkedServer{n: n, id: id, stop: make(chan struct{}),
+			live: map[netip.AddrPort]liveRelay{}}
+		n.parked[id] = p
+		prog := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(40000+id))
+		p.live[prog] = liveRelay{dst: netip.MustParseAddrPort("100.64.0.2:7"), pid: uint32(100 + id),
+			asked: now.Add(-age), relayed: now.Add(-age + 2500*time.Microsecond)}
+	}
+	all := n.parkedSnapshot(10)
+	if len(all) != 2 || all[0].Server != 2 || all[0].Pid != 102 || all[1].Server != 1 {
+		t.Fatalf("snapshot %+v: want both, the older (server 2) first", all)
+	}
+	if c := all[0]; c.Dst != "100.64.0.2:7" || c.Src != "127.0.0.1:40002" || c.ConnectMS != 2.5 ||
+		c.AgeMS < 3000 {
+		t.Fatalf("entry %+v", c)
+	}
+	if one := n.parkedSnapshot(1); len(one) != 1 || one[0].Server != 2 {
+		t.Fatalf("limit 1: %+v", one)
+	}
+	if none := n.parkedSnapshot(0); none == nil || len(none) != 0 {
+		t.Fatalf("limit 0: %+v", none)
+	}
+}

@@ -27,7 +27,7 @@ _META_HELP = {"config": "config file (default ~/.config/tailproxy/config.toml)",
               "profile": "use [profiles.NAME] from the config file"}
 _SWITCHES = {"help": "print this help", "version": "print the version"}   # -h is --help
 # Management subcommands (manage.py): they act on running tailproxies and need settings.
-MANAGE_SUBCOMMANDS = ("ps", "exit-node", "up", "down")
+MANAGE_SUBCOMMANDS = ("ps", "top", "ui", "exit-node", "up", "down")
 EXIT_NODE_ACTIONS = ("set", "clear", "list")
 # Subcommands that need no settings: a broken config file must not stop them.
 INFO_SUBCOMMANDS = ("help", "completion")
@@ -57,12 +57,14 @@ def usage() -> str:
     for name, text in _SWITCHES.items():
         lines.append(f"  {'--' + name:<34} {text}")
     lines += ["", "subcommands (`tailproxy -- NAME` always runs a program NAME instead):",
-              "  tailproxy ps                               list running agents and tailproxies",
+              "  tailproxy ps [--json]                      list running agents and tailproxies",
+              "  tailproxy top [--once [--json]]            live connections, programs, peers, exit node",
+              "  tailproxy [--hostname H] ui [--no-browser] the agent's local web page (prints its URL)",
               "  tailproxy up [OPTIONS]                     start this identity's agent (--linger)",
               "  tailproxy down [--hostname H|--state-dir D]   stop this identity's agent",
               "  tailproxy [--hostname H] exit-node set NAME|auto   (also: exit-node clear, exit-node list)",
               f"  tailproxy completion {'|'.join(SHELLS):<21} print a shell completion script",
-              "  tailproxy help TOPIC                       config, exit-nodes, exports, names"]
+              "  tailproxy help TOPIC                       config, exit-nodes, exports, names, top"]
     return "\n".join(lines)
 
 
@@ -91,7 +93,10 @@ def completion_spec() -> "CompletionSpec":
     options += [OptionSpec((n,), _value_kind(m), _META_HELP[n]) for n, m in _META_FLAGS.items()]
     options += [OptionSpec((n,), None, text) for n, text in _SWITCHES.items()]
     subcommands = (
-        SubcommandSpec("ps", "list running agents and tailproxies"),
+        SubcommandSpec("ps", "list running agents and tailproxies", ("--json",)),
+        SubcommandSpec("top", "connections, programs, peers and exit node of each agent",
+                       ("--once", "--json")),
+        SubcommandSpec("ui", "the agent's local web page (prints its URL)", ("--no-browser",)),
         SubcommandSpec("up", "start this identity's agent in the background"),
         SubcommandSpec("down", "stop this identity's agent"),
         SubcommandSpec("exit-node", "set, clear or list a running tailproxy's exit node",

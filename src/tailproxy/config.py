@@ -221,6 +221,9 @@ SETTINGS: list[Setting] = [
     Setting("export_max", _count, None, (), "export at most N ports", "N"),
     Setting("export_proxy_protocol", _bool, False, (),
             "prepend a PROXY protocol v2 header carrying the tailnet client's address"),
+    Setting("export_idle_timeout", _seconds, None, (),
+            "withdraw an export after SECONDS with no connection open or begun (it comes back "
+            "when the program listens again)", "SECONDS"),
     Setting("no_tailnet", _bool, False, (),
             "dial destinations directly instead of through the tailnet (debugging, benchmarks)"),
     Setting("proxy_all", _bool, False, ("TAILPROXY_PROXY_ALL",),
@@ -281,6 +284,7 @@ class Settings:
     export_deny_ports: list[tuple[int, int]] | None
     export_max: int | None
     export_proxy_protocol: bool
+    export_idle_timeout: float | None
     no_tailnet: bool
     proxy_all: bool
     socks5: tuple[str, int] | None
@@ -435,7 +439,7 @@ AGENT_WIDE = ("hostname", "control_url", "ephemeral", "exit_node", "exit_node_al
 # the program's preload reads it from its environment.
 PER_PROGRAM = ("verbose", "tailnet_only", "connect_timeout", "dns", "proxy_all",
                "export_listeners", "export_allow_ports", "export_deny_ports", "export_max",
-               "export_proxy_protocol")
+               "export_proxy_protocol", "export_idle_timeout")
 
 
 def check_run(settings: Settings) -> None:
@@ -445,9 +449,9 @@ def check_run(settings: Settings) -> None:
         raise ConfigError("--no-tailnet cannot be combined with --exit-node, --tailnet-only or "
                           "--export-listeners")
     if not s.export_listeners and any((s.export_allow_ports, s.export_deny_ports, s.export_max,
-                                       s.export_proxy_protocol)):
+                                       s.export_proxy_protocol, s.export_idle_timeout)):
         raise ConfigError("--export-allow-ports/--export-deny-ports/--export-max/"
-                          "--export-proxy-protocol need --export-listeners")
+                          "--export-proxy-protocol/--export-idle-timeout need --export-listeners")
     if s.no_tailnet and s.dns == "tailnet":
         raise ConfigError("--dns=tailnet needs the tailnet; it cannot be combined with "
                           "--no-tailnet")

@@ -1,4 +1,4 @@
-"""`tailproxy help TOPIC`: pages on the config file, exit nodes, exports and names.
+"""`tailproxy help TOPIC`: pages on the config file, exit nodes, exports, names and top.
 
 Each page is a few paragraphs of prose followed by the settings it is about, rendered from
 config.SETTINGS, the table that --help, the flag parser, the config file reader and shell
@@ -68,7 +68,7 @@ TOPICS = (
 
             tailproxy --export-listeners npm run dev""",
           ("export_listeners", "export_allow_ports", "export_deny_ports", "export_max",
-           "export_proxy_protocol", "verbose")),
+           "export_proxy_protocol", "export_idle_timeout", "verbose")),
     Topic("names", "how the program's name lookups are answered", """
         A program's lookups (getaddrinfo and friends, res_query and friends, and its own DNS
         packets to port 53) are answered by tailproxy's name service, in this order:
@@ -86,6 +86,29 @@ TOPICS = (
         name that does not exist still gets a placeholder; the connect then fails
         (EHOSTUNREACH). Statically linked programs, DoH and DoT are not covered.""",
           ("dns", "dns_placeholder_v4", "dns_placeholder_v6", "bypass")),
+    Topic("top", "seeing what tailproxy is doing: tailproxy top and ps --json", """
+        `tailproxy top` is a live view of every agent of yours: its connections (the busiest
+        first), programs, and tailnet peers with their WireGuard path (direct or through a
+        DERP relay) and last handshake, with the exit node's health on top. Keys: c, p and n
+        switch between connections, programs and peers; / filters (Enter ends the filter, an
+        empty one clears it); q quits. It fits an 80x24 terminal and works over SSH.
+
+        `tailproxy top --once` prints one look as text; `--once --json` as JSON, and
+        `tailproxy ps --json` the running agents and tailproxies; both are described by JSON
+        schemas (docs/schemas/top.schema.json, ps.schema.json in the source).
+
+        Each connection the agent's proxy routes is listed with the process that made it,
+        the destination as the program asked for it (a name, for a placeholder address) and
+        as it dialled it, its route (tailnet, exit-node, direct), state, bytes each way,
+        connect latency, age and, once closed, how it ended; the last 256 closed or failed
+        ones are kept, along with totals, failures by errno, a connect-latency histogram and
+        name lookups by answer source (hosts, magicdns, placeholder, system). Memory stays
+        bounded: at most 4096 open connections are listed, more are only counted. Not
+        listed: connections the program connects itself (loopback, --bypass, and direct
+        destinations without an exit node). Connections to online peers that the node relays
+        on its own (the fast path) are listed while open, without byte counts; the peers view
+        counts their bytes.""",
+          ("verbose",)),
 )
 BY_NAME = {t.name: t for t in TOPICS}
 

@@ -8,7 +8,9 @@ from .config import ConfigError, Settings
 from .printable import printable
 from .rundir import RunDirError
 
-USAGE = """usage: tailproxy ps
+USAGE = """usage: tailproxy ps [--json]
+       tailproxy top [--once [--json]]  (connections, programs, peers, exit node of each agent)
+       tailproxy [--hostname NAME] ui [--no-browser]   (the agent's local web page)
        tailproxy up [OPTIONS]            (start or keep this identity's agent; --linger forever)
        tailproxy down [--hostname NAME | --state-dir DIR]
        tailproxy [--hostname NAME] exit-node set NAME|auto
@@ -45,8 +47,16 @@ def _started(t) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
 
 
-def ps() -> int:
+JSON_VERSION = 1       # of `ps --json` and `top --once --json` (docs/schemas/)
+
+
+def ps(as_json: bool = False) -> int:
     runs = _all_runs()
+    if as_json:
+        import json
+        print(json.dumps({"version": JSON_VERSION,
+                          "runs": [_without_ok(i) for _, i in runs]}, indent=1))
+        return 0
     rows = [("PID", "HOSTNAME", "NODE", "ADDRESSES", "EXIT NODE", "ROUTES", "EXPORTS", "COMMAND")]
     for _, i in runs:
         rows.append((str(i.get("pid")), i.get("hostname") or "-", i.get("node_name") or "-",
@@ -68,9 +78,64 @@ def ps() -> int:
               f"{i.get('connections', 0)} connection(s) relayed by the proxy "
               f"(the node's fast path not counted)")
         for p in i.get("programs") or []:
+            idle = (f" (idle timeout {p['export_idle_timeout']:g}s"
+                    + (f"; withdrawn {','.join(map(str, p['withdrawn']))})" if p.get("withdrawn")
+                       else ")") if p.get("export_idle_timeout") else "")
+            exports = (f"  exports {','.join(map(str, p['exports'])) or '-'}{idle}"
+                       if p.get("exports") or idle else "")
             print(f"  {p.get('pid'):>7}  {_started(p.get('started'))}  "
-                  f"{printable(' '.join(p.get('command') or [])) or '(up)'}")
+                  f"{printable(' '.join(p.get('command') or [])) or '(up)'}{exports}")
     return 0
+
+
+def _without_ok(reply: dict) -> dict:
+    return {k: v for k, v in reply.items() if k != "ok"}
+
+
+def top_once(as_json: bool) -> int:
+    """One look at every agent: its programs, connections (open and recently closed), peers
+    with their paths, the exit node's health, name lookups by source."""
+    from .agent.client import agents
+    views = []
+    for path, _ in agents():
+        try:
+            reply = control.ask(path, {"cmd": "top"}, timeout=10)
+        except (OSError, ValueError):
+            continue            # it stopped between the two questions
+        if reply.get("ok"):
+            views.append(_without_ok(reply))
+    if as_json:
+        import json
+        print(json.dumps({"version": JSON_VERSION, "agents": views}, indent=1))
+        return 0
+    from .topview import render_text
+    print(render_text(views, width=_terminal_width()))
+    return 0
+
+
+def ui(hostname: str | None, browser: bool) -> int:
+    """Start (or find) the agent's web page and print its URL, with its token."""
+    from .agent.client import agents
+    target, why = _pick(agents(), hostname)
+    if target is None:
+        return _err(why.replace("tailproxy", "agent", 1) if why.startswith("no running")
+                    else why)
+    reply = control.ask(target[0], {"cmd": "ui"}, timeout=30)
+    if not reply.get("ok"):
+        return _err(reply.get("error", "failed"))
+    print(f"{target[1].get('hostname')}: {reply['url']}", flush=True)
+    if browser:
+        import webbrowser
+        try:
+            webbrowser.open(reply["url"])
+        except webbrowser.Error as e:
+            return _err(f"cannot open a browser ({e}); open the URL above")
+    return 0
+
+
+def _terminal_width() -> int:
+    import shutil
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def up(settings: Settings) -> int:
@@ -168,9 +233,23 @@ def main(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
 
 def _run_subcommand(args: list[str], settings: Settings, hostname_flag: str | None) -> int:
     if args[0] == "ps":
-        if len(args) != 1:
-            return _err("ps takes no arguments\n" + USAGE)
-        return ps()
+        if args[1:] not in ([], ["--json"]):
+            return _err("ps takes only --json\n" + USAGE)
+        return ps(as_json=len(args) == 2)
+    if args[0] == "top":
+        words = set(args[1:])
+        if len(words) != len(args) - 1 or not words <= {"--once", "--json"}:
+            return _err("top takes --once and --json\n" + USAGE)
+        if "--once" in words:
+            return top_once("--json" in words)
+        if "--json" in words:
+            return _err("top --json needs --once\n" + USAGE)
+        from .top import run
+        return run()
+    if args[0] == "ui":
+        if args[1:] not in ([], ["--no-browser"]):
+            return _err("ui takes only --no-browser\n" + USAGE)
+        return ui(hostname_flag, browser=len(args) == 1)
     if args[0] in ("up", "down"):
         if len(args) > 1:
             settings = _options_after(args[0], args[1:])

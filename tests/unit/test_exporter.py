@@ -3,6 +3,7 @@ import socket
 
 import pytest
 
+from tailproxy.exporter.claims import OwnerClaims, PortClaims
 from tailproxy.exporter.exporter import Exporter, inbound_line
 from tailproxy.exporter.listening import loopback_listeners, target_host
 from tailproxy.exporter.ports import PortFilter, PortSpecError, parse_ports
@@ -75,9 +76,11 @@ def test_target_host_prefers_127_0_0_1_then_ipv6_loopback():
 
 
 class FakeExport:
-    def __init__(self, node, port, target, proxy_protocol, on_inbound):
+    def __init__(self, node, port, target, proxy_protocol, on_inbound, idle_timeout=None,
+                 on_idle=None):
         self.node, self.port, self.target = node, port, target
         self.proxy_protocol, self.on_inbound = proxy_protocol, on_inbound
+        self.idle_timeout, self.on_idle = idle_timeout, on_idle
         self.closed = False
 
     def close(self):
@@ -96,13 +99,45 @@ class FakeNode:
         self.exports = {}           # port -> the open FakeExport (what the node listens on)
         self.fail = False
 
-    async def export(self, port, target, proxy_protocol=False, on_inbound=None):
+    async def export(self, port, target, proxy_protocol=False, on_inbound=None,
+                     idle_timeout=None, on_idle=None):
         from tailproxy.node import NodeError
         if self.fail:
             raise NodeError("listen tcp :%d: address already in use" % port)
         assert port not in self.exports, "exported twice without closing"
-        e = self.exports[port] = FakeExport(self, port, target, proxy_protocol, on_inbound)
+        e = self.exports[port] = FakeExport(self, port, target, proxy_protocol, on_inbound,
+                                            idle_timeout, on_idle)
         return e
+
+
+def test_idle_timeout_withdraws_until_the_program_listens_again():
+    """--export-idle-timeout: the node's idle event withdraws the export (claim released, a
+    line said); the port stays withdrawn while the program still listens, and comes back
+    with its next listen(). A stale event of an export already replaced changes nothing."""
+    node, said, live = FakeNode(), [], {("127.0.0.1", 8000)}
+    claims = PortClaims()
+
+    async def scenario():
+        ex = Exporter(node, PortFilter(None, None, None), proxy_protocol=False,
+                      say=said.append, poll_interval=0.01, listeners=lambda: set(live),
+                      claims=OwnerClaims(claims, "prog", "prog"), idle_timeout=30)
+        await ex.start()
+        await ex.on_listen(4, 8000)
+        first = node.exports[8000]
+        assert first.idle_timeout == 30
+        first.on_idle()
+        assert ex.exports == {} and first.closed and ex.withdrawn == {8000}
+        assert claims.held_by("prog") == []
+        assert "port 8000 withdrawn from the tailnet: no connection for 30s" in said[-1]
+        await asyncio.sleep(0.05)                   # the poller leaves it withdrawn
+        assert 8000 not in node.exports and ex.withdrawn == {8000}
+        await ex.on_listen(4, 8000)                 # the program listens again
+        second = node.exports[8000]
+        assert ex.withdrawn == set() and claims.held_by("prog") == [8000]
+        first.on_idle()                             # stale: the first export's late event
+        assert node.exports[8000] is second and ex.withdrawn == set()
+        await ex.close()
+    asyncio.run(scenario())
 
 
 def test_exporter_lifecycle_with_kernel_truth():

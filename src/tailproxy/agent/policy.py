@@ -21,6 +21,7 @@ class ProgramPolicy:
     export_deny_ports: tuple | None = None
     export_max: int | None = None
     export_proxy_protocol: bool = False
+    export_idle_timeout: float | None = None
 
 
 if tuple(f.name for f in dataclasses.fields(ProgramPolicy)) != PER_PROGRAM:
@@ -65,9 +66,13 @@ def policy_from_json(values) -> ProgramPolicy:
     most = values.get("export_max")
     if most is not None and (type(most) is not int or most < 1):
         raise ValueError("policy: export_max must be a whole number of at least 1")
+    idle = values.get("export_idle_timeout")
+    if idle is not None and (type(idle) not in (int, float) or not 0 < idle <= 86400):
+        raise ValueError("policy: export_idle_timeout must be seconds between 0 and 86400")
     return ProgramPolicy(
         **{k: _flag(values.get(k, False), k) for k in (
             "verbose", "tailnet_only", "proxy_all", "export_listeners", "export_proxy_protocol")},
         connect_timeout=float(timeout), dns=dns, export_max=most,
+        export_idle_timeout=None if idle is None else float(idle),
         export_allow_ports=_port_ranges(values.get("export_allow_ports"), "export_allow_ports"),
         export_deny_ports=_port_ranges(values.get("export_deny_ports"), "export_deny_ports"))

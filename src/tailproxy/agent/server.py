@@ -33,8 +33,11 @@ from ..node.exitnode import peer_label
 from ..policy import TailnetView
 from ..printable import printable
 from ..resolver import PlaceholderMap
+from ..resolver.service import LOOKUP_SOURCES
 from . import identity
 from .lifetime import Lifetime, PidfdBudget
+from .measure import MAX_LIVE, Measurements, ProgramInfo, fast_path_row
+from .peers import exit_node_health, peer_rows
 from .routing import SharedRouting
 from .session import ProgramSession
 from .policy import policy_from_json
@@ -112,6 +115,9 @@ class Agent:
         self.claims = PortClaims()             # which program exports which tailnet port
         self.pidfds = PidfdBudget()            # every program's tracked processes together
         self.lifetime = Lifetime(settings.linger, self._idle, log=self.say)
+        self.measure = Measurements(self._classify)
+        self.web = None                        # the ui's server, once asked for (web.py)
+        self._parts: contextlib.AsyncExitStack | None = None
 
     # -- saying things -------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -139,6 +145,67 @@ class Agent:
               flush=True)
         self.stopping = True
         self.stop.set()
+
+    # -- measurements (tailproxy top) ---------------------------------------------------------
+    def _classify(self, asked: str, dialled: str, via_node: bool) -> str:
+        """A connection's route: through the node to a tailnet peer (or a subnet route it
+        accepted), through the node to the exit node, or dialled directly by the agent."""
+        if not via_node:
+            return "direct"
+        view = self.view
+        if view is None or not view.exit_node_in_use:
+            return "tailnet"
+        import ipaddress
+        host = asked.rpartition(":")[0].strip("[]")
+        try:
+            ip = ipaddress.ip_address(dialled.rpartition(":")[0].strip("[]"))
+        except ValueError:
+            ip = None
+        if view.is_tailnet_name(host) or (ip is not None and (view.in_tailnet_range(ip)
+                                                               or view.in_routes(ip))):
+            return "tailnet"
+        return "exit-node"
+
+    async def _top(self) -> dict:
+        """Everything `tailproxy top` shows of this agent (docs: top.schema.json)."""
+        st = await asyncio.to_thread(self.node.localapi.status) if self.node else {}
+        peers = peer_rows(st)
+        lookups = dict.fromkeys(LOOKUP_SOURCES, 0)
+        for names in (self.routing.names.values() if self.routing else ()):
+            for source, n in names.by_source.items():
+                lookups[source] = lookups.get(source, 0) + n
+        snap = self.measure.snapshot()
+        fast = await asyncio.to_thread(self.node.parked_snapshot, MAX_LIVE) if self.node else []
+        programs = {x.handoff.server_id: x.watch.program for x in self.sessions
+                    if x.handoff is not None and x.watch is not None}
+        snap["connections"] += [fast_path_row(e, programs.get(e["server"])) for e in fast]
+        node_name = ((st.get("Self") or {}).get("DNSName") or "").rstrip(".") or None
+        snap.update(ok=True, pid=os.getpid(), hostname=self.settings.hostname, node_name=node_name,
+                    state_dir=self.settings.state_dir, programs=self._programs(),
+                    peers=peers, exit_node=exit_node_health(peers), lookups=lookups)
+        return snap
+
+    async def _ui(self) -> dict:
+        """Start the web page's server on the first request (aiohttp is imported only then)."""
+        if self.web is None:
+            from .web import WebUI
+            web = WebUI(self._top_for_web, self._exit_node_from_web, self.log)
+            await web.start()
+            self._parts.push_async_callback(web.close)
+            self.web = web
+        return {"ok": True, "url": self.web.url}
+
+    async def _top_for_web(self) -> dict:
+        top = await self._top()
+        top.pop("ok", None)
+        return top
+
+    async def _exit_node_from_web(self, name: str | None) -> dict:
+        req = {"cmd": "exit-node-set", "name": name} if name else {"cmd": "exit-node-clear"}
+        try:
+            return await self._handler(req)
+        except Exception as e:      # as the control socket answers it
+            return {"ok": False, "error": str(e)}
 
     # -- parts ---------------------------------------------------------------------------
     def _start_node(self) -> None:
@@ -173,6 +240,7 @@ class Agent:
 
     async def run(self) -> int:
         async with contextlib.AsyncExitStack() as parts:
+            self._parts = parts
             try:
                 self._start_node()
             except NodeError as e:
@@ -301,6 +369,8 @@ class Agent:
         return [{"pid": x.program_pid or x.launcher_pid, "command": x.command,
                  "started": x.started_at,
                  "exports": x.claims.held_by(x) if x.exporter else [],
+                 "export_idle_timeout": x.policy.export_idle_timeout,
+                 "withdrawn": sorted(x.exporter.withdrawn) if x.exporter else [],
                  "connections": x.connections, "tracked": len(x.lifetime.tracked)}
                 for x in sorted(self.sessions, key=lambda x: x.number)]
 
@@ -325,6 +395,10 @@ class Agent:
             value = req.get("linger")
             self.lifetime.set_linger(float("inf") if value == "forever" else float(value))
             return {"ok": True}
+        if cmd == "top":
+            return await self._top()
+        if cmd == "ui":
+            return await self._ui()
         if cmd == "info":
             info = await self._handler({"cmd": "info"})
             programs = self._programs()
@@ -378,9 +452,12 @@ class Agent:
             return {"ok": False, "error": f"the agent for {self.settings.state_dir} serves "
                                           f"{MAX_SESSIONS} programs already"}
         if command:
-            session = ProgramSession(next(self._numbers), policy, command, pid, self.node,
+            number = next(self._numbers)
+            program = ProgramInfo(number, lambda: session.program_pid or pid, command)
+            session = ProgramSession(number, policy, command, pid, self.node,
                                      self.routing, self.claims, self.run_dir, a.send_log,
                                      self._log_line, self._session_ended, pidfds=self.pidfds,
+                                     watch=self.measure.for_program(program),
                                      **({"socks": socks[0], "socks_auth": socks[1]} if socks
                                         else {}))
             try:

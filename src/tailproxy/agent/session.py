@@ -20,6 +20,7 @@ from ..exporter.claims import OwnerClaims, PortClaims
 from ..exporter.exporter import Exporter
 from ..exporter.ports import PortFilter
 from ..policy import NodeHandoff
+from ..proxy.connwatch import ConnWatch
 from ..proxy.server import Proxy
 from .lifetime import Lifetime, PidfdBudget
 from .routing import SharedRouting
@@ -35,7 +36,7 @@ class ProgramSession:
                  on_end: Callable[["ProgramSession"], None],
                  socks: tuple[str, int] | None = ("127.0.0.1", 0),
                  socks_auth: tuple[str, str] | None | bool = True,
-                 pidfds: PidfdBudget | None = None):
+                 pidfds: PidfdBudget | None = None, watch: ConnWatch | None = None):
         self.number, self.policy, self.command = number, policy, command
         self.launcher_pid, self.program_pid = launcher_pid, None
         self.node, self.routing, self.claims, self.run_dir = node, routing, claims, run_dir
@@ -45,8 +46,10 @@ class ProgramSession:
         # True: a password of its own; None: none (`--socks5-no-auth`); a pair: that one
         self.auth = ("tailproxy", secrets.token_urlsafe(16)) if socks_auth is True else socks_auth
         self.socks = socks
+        self.watch = watch      # a measure.ProgramWatch (its .program), or None
         self.proxy: Proxy | None = None
         self.exporter: Exporter | None = None
+        self.handoff: NodeHandoff | None = None     # the node's fast path for its connects
         self.table: str | None = None
         self.dns_server: str | None = None
         self.names_table: str | None = None     # the name table its preload reads
@@ -69,6 +72,7 @@ class ProgramSession:
     # -- parts -----------------------------------------------------------------------------------
     async def start(self, with_channel: bool = True) -> None:
         p = self.policy
+        self.handoff = NodeHandoff(self.node) if with_channel else None
         dialer = self.routing.dialer(p.tailnet_only, self.say)
         found = await self.routing.name_service(p.dns) if with_channel else None
         names = found[0] if found else None
@@ -78,15 +82,16 @@ class ProgramSession:
                            else None, socks_listen=self.socks, socks_auth=self.auth,
                            connect_timeout=p.connect_timeout, verbose=p.verbose,
                            log=self._verbose_line, make_channel_dir=False,
-                           handoff=NodeHandoff(self.node) if with_channel else None,
-                           on_names=names.handle if names else None)
+                           handoff=self.handoff,
+                           on_names=names.handle if names else None, watch=self.watch)
         if p.export_listeners and with_channel:
             self.exporter = Exporter(
                 self.node, PortFilter(p.export_allow_ports and list(p.export_allow_ports),
                                       p.export_deny_ports and list(p.export_deny_ports),
                                       p.export_max),
                 p.export_proxy_protocol, self.say, verbose=p.verbose,
-                claims=OwnerClaims(self.claims, self, self.label))
+                claims=OwnerClaims(self.claims, self, self.label),
+                idle_timeout=p.export_idle_timeout)
             await self.exporter.start()
             self.proxy.on_listen = self.exporter.on_notice
         try:

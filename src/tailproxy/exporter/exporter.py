@@ -31,7 +31,8 @@ class Exporter:
     def __init__(self, node: Node, port_filter: PortFilter, proxy_protocol: bool,
                  say: Callable[[str], None], poll_interval: float = 0.25,
                  listeners: Callable[[], set] = loopback_listeners, verbose: bool = False,
-                 claims=None, udp_servers: Callable[[], set] = loopback_udp_servers):
+                 claims=None, udp_servers: Callable[[], set] = loopback_udp_servers,
+                 idle_timeout: float | None = None):
         self.node, self.filter, self.proxy_protocol = node, port_filter, proxy_protocol
         # exporter/claims.py's OwnerClaims when several programs export through one node
         self.claims = claims
@@ -40,6 +41,10 @@ class Exporter:
         self.exports: dict = {}                  # port -> the node's Export (.target)
         self.udp_exports: dict = {}              # port -> the node's UDP Export
         self._udp_servers = udp_servers
+        # --export-idle-timeout: the node withdraws an export unused that long; the port stays
+        # withdrawn until the program listens on it again (a new LISTEN notice)
+        self.idle_timeout = idle_timeout
+        self.withdrawn: set[int] = set()
         self._refused: set[int] = set()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -92,6 +97,7 @@ class Exporter:
             if await self._export(port, host) is None:
                 return
             self._refused.discard(port)
+            self.withdrawn.discard(port)
             self.say(f"exported port {port}: {self.urls(port)} (forwarded to {_hostport(host, port)})")
 
     async def on_udp_bind(self, family: int, port: int) -> None:
@@ -141,9 +147,15 @@ class Exporter:
         if self.verbose:
             target = _hostport(host, port)
             on_inbound = lambda ev: self._log_inbound(port, target, ev)  # noqa: E731
+        export = None
+
+        def idle() -> None:
+            if export is not None and self.exports.get(port) is export:
+                self._withdraw(port)
         try:
             export = await self.node.export(port, (host, port), proxy_protocol=self.proxy_protocol,
-                                            on_inbound=on_inbound)
+                                            on_inbound=on_inbound, idle_timeout=self.idle_timeout,
+                                            on_idle=idle if self.idle_timeout else None)
         except (NodeError, OSError, ValueError) as e:
             if self.claims is not None:
                 self.claims.release(port)
@@ -165,6 +177,17 @@ class Exporter:
         self.udp_exports.pop(port).close()
         if self.claims is not None:
             self.claims.release(port, "udp")
+
+    def _withdraw(self, port: int) -> None:
+        """The node closed the export for want of use (--export-idle-timeout)."""
+        export = self.exports.pop(port)
+        export.close()
+        if self.claims is not None:
+            self.claims.release(port)
+        self.withdrawn.add(port)
+        self.say(f"port {port} withdrawn from the tailnet: no connection for "
+                 f"{self.idle_timeout:g}s (--export-idle-timeout); it comes back when the "
+                 f"program listens on it again")
 
     def _log_inbound(self, port: int, target: str, ev: dict) -> None:
         try:

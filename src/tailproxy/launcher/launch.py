@@ -156,7 +156,8 @@ async def _serve(settings: Settings, dialer, rundir, preload, program, command, 
     if settings.export_listeners and node:
         exporter = Exporter(node, PortFilter(settings.export_allow_ports,
                                              settings.export_deny_ports, settings.export_max),
-                            settings.export_proxy_protocol, _say, verbose=settings.verbose)
+                            settings.export_proxy_protocol, _say, verbose=settings.verbose,
+                            idle_timeout=settings.export_idle_timeout)
         proxy.on_listen = exporter.on_notice
     control = ControlServer(control_mod.handler(settings, node, exits, command, dialer, _say,
                                                 exporter, names))

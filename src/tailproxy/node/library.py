@@ -46,6 +46,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "tp_parked_serve": [i64, i64, c_int, c_int, c_char_p],
         "tp_parked_drain": [i64, i64, i64, ctypes.POINTER(i64)],
         "tp_parked_peer": [i64, c_char_p, ctypes.POINTER(vp)],
+        "tp_parked_snapshot": [i64, i64, ctypes.POINTER(vp)],
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)

@@ -402,14 +402,18 @@ class Node:
 
     async def export(self, port: int, target: tuple[str, int], proxy_protocol: bool = False,
                      on_inbound: Callable[[dict], None] | None = None,
-                     udp: bool = False) -> "Export":
+                     udp: bool = False, idle_timeout: float | None = None,
+                     on_idle: Callable[[], None] | None = None) -> "Export":
         """Serve tailnet connections to `port` by connecting each, in the node, to `target`
         (the program's loopback listener). `on_inbound` gets one event per connection with the
         peer's node and user, bytes and outcome. With `udp`, the tailnet UDP port `port` is
         served by the program's loopback UDP socket `target`, one flow per peer address (at
-        most 256, each ended after two minutes without a datagram; no PROXY header)."""
+        most 256, each ended after two minutes without a datagram; no PROXY header). With
+        `idle_timeout` (seconds; TCP exports) the node withdraws the export once no connection
+        has been open or begun for that long, and then calls `on_idle`."""
         self._require_running()
-        export = Export(self, self._port(port), target, proxy_protocol, on_inbound, udp)
+        export = Export(self, self._port(port), target, proxy_protocol, on_inbound, udp,
+                        idle_timeout, on_idle)
         export._start(self._attach_events())
         return export
 
@@ -420,6 +424,15 @@ class Node:
         return int(port)
 
     # -- the preload's parked connects --------------------------------------------------------
+    def parked_snapshot(self, limit: int) -> list[dict]:
+        """The connections the fast path relays now (every program's), oldest first, at most
+        `limit`: {"server", "pid", "src", "dst", "connect_ms", "age_ms"} each (blocking call)."""
+        if self._handle is None:
+            return []
+        out = library.ctypes.c_void_p()
+        library.call("parked_snapshot", self._handle, int(limit), library.byref(out))
+        return json.loads(library.take_string(out.value) or "[]")
+
     def serve_parked(self, datagrams: socket.socket, forward: socket.socket,
                      park_ports: tuple[int, int], default_timeout: float, max_timeout: float,
                      on_event: Callable[[dict], None] | None = None) -> "ParkedConnects":
@@ -554,9 +567,11 @@ class Export:
     """A tailnet port served, in the node, by a loopback listener of the program."""
 
     def __init__(self, node: Node, port: int, target: tuple[str, int], proxy_protocol: bool,
-                 on_inbound: Callable[[dict], None] | None, udp: bool = False):
+                 on_inbound: Callable[[dict], None] | None, udp: bool = False,
+                 idle_timeout: float | None = None, on_idle: Callable[[], None] | None = None):
         self.node, self.port, self.target, self.udp = node, port, target, udp
         self._proxy_protocol, self._on_inbound = proxy_protocol, on_inbound
+        self._idle_timeout, self._on_idle = idle_timeout, on_idle
         self._ident = next(node._ids)
         self._events: EventRouter | None = None
 
@@ -564,8 +579,10 @@ class Export:
         host, port = self.target
         spec = {"Port": self.port, "Target": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                 "ProxyProtocol": self._proxy_protocol and not self.udp,
-                "Report": self._on_inbound is not None, "Network": "udp" if self.udp else "tcp"}
-        if self._on_inbound is not None:
+                "Report": self._on_inbound is not None, "Network": "udp" if self.udp else "tcp",
+                "IdleTimeoutMS": int(self._idle_timeout * 1000)
+                if self._idle_timeout and not self.udp else 0}
+        if self._on_inbound is not None or self._on_idle is not None:
             events.register(self._ident, self._on_event)
         self._events = events
         try:
@@ -577,6 +594,8 @@ class Export:
     def _on_event(self, ev: dict) -> None:
         if ev["ev"] == "inbound" and self._on_inbound is not None:
             self._on_inbound(ev)
+        elif ev["ev"] == "idle" and self._on_idle is not None:
+            self._on_idle()
 
     def close(self) -> None:
         """Stop accepting; connections already served run to their end (and are still
@@ -595,6 +614,11 @@ class ParkedConnects:
 
     def __init__(self, node: Node, ident: int):
         self.node, self._ident = node, ident
+
+    @property
+    def server_id(self) -> int:
+        """This server's number in Node.parked_snapshot()."""
+        return self._ident
 
     def drain(self, timeout: float) -> int:
         """Wait (blocking) until no connection taken is still delivering what its program

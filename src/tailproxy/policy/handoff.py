@@ -29,6 +29,12 @@ class NodeHandoff:
         except NodeError as e:
             raise OSError(f"the node cannot take parked connects: {e}") from None
 
+    @property
+    def server_id(self) -> int | None:
+        """The node's number for this program's fast path (Node.parked_snapshot), once
+        started."""
+        return self._parked.server_id if self._parked is not None else None
+
     def peer_of(self, local: Address) -> Address | None:
         parked = self._parked
         try:

@@ -33,6 +33,7 @@ from typing import Callable
 
 from . import channel_proto as cp
 from .accept import accepted
+from .connwatch import ConnWatch
 from .handoff import Forwarded, ParkedHandoff, address_of, decode_forwarded
 from .dialer import (DialError, Dialer, Joined, Outbound, as_dial_error, errno_name,
                      guarded_dial)
@@ -112,6 +113,7 @@ class _Pending:
     label: str
     token: int
     t0: float
+    pid: int = 0
     timer: asyncio.TimerHandle | None = None
 
 
@@ -130,6 +132,7 @@ class _Job:
     t0: float
     bound: tuple | None
     park: cp.Address
+    pid: int = 0
 
 
 @dataclass
@@ -148,8 +151,9 @@ class ChannelServer:
                  log: Callable[[str], None] | None = None, bufsize: int = DEFAULT_BUFSIZE,
                  on_listen: Callable[[cp.ListenReq], Awaitable[None]] | None = None,
                  on_names: Callable[[cp.NameRequest], Awaitable[bytes]] | None = None,
-                 handoff: ParkedHandoff | None = None):
+                 handoff: ParkedHandoff | None = None, watch: ConnWatch | None = None):
         self.path = path
+        self.watch = watch          # the agent's measurements (connwatch.py), or None
         self.handoff = handoff      # reads the parked CONNECTs first (the node's fast path)
         self.on_listen = on_listen
         self.on_names = on_names    # RESOLVE/REVERSE/QUERY -> encoded reply (the name service)
@@ -389,7 +393,7 @@ class ChannelServer:
         self.tokens.set((fwd.pid << 32) | req.seq, fwd.errno)   # before the kernel shows it
         self.log(f"{label}: {fwd.reason}")
         self._fail_parked(sock, req.dst, None)
-        self._report(label, errno_name(fwd.errno), 0, 0, time.monotonic(), source="node")
+        self._failed(label, errno_name(fwd.errno), time.monotonic(), fwd.pid, req, source="node")
         sock.close()
 
     def _on_handoff_done(self, ev: dict) -> None:
@@ -528,14 +532,17 @@ class ChannelServer:
             sock.close()
             self._send(conn, cp.encode_connect_reply(bad))
             return False
-        if req.flags & cp.FLAG_PARKED:
+        if req.flags & cp.FLAG_PARKED or self.watch is not None:
             try:
                 pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           12))[0]
             except OSError:
                 pid = 0
-            self._adopt_parked(pid, req, sock)
-            return True
+            if req.flags & cp.FLAG_PARKED:
+                self._adopt_parked(pid, req, sock)
+                return True
+        else:
+            pid = 0
         try:
             nonblocking = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
             bound = sock.getsockname()
@@ -549,10 +556,10 @@ class ChannelServer:
         if err:
             sock.close()
             self._send(conn, cp.encode_connect_reply(err))
-            self._report(label, errno_name(err), 0, 0, t0)
+            self._failed(label, errno_name(err), t0, pid, req)
             return True
         self.tokens.set(token, errno.EINPROGRESS)
-        job = _Job(sock, req.dst, host, timeout, token, label, t0, bound, park)
+        job = _Job(sock, req.dst, host, timeout, token, label, t0, bound, park, pid)
 
         if nonblocking and not req.blocking:
             self._begin_dial(job)
@@ -565,7 +572,7 @@ class ChannelServer:
                 remote = await self._dial(host, req.dst.port, timeout)
             except DialError as exc:
                 self.tokens.set(token, exc.errno)
-                self._report(label, exc.name, 0, 0, t0)
+                self._failed(label, exc.name, t0, pid, req)
                 # unconnected again *before* the reply, so a retry can connect
                 self._endpoints.unpark(sock, bound)
                 if not self._send(conn, cp.encode_connect_reply(exc.errno, token)):
@@ -610,7 +617,7 @@ class ChannelServer:
                 else cp.Address(cp.FAMILY_V6, "::1", fs.park_port))
         host, timeout, label = self._dial_params(req)
         self.tokens.set(token, errno.EINPROGRESS)
-        job = _Job(sock, req.dst, host, timeout, token, label, time.monotonic(), None, park)
+        job = _Job(sock, req.dst, host, timeout, token, label, time.monotonic(), None, park, pid)
         self._begin_dial(job)
 
     @property
@@ -646,7 +653,7 @@ class ChannelServer:
             err = as_dial_error(exc, job.host, job.dst.port, self.log)
             self.tokens.set(job.token, err.errno)
             self._fail_parked(job.sock, job.dst, job.bound)
-            self._report(job.label, err.name, 0, 0, job.t0)
+            self._failed_job(job, err.name)
             job.sock.close()
             return
         if not isinstance(res, Awaitable):
@@ -668,7 +675,7 @@ class ChannelServer:
                 # record the outcome *before* the kernel shows it
                 self.tokens.set(job.token, exc.errno)
                 self._fail_parked(sock, job.dst, job.bound)
-                self._report(job.label, exc.name, 0, 0, job.t0)
+                self._failed_job(job, exc.name)
                 return
             self._complete(job, remote)
         except asyncio.CancelledError:
@@ -713,7 +720,7 @@ class ChannelServer:
             self._peers[local] = dst
             self.stats.relays += 1
             self.stats.extra["via_connector"] = self.stats.extra.get("via_connector", 0) + 1
-            self._start_relay(connector, remote, dst, job.label, job.t0, local)
+            self._start_relay(connector, remote, dst, job.label, job.t0, local, job.pid)
             return 0
         try:
             err = self._endpoints.unpark_to(sock, dst, "relay", job.bound)
@@ -725,12 +732,12 @@ class ChannelServer:
             remote.close()
             self.tokens.set(job.token, err)
             self._to_closed(sock, dst)
-            self._report(job.label, errno_name(err), 0, 0, job.t0)
+            self._failed_job(job, errno_name(err))
             return err
         old = self._pending.pop(local, None)
         if old is not None:
             self._drop_pending(old)
-        p = _Pending(remote, dst, job.label, job.token, job.t0)
+        p = _Pending(remote, dst, job.label, job.token, job.t0, job.pid)
         p.timer = asyncio.get_running_loop().call_later(_PENDING_TTL, self._expire_pending, local)
         self._pending[local] = p
         self._peers[local] = dst
@@ -743,6 +750,8 @@ class ChannelServer:
             if self._peers.get(local) is p.dst:
                 del self._peers[local]
             self._report(p.label, "ETIMEDOUT(relay)", 0, 0, p.t0)
+            if self.watch is not None:
+                self.watch.failed(p.pid, p.label, _addr(p.dst), "ETIMEDOUT(relay)", p.t0)
 
     @staticmethod
     def _drop_pending(p: _Pending) -> None:
@@ -770,19 +779,23 @@ class ChannelServer:
                 p.timer.cancel()
             self.stats.relays += 1
             self.stats.extra["via_relay_listener"] = self.stats.extra.get("via_relay_listener", 0) + 1
-            self._start_relay(conn, p.remote, p.dst, p.label, p.t0, key)
+            self._start_relay(conn, p.remote, p.dst, p.label, p.t0, key, p.pid)
 
     def _start_relay(self, conn: socket.socket, remote: Outbound, dst, label, t0,
-                     key) -> None:
+                     key, pid: int = 0) -> None:
         """Relay with no task of its own (a callback ends it): the hot path. A socket is
         relayed here; an Upstream (the tailnet node) relays itself."""
         relays = self._relays
         r = None
+        watched = None
 
         def ended(up: int, down: int, error: int, reason: str) -> None:
             if r is not None:
                 relays.discard(r)
-            self._report(label, relay_outcome(error, reason), up, down, t0)
+            outcome = relay_outcome(error, reason)
+            self._report(label, outcome, up, down, t0)
+            if watched is not None:
+                self.watch.closed(watched, up, down, outcome)
             # Forget at once: the local port may be reused by an unrelated socket, and a PEER
             # answer for it would then lie (the preload's fd table covers the live socket).
             self._forget_peer(key, dst)
@@ -795,15 +808,32 @@ class ChannelServer:
             else:
                 r = remote.join(conn, ended)
         except OSError as exc:
-            self._report(label, f"ok then {errno_name(exc.errno or errno.EIO)}", 0, 0, t0)
+            outcome = f"ok then {errno_name(exc.errno or errno.EIO)}"
+            self._report(label, outcome, 0, 0, t0)
+            if self.watch is not None:
+                self.watch.failed(pid, label, _addr(dst), outcome, t0)
             self._forget_peer(key, dst)
             return
         if not r.finished:
             relays.add(r)
+            if self.watch is not None:
+                watched = self.watch.opened(pid, label, _addr(dst), not isinstance(remote, socket.socket),
+                                            t0, r)
 
     def _forget_peer(self, key, dst) -> None:
         if self._peers.get(key) is dst:
             del self._peers[key]
+
+    def _failed(self, label, outcome, t0, pid, req: cp.ConnectReq, source: str = "channel") -> None:
+        """A connect that failed: the --verbose line and the watcher."""
+        self._report(label, outcome, 0, 0, t0, source)
+        if self.watch is not None:
+            self.watch.failed(pid, label, _addr(req.dst), outcome, t0)
+
+    def _failed_job(self, job: "_Job", outcome: str) -> None:
+        self._report(job.label, outcome, 0, 0, job.t0)
+        if self.watch is not None:
+            self.watch.failed(job.pid, job.label, _addr(job.dst), outcome, job.t0)
 
     def _report(self, label, outcome, up, down, t0, source: str = "channel") -> None:
         if self.on_conn is not None:
@@ -833,6 +863,11 @@ def _bind_private(kind: int, path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _addr(dst: cp.Address) -> str:
+    """ip:port or [ip]:port, the address the program connected to."""
+    return f"[{dst.ip}]:{dst.port}" if ":" in dst.ip else f"{dst.ip}:{dst.port}"
 
 
 def _close_fd(fd: int) -> None:

@@ -9,6 +9,7 @@ from typing import Callable
 
 from ..printable import printable
 from .channel import ChannelServer
+from .connwatch import ConnWatch
 from .dialer import Dialer
 from .handoff import ParkedHandoff
 from .loopback import LoopbackEndpoints
@@ -47,8 +48,9 @@ class Proxy:
                  connect_timeout: float = 30.0, idle_timeout: float | None = None,
                  verbose: bool = False, log: Callable[[str], None] | None = None,
                  make_channel_dir: bool = True, on_listen=None, on_names=None,
-                 handoff: ParkedHandoff | None = None):
+                 handoff: ParkedHandoff | None = None, watch: ConnWatch | None = None):
         self.dialer = dialer
+        self.watch = watch                  # the agent's measurements (connwatch.py)
         self._channel_path = channel_path
         self._socks_listen = socks_listen
         self._socks_auth = socks_auth
@@ -84,7 +86,8 @@ class Proxy:
                     connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout,
                     make_parent=self.make_channel_dir, log=self._debug,
                     on_conn=self._on_conn if self.verbose else None,  # nothing to report otherwise
-                    on_listen=self.on_listen, on_names=self.on_names, handoff=self.handoff)
+                    on_listen=self.on_listen, on_names=self.on_names, handoff=self.handoff,
+                    watch=self.watch)
                 await self.channel.start()
             if self._socks_listen is not None:
                 from .socks5 import SocksServer

@@ -39,6 +39,7 @@ from .system import SystemResolver
 from .tailnet import TailnetNames
 
 MODES = ("auto", "tailnet")
+LOOKUP_SOURCES = ("hosts", "magicdns", "placeholder", "system")
 TTL = 60          # seconds, in DNS answers we build
 
 _RCODE = {errno.ENOENT: dns.rcode.NXDOMAIN, errno.ENODATA: dns.rcode.NOERROR}
@@ -89,6 +90,8 @@ class NameService:
         self._tn: TailnetNames | None = None if status else TailnetNames()
         self._tn_at = 0.0
         self._refreshing: asyncio.Task | None = None
+        # getaddrinfo answers by where they came from (tailproxy top, the metrics)
+        self.by_source = {s: 0 for s in LOOKUP_SOURCES}
         self.stats = {"resolve": 0, "reverse": 0, "query": 0, "placeholder": 0,
                       "placeholders_full": 0}
         # told after a new tailnet snapshot was loaded (the name table republishes)
@@ -191,6 +194,7 @@ class NameService:
             return Result(errno.ENOENT)
         h = self.hosts.lookup(text, version)
         if h is not None:       # a name the hosts file has (for either family) goes no further
+            self.by_source["hosts"] += 1
             return Result(0 if h.addrs else errno.ENODATA, h.addrs, cp.RES_HOSTS, h.canon,
                           h.aliases)
         tn = await self._tailnet()
@@ -198,18 +202,22 @@ class NameService:
         if hit is not None:
             fqdn, ips = hit
             addrs = [i for i in ips if not version or (":" in i) == (version == 6)]
+            self.by_source["magicdns"] += 1
             return Result(0 if addrs else errno.ENODATA, addrs, cp.RES_TAILNET, fqdn)
         if tn.under_suffix(text):
+            self.by_source["magicdns"] += 1
             return Result(errno.ENOENT)          # not a peer: never asked anywhere else
         canon = text.rstrip(".")
         if self.tailnet_dns(tn):
             self.stats["placeholder"] += 1
+            self.by_source["placeholder"] += 1
             try:
                 addr = self.placeholders.get(canon, 6 if version == 6 else 4)
             except PlaceholdersFull:
                 self.stats["placeholders_full"] += 1
                 return Result(errno.EAGAIN)      # a temporary failure: programs retry
             return Result(0, [addr], cp.RES_PLACEHOLDER, canon.lower())
+        self.by_source["system"] += 1
         err, addrs, cn = await self.system.getaddrinfo(raw, version)
         return Result(err, addrs, 0, cn or canon)
 
