@@ -102,7 +102,8 @@ TOPICS = (
         as it dialled it, its route (tailnet, exit-node, direct), state, bytes each way,
         connect latency, age and, once closed, how it ended; the last 256 closed or failed
         ones are kept, along with totals, failures by errno, a connect-latency histogram and
-        name lookups by answer source (hosts, magicdns, placeholder, system). Memory stays
+        name lookups by answer source (hosts, magicdns, placeholder, system; names the program
+        answers itself from the name table are not counted). Memory stays
         bounded: at most 4096 open connections are listed, more are only counted. Not
         listed: connections the program connects itself (loopback, --bypass, and direct
         destinations without an exit node). Connections to online peers that the node relays
