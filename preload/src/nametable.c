@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "nametable.h"
+#include "mapfile.h"
 #include "real.h"
 
 #define MAGIC 0x544E5054u               /* "TPNT" */
@@ -61,9 +62,7 @@ struct entry {
 };
 _Static_assert(sizeof(struct entry) == ENTRY_SIZE, "record entry is 16 bytes");
 
-static const uint8_t *mapped;           /* the file, or NULL */
 static char hosts_path[PATH_MAX_LEN + 1];
-static int map_state;                   /* 0 not yet, 1 being mapped, 2 done */
 
 static uint64_t fnv64(const uint8_t *p, size_t n)
 {
@@ -90,55 +89,11 @@ static int header_ok(const uint8_t *b)
 	return strlen(hosts_path) == plen && hosts_path[0] == '/';
 }
 
-/* Only a file of our own uid that no one else can write is believed. */
-static const uint8_t *map_file(void)
-{
-	const char *path = getenv("TAILPROXY_NAMES");
-	struct stat st;
-	void *p;
-	int fd;
+static struct tp_mapfile file = {"TAILPROXY_NAMES", FILE_SIZE, header_ok, NULL, 0};
 
-	if (!path || !*path)
-		return NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-	if (fd < 0)
-		return NULL;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
-	    (st.st_mode & 022) || (size_t)st.st_size < FILE_SIZE) {
-		real_close(fd);
-		return NULL;
-	}
-	p = mmap(NULL, FILE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
-	real_close(fd);
-	if (p == MAP_FAILED)
-		return NULL;
-	if (!header_ok(p)) {
-		munmap(p, FILE_SIZE);
-		return NULL;
-	}
-	return p;
-}
-
-/* Mapped once per process image; threads racing here wait for the first (bounded: a signal
- * handler that interrupted the mapper on its own thread goes without a table). */
 static const uint8_t *table_file(void)
 {
-	int st = __atomic_load_n(&map_state, __ATOMIC_ACQUIRE), zero = 0, i;
-
-	if (st == 2)
-		return mapped;
-	if (__atomic_compare_exchange_n(&map_state, &zero, 1, 0, __ATOMIC_ACQ_REL,
-					__ATOMIC_ACQUIRE)) {
-		mapped = map_file();
-		__atomic_store_n(&map_state, 2, __ATOMIC_RELEASE);
-		return mapped;
-	}
-	for (i = 0; i < 100000; i++) {
-		if (__atomic_load_n(&map_state, __ATOMIC_ACQUIRE) == 2)
-			return mapped;
-		sched_yield();
-	}
-	return NULL;
+	return tp_mapfile_get(&file);
 }
 
 __attribute__((constructor)) static void nametable_init(void)

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mapfile.h"
 #include "tailproxy.h"
 
 #define HEADER_SIZE 64
@@ -29,8 +30,6 @@ _Static_assert(sizeof(struct tp_route) == 20, "route entry is 20 bytes in the fi
 _Static_assert(sizeof(struct tp_table) == 24 + 20 * TP_TABLE_MAX, "slot layout is the file's");
 _Static_assert((HEADER_SIZE + sizeof(struct tp_table)) % 8 == 0, "slot generations stay aligned");
 
-static const uint8_t *mapped;   /* the file, or NULL */
-static int map_state;           /* 0 not yet, 1 being mapped, 2 done */
 
 /* The header as the proxy wrote it before handing out the path. */
 static int header_ok(const uint8_t *b)
@@ -45,56 +44,11 @@ static int header_ok(const uint8_t *b)
 	       slot == SLOT_SIZE;
 }
 
-/* Only a file of our own uid that no one else can write is believed. */
-static const uint8_t *map_file(void)
-{
-	const char *path = getenv("TAILPROXY_TABLE");
-	struct stat st;
-	void *p;
-	int fd;
+static struct tp_mapfile file = {"TAILPROXY_TABLE", FILE_SIZE, header_ok, NULL, 0};
 
-	if (!path || !*path)
-		return NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-	if (fd < 0)
-		return NULL;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
-	    (st.st_mode & 022) || (size_t)st.st_size < FILE_SIZE) {
-		real_close(fd);
-		return NULL;
-	}
-	p = mmap(NULL, FILE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
-	real_close(fd);
-	if (p == MAP_FAILED)
-		return NULL;
-	if (!header_ok(p)) {
-		munmap(p, FILE_SIZE);
-		return NULL;
-	}
-	return p;
-}
-
-/* Mapped once per process image; threads racing here wait for the first
- * (bounded: a signal handler that interrupted the mapper on its own thread
- * goes without a table rather than deadlock). */
 static const uint8_t *table_file(void)
 {
-	int st = __atomic_load_n(&map_state, __ATOMIC_ACQUIRE), zero = 0, i;
-
-	if (st == 2)
-		return mapped;
-	if (__atomic_compare_exchange_n(&map_state, &zero, 1, 0, __ATOMIC_ACQ_REL,
-					__ATOMIC_ACQUIRE)) {
-		mapped = map_file();
-		__atomic_store_n(&map_state, 2, __ATOMIC_RELEASE);
-		return mapped;
-	}
-	for (i = 0; i < 100000; i++) {
-		if (__atomic_load_n(&map_state, __ATOMIC_ACQUIRE) == 2)
-			return mapped;
-		sched_yield();
-	}
-	return NULL;
+	return tp_mapfile_get(&file);
 }
 
 void tp_table_init(void)

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "../src/mapfile.c"
 #include "../src/nametable.c"
 
 /* nametable.c closes through the library's libc lookup (real.c), not built in here */

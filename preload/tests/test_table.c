@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "../src/cidr.c"
+#include "../src/mapfile.c"
 #include "../src/table.c"
 
 /* table.c closes through the library's libc lookup (real.c), not built in here */
