@@ -414,3 +414,62 @@ def test_static_resolver_accepts_the_responders_answers(exec_helper, netns, prox
     finally:
         responder.kill()
         responder.wait()
+
+
+# No answer: a blocking recvfrom() on a redirected socket gives EAGAIN once SO_RCVTIMEO passes,
+# and EINTR when a signal (no SA_RESTART) interrupts it, as the kernel's would; then a
+# non-blocking recvmsg() gives EAGAIN at once. Prints the three errnos.
+WAITING_RESOLVER_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+static void on_alarm(int sig) { (void)sig; }
+int main(void) {
+	struct sockaddr_in ns = {.sin_family = AF_INET, .sin_port = htons(53)}, from;
+	socklen_t fl = sizeof(from); struct timeval tv = {1, 0}, none = {0, 0}; char b[512];
+	struct iovec iov = {b, sizeof(b)};
+	struct msghdr mh = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov, .msg_iovlen = 1};
+	struct sigaction sa; int s = socket(AF_INET, SOCK_DGRAM, 0);
+	memset(&sa, 0, sizeof(sa)); sa.sa_handler = on_alarm; sigaction(SIGALRM, &sa, NULL);
+	inet_pton(AF_INET, "198.18.0.1", &ns.sin_addr);
+	if (sendto(s, "no answer", 9, 0, (struct sockaddr *)&ns, sizeof(ns)) != 9) return 1;
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	printf("%d\n", recvfrom(s, b, sizeof(b), 0, (struct sockaddr *)&from, &fl) < 0 ? errno : 0);
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+	alarm(1);
+	printf("%d\n", recvfrom(s, b, sizeof(b), 0, (struct sockaddr *)&from, &fl) < 0 ? errno : 0);
+	printf("%d\n", recvmsg(s, &mh, MSG_DONTWAIT) < 0 ? errno : 0);
+	return 0;
+}
+"""
+
+
+def test_redirected_receive_times_out_and_is_interrupted(exec_helper, netns, proxy, tmp_path):
+    src = tmp_path / "waiting.c"
+    src.write_text(WAITING_RESOLVER_C)
+    subprocess.run(["gcc", "-static", "-o", str(tmp_path / "waiting"), str(src)], check=True,
+                   capture_output=True)
+    silent = subprocess.Popen(netns + ["python3", "-c", r"""
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(silent.stdout.readline())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAILPROXY_")}
+        env.pop("LD_PRELOAD", None)
+        env.update(TAILPROXY_SOCKET=proxy.channel, TAILPROXY_RESOLVE="1",
+                   TAILPROXY_DNS_SERVER=f"127.0.0.1:{port}")
+        cp = subprocess.run(netns + [exec_helper, str(tmp_path / "waiting"), "waiting"],
+                            env=env, capture_output=True, text=True, timeout=30)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert cp.stdout.split() == ["11", "4", "11"]          # EAGAIN, EINTR, EAGAIN
+    finally:
+        silent.kill()
+        silent.wait()
