@@ -2,7 +2,8 @@
  * the kernel's full speed (the verdict for any other call does not depend on its arguments, so
  * the kernel caches it and runs no BPF for it). connect(); sendto() with a destination address
  * (a send() on a connected socket passes NULL and is not trapped); sendmsg()/sendmmsg(), whose
- * address lies in memory the filter cannot read; getpeername(), so a relayed socket shows the
+ * address lies in memory the filter cannot read; recvfrom() with a source address and
+ * recvmsg(), for answers to DNS queries sent to the responder (dnsrecv.c); getpeername(), so a relayed socket shows the
  * address the program asked for; getsockopt(SOL_SOCKET, SO_ERROR), for the real errno of a
  * handed-over connect; with exports, bind() and listen(). Calls of other ABIs (i386, x32)
  * pass. */
@@ -68,7 +69,7 @@ int install_filter(int exports)
 {
 	struct prog p = {.n = 0};
 	struct sock_fprog fprog;
-	int fd, sendto_at, getsockopt_at;
+	int fd, sendto_at, recvfrom_at, getsockopt_at;
 
 	stmt(&p, BPF_LD | BPF_W | BPF_ABS, ARCH);
 	jeq(&p, AUDIT_ARCH_X86_64, NEXT, ALLOW);
@@ -77,19 +78,29 @@ int install_filter(int exports)
 	jeq(&p, __NR_getpeername, NOTIFY, NEXT);
 	jeq(&p, __NR_sendmsg, NOTIFY, NEXT);
 	jeq(&p, __NR_sendmmsg, NOTIFY, NEXT);
+	jeq(&p, __NR_recvmsg, NOTIFY, NEXT);
 	if (exports) {
 		jeq(&p, __NR_bind, NOTIFY, NEXT);
 		jeq(&p, __NR_listen, NOTIFY, NEXT);
 	}
 	/* sendto: only with a destination address (args[4] != NULL) */
 	sendto_at = p.n;
-	jeq(&p, __NR_sendto, NEXT, NEXT);       /* jf patched below: to the getsockopt test */
+	jeq(&p, __NR_sendto, NEXT, NEXT);       /* jf patched below: to the recvfrom test */
+	stmt(&p, BPF_LD | BPF_W | BPF_ABS, ARG_LO(4));
+	jeq(&p, 0, NEXT, NOTIFY);
+	stmt(&p, BPF_LD | BPF_W | BPF_ABS, ARG_HI(4));
+	jeq(&p, 0, ALLOW, NOTIFY);
+	/* recvfrom: only with a source address wanted (args[4] != NULL; recv() and read() of a
+	 * connected socket pass NULL); the accumulator still holds nr when sendto's test sends
+	 * us here */
+	recvfrom_at = p.n;
+	jeq(&p, __NR_recvfrom, NEXT, NEXT);     /* jf patched below: to the getsockopt test */
 	stmt(&p, BPF_LD | BPF_W | BPF_ABS, ARG_LO(4));
 	jeq(&p, 0, NEXT, NOTIFY);
 	stmt(&p, BPF_LD | BPF_W | BPF_ABS, ARG_HI(4));
 	jeq(&p, 0, ALLOW, NOTIFY);
 	/* getsockopt: only SOL_SOCKET/SO_ERROR (int arguments: the low words); the accumulator
-	 * still holds nr when sendto's test sends us here */
+	 * still holds nr when recvfrom's test sends us here */
 	getsockopt_at = p.n;
 	jeq(&p, __NR_getsockopt, NEXT, ALLOW);
 	stmt(&p, BPF_LD | BPF_W | BPF_ABS, ARG_LO(1));
@@ -97,7 +108,8 @@ int install_filter(int exports)
 	stmt(&p, BPF_LD | BPF_W | BPF_ABS, ARG_LO(2));
 	jeq(&p, SO_ERROR, NOTIFY, ALLOW);
 	finish(&p);
-	p.f[sendto_at].jf = (uint8_t)(getsockopt_at - sendto_at - 1);
+	p.f[sendto_at].jf = (uint8_t)(recvfrom_at - sendto_at - 1);
+	p.f[recvfrom_at].jf = (uint8_t)(getsockopt_at - recvfrom_at - 1);
 
 	fprog.len = (unsigned short)p.n;
 	fprog.filter = p.f;

@@ -2,7 +2,7 @@
  * hand-over on the program's own socket (taken with pidfd_getfd; same socket, fd number,
  * options and flags), answered with the result the preload's connect() would return. Port 53
  * (connect, sendto, sendmsg): the name service's DNS responder, as udpdns.c does.
- * getpeername() of a relayed socket: the destination the program asked for;
+ * Their answers, on recvfrom()/recvmsg(): dnsrecv.c. getpeername() of a relayed socket: the destination the program asked for;
  * getsockopt(SO_ERROR) of a handed-over connect: its real errno (outcome.c); bind()/listen()
  * with exports: exports.c. Everything
  * else, and a destination the routing table sends direct, runs as the program made it
@@ -148,8 +148,8 @@ static void refuse_dns(const struct call *c, const struct tp_addr *dst)
 
 /* connect(), sendto() or sendmsg() to port 53: made here on the program's socket towards the
  * responder. send: the datagram (NULL for connect). */
-static void dns_call(const struct call *c, int fd, const struct tp_addr *dst, const void *buf,
-		     size_t n, int flags)
+static void dns_call(const struct call *c, int fd, const struct tp_addr *dst, int mapped,
+		     const void *buf, size_t n, int flags)
 {
 	struct sockaddr_storage to;
 	int s = target_fd(c, fd), tolen;
@@ -178,6 +178,8 @@ static void dns_call(const struct call *c, int fd, const struct tp_addr *dst, co
 		r = sendto(s, buf, n, flags | MSG_NOSIGNAL, (struct sockaddr *)&to, (socklen_t)tolen);
 	else
 		r = connect(s, (struct sockaddr *)&to, (socklen_t)tolen);
+	if (r >= 0 && sock_int(s, SOL_SOCKET, SO_TYPE) == SOCK_DGRAM)
+		dns_socket_add(sock_ino(s), dst, mapped);       /* its answers: dnsrecv.c */
 	answer(c, r < 0 ? -1 : r, r < 0 ? errno : 0);
 	if (tp_config()->verbose)
 		say((int)c->req->pid, buf ? "DNS query to" : "DNS connection to", dst, -1);
@@ -206,7 +208,7 @@ static void on_sendto(const struct call *c)
 	if (target_read(c, a[1], buf, n) != 0)
 		answer(c, 0, EFAULT);
 	else
-		dns_call(c, (int)a[0], &dst, buf, n, (int)a[3]);
+		dns_call(c, (int)a[0], &dst, mapped, buf, n, (int)a[3]);
 	free(buf);
 }
 
@@ -251,7 +253,7 @@ static void on_sendmsg(const struct call *c)
 			return;
 		}
 	/* ancillary data (rare for DNS) is not carried over */
-	dns_call(c, (int)a[0], &dst, buf, total, (int)a[2]);
+	dns_call(c, (int)a[0], &dst, mapped, buf, total, (int)a[2]);
 	free(buf);
 }
 
@@ -426,7 +428,7 @@ static void on_connect(struct call *c)
 		return;
 	}
 	if (is_dns(&dst)) {
-		dns_call(c, (int)a[0], &dst, NULL, 0, 0);
+		dns_call(c, (int)a[0], &dst, mapped, NULL, 0, 0);
 		return;
 	}
 	if (tp_goes_direct(tp_config(), &dst) || tp_table_direct(&dst)) {
@@ -587,6 +589,12 @@ void handle_call(int listener, struct seccomp_notif *req)
 		break;
 	case __NR_sendmmsg:
 		on_sendmmsg(&c);
+		break;
+	case __NR_recvfrom:
+		on_recvfrom(&c);
+		break;
+	case __NR_recvmsg:
+		on_recvmsg(&c);
 		break;
 	default:
 		answer_continue(&c);

@@ -47,6 +47,15 @@ void pending_add(uint64_t ino, uint64_t token);
 int pending_token(uint64_t ino, uint64_t *token);    /* 1 if pending */
 void pending_drop(uint64_t ino);
 int pending_any(void);                               /* 0: none at all (a cheap check) */
+/* dnssocks.c: sockets whose port-53 traffic went to the responder, by socket inode, with the
+ * address the program named (what its answers must show as their source) */
+void dns_socket_add(uint64_t ino, const struct tp_addr *asked, int mapped);
+int dns_socket_asked(uint64_t ino, struct tp_addr *asked, int *mapped);    /* 1 if ours */
+int dns_socket_any(void);                            /* 0: none yet (a cheap check) */
+/* dnsrecv.c: recvfrom() with an address, recvmsg() */
+void on_recvfrom(const struct call *c);
+void on_recvmsg(const struct call *c);
+
 /* intercept.c: has this supervisor handed any socket over yet? */
 int handed_over_any(void);
 

@@ -1,7 +1,8 @@
 """Programs LD_PRELOAD cannot reach (issue 11), on the local tailnet: static and cgo-linked Go
-clients, a `gcc -static` client and a dynamic program's raw connect() syscall reach `peer`
-through tailproxy's seccomp interception (preload/exec/); with an exit node a static Go
-program's names never reach the client host's DNS server; where seccomp() is refused, one line
+clients, `gcc -static` and musl static C clients (resolving MagicDNS names with their own
+resolvers) and a dynamic program's raw connect() syscall reach `peer` through tailproxy's
+seccomp interception (preload/exec/); with an exit node static programs' names never reach the
+client host's DNS server; where seccomp() is refused, one line
 says so and the run falls back to proxy variables. The programs are built here from
 tests/e2e/seccomp_src (Go: standard library only, offline; outputs under build/)."""
 import json
@@ -47,6 +48,10 @@ def progs():
         "go-cgo": _build("goclient-cgo", [go, "build", "-o", "@OUT", gosrc], [gosrc],
                          dict(goenv, CGO_ENABLED="1")),
         "c-static": _build("cclient-static", ["gcc", "-static", "-O1", "-o", "@OUT", csrc], [csrc]),
+        # musl (musl-gcc: Debian's musl-tools): its resolver drops answers whose source is not
+        # the nameserver it asked
+        "c-musl": _build("cclient-musl", [shutil.which("musl-gcc") or "musl-gcc", "-static",
+                                          "-O1", "-o", "@OUT", csrc], [csrc]),
         "c-dynamic": _build("cclient", ["gcc", "-O1", "-o", "@OUT", csrc], [csrc]),
         "deny": _build("deny_seccomp", ["gcc", "-O1", "-o", "@OUT",
                                         os.path.join(SRC, "deny_seccomp.c")],
@@ -56,6 +61,7 @@ def progs():
     assert elf_facts(p["go-static"]).dynamic is False and elf_facts(p["go-static"]).go
     assert elf_facts(p["go-cgo"]).dynamic is True and elf_facts(p["go-cgo"]).go
     assert elf_facts(p["c-static"]).dynamic is False
+    assert elf_facts(p["c-musl"]).dynamic is False
     return p
 
 
@@ -165,6 +171,24 @@ def test_gcc_static_client_reaches_peer(tp_state, progs, peer, family):
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.strip() == "hello static"
     assert "statically linked" not in cp.stderr
+
+
+@pytest.mark.parametrize("form", ["short", "fqdn", "short-exit-node"])
+@pytest.mark.parametrize("prog", ["c-static", "c-musl"])
+def test_static_getaddrinfo_resolves_peer(tp_state, testnet, progs, peer, prog, form):
+    """A static program's own resolver (glibc's or musl's, reading /etc/resolv.conf) resolves
+    a MagicDNS name under --intercept seccomp: its queries go to the name service's responder,
+    its answers show the nameserver it asked (dnsrecv.c; musl drops them otherwise); then it
+    reaches `peer`. With an exit node too, not one query reaches the client host's DNS
+    server."""
+    host = peer["fqdn"] if form == "fqdn" else "peer"
+    extra = ["--exit-node", testnet["exit_node"]["name"]] if form.endswith("exit-node") else []
+    with DNSLog(testnet) as log:
+        cp = tp(tp_state, *extra, "--intercept", "seccomp", progs[prog], "gai", host,
+                str(peer["echo_port"]), f"hello {form}")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.strip() == f"hello {form}"
+    assert log.queries == [], log.queries
 
 
 def test_raw_connect_syscall_under_intercept_seccomp(tp_state, progs, peer):

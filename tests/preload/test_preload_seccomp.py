@@ -256,3 +256,220 @@ print(r, ctypes.get_errno())
                         env=env, capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.split() == ["-1", "14", "-1", "14"]       # EFAULT
+
+
+# ---- static resolvers: answers show the nameserver they asked (dnsrecv.c) -------------------
+
+# glibc: res_query() and getaddrinfo() of NAME, the one nameserver 198.18.0.1:53 (whatever
+# resolv.conf says). glibc's res_send connects its socket and reads with recvfrom(&from).
+GLIBC_RESOLVER_C = r"""
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <netdb.h>
+#include <resolv.h>
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv) {
+	unsigned char ans[512]; char ip[64]; struct addrinfo hints, *ai; int n;
+	if (argc != 2 || res_init() != 0) return 2;
+	_res.nscount = 1;
+	_res.nsaddr_list[0].sin_family = AF_INET;
+	_res.nsaddr_list[0].sin_port = htons(53);
+	inet_pton(AF_INET, "198.18.0.1", &_res.nsaddr_list[0].sin_addr);
+	n = res_query(argv[1], ns_c_in, ns_t_a, ans, sizeof(ans));
+	if (n < 16) { printf("res_query failed\n"); return 1; }
+	inet_ntop(AF_INET, ans + n - 4, ip, sizeof(ip));          /* the last answer's rdata */
+	printf("%s\n", ip);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_INET; hints.ai_socktype = SOCK_STREAM;
+	if ((n = getaddrinfo(argv[1], "80", &hints, &ai)) != 0) { printf("gai: %s\n", gai_strerror(n)); return 1; }
+	inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ip, sizeof(ip));
+	printf("%s\n", ip);
+	freeaddrinfo(ai);
+	return 0;
+}
+"""
+
+# musl: getaddrinfo() of NAME through resolv.conf (RES_CONF: musl reads only /etc/resolv.conf,
+# so the nameserver is the host's). musl's res_msend sends with sendto() on an unconnected
+# socket and drops any answer whose source is not a nameserver it asked.
+MUSL_RESOLVER_C = r"""
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv) {
+	struct addrinfo hints, *ai; char ip[64]; int n;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_INET; hints.ai_socktype = SOCK_STREAM;
+	if (argc != 2) return 2;
+	if ((n = getaddrinfo(argv[1], "80", &hints, &ai)) != 0) { printf("gai: %s\n", gai_strerror(n)); return 1; }
+	inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ip, sizeof(ip));
+	printf("%s\n%s\n", ip, ip);
+	freeaddrinfo(ai);
+	return 0;
+}
+"""
+
+# The check such resolvers make, spelled out for both calls: an A query for NAME sent with
+# sendto() to 198.18.0.1:53 on an unconnected socket, the answer read with recvfrom() (a
+# blocking socket, SO_RCVTIMEO) and then recvmsg() (non-blocking, poll()), each refused unless
+# its source is 198.18.0.1:53; prints the answer's address each time.
+CHECKING_RESOLVER_C = r"""
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <resolv.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+static int ask(const char *name, int use_recvmsg) {
+	unsigned char q[512], ans[512]; char ip[64];
+	struct sockaddr_in ns = {.sin_family = AF_INET, .sin_port = htons(53)}, from;
+	socklen_t fl = sizeof(from); struct timeval tv = {5, 0}; ssize_t n;
+	int s = socket(AF_INET, SOCK_DGRAM, 0), qn = res_mkquery(ns_o_query, name, ns_c_in, ns_t_a, NULL, 0, NULL, q, sizeof(q));
+	inet_pton(AF_INET, "198.18.0.1", &ns.sin_addr);
+	if (s < 0 || qn < 0 || sendto(s, q, qn, 0, (struct sockaddr *)&ns, sizeof(ns)) != qn) return 1;
+	memset(&from, 0, sizeof(from));
+	if (!use_recvmsg) {
+		setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		n = recvfrom(s, ans, sizeof(ans), 0, (struct sockaddr *)&from, &fl);
+	} else {
+		struct iovec iov[2] = {{ans, 12}, {ans + 12, sizeof(ans) - 12}};
+		struct msghdr mh = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = iov, .msg_iovlen = 2};
+		struct pollfd p = {.fd = s, .events = POLLIN};
+		fcntl(s, F_SETFL, O_NONBLOCK);
+		poll(&p, 1, 5000);
+		n = recvmsg(s, &mh, 0);
+		fl = mh.msg_namelen;
+	}
+	if (n < 16) { printf("no answer\n"); return 1; }
+	if (fl != sizeof(from) || from.sin_family != AF_INET || from.sin_port != htons(53) ||
+	    from.sin_addr.s_addr != ns.sin_addr.s_addr) {
+		inet_ntop(AF_INET, &from.sin_addr, ip, sizeof(ip));
+		printf("answer from %s:%d: dropped\n", ip, ntohs(from.sin_port));
+		return 1;
+	}
+	inet_ntop(AF_INET, ans + n - 4, ip, sizeof(ip));
+	printf("%s\n", ip);
+	return 0;
+}
+int main(int argc, char **argv) {
+	return argc != 2 || ask(argv[1], 0) || ask(argv[1], 1);
+}
+"""
+
+# A fake DNS server: every A question gets 100.64.0.7; others, no answer.
+FAKE_DNS = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+while True:
+    q, addr = s.recvfrom(2048)
+    end = 12
+    while q[end]:
+        end += 1 + q[end]
+    qtype = struct.unpack("!H", q[end + 1:end + 3])[0]
+    hdr = q[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if qtype == 1 else 0, 0, 0)
+    rr = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton("100.64.0.7") if qtype == 1 else b""
+    s.sendto(hdr + q[12:end + 5] + rr, addr)
+"""
+
+RESOLVERS = {"glibc": ("gcc", GLIBC_RESOLVER_C), "musl": ("musl-gcc", MUSL_RESOLVER_C),
+             "checking": ("gcc", CHECKING_RESOLVER_C)}
+
+
+@pytest.fixture(scope="module", params=sorted(RESOLVERS))
+def static_resolver(request, tmp_path_factory):
+    """A static resolver program (musl: musl-gcc, from Debian's musl-tools, is required)."""
+    cc, code = RESOLVERS[request.param]
+    assert shutil.which(cc), f"{cc} missing (apt-get install musl-tools)"
+    d = tmp_path_factory.mktemp("static-resolver")
+    (d / "resolver.c").write_text(code)
+    cp = subprocess.run([cc, "-static", "-o", str(d / "resolver"), str(d / "resolver.c")],
+                        capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+    return str(d / "resolver")
+
+
+def test_static_resolver_accepts_the_responders_answers(exec_helper, netns, proxy,
+                                                        static_resolver):
+    """The answers come from the responder's loopback port; a static resolver is shown the
+    nameserver it asked, so it resolves (without the rewrite, musl's getaddrinfo() and the
+    checking program drop every answer; glibc 2.36 happens not to check)."""
+    responder = subprocess.Popen(netns + ["python3", "-c", FAKE_DNS], stdout=subprocess.PIPE,
+                                 text=True)
+    try:
+        port = int(responder.stdout.readline())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAILPROXY_")}
+        env.pop("LD_PRELOAD", None)
+        env.update(TAILPROXY_SOCKET=proxy.channel, TAILPROXY_RESOLVE="1",
+                   TAILPROXY_DNS_SERVER=f"127.0.0.1:{port}", LOCALDOMAIN="")
+        cp = subprocess.run(netns + [exec_helper, static_resolver, "resolver", "peer.example."],
+                            env=env, capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert cp.stdout.split() == ["100.64.0.7", "100.64.0.7"]
+    finally:
+        responder.kill()
+        responder.wait()
+
+
+# No answer: a blocking recvfrom() on a redirected socket gives EAGAIN once SO_RCVTIMEO passes,
+# and EINTR when a signal (no SA_RESTART) interrupts it, as the kernel's would; then a
+# non-blocking recvmsg() gives EAGAIN at once. Prints the three errnos.
+WAITING_RESOLVER_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+static void on_alarm(int sig) { (void)sig; }
+int main(void) {
+	struct sockaddr_in ns = {.sin_family = AF_INET, .sin_port = htons(53)}, from;
+	socklen_t fl = sizeof(from); struct timeval tv = {1, 0}, none = {0, 0}; char b[512];
+	struct iovec iov = {b, sizeof(b)};
+	struct msghdr mh = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov, .msg_iovlen = 1};
+	struct sigaction sa; int s = socket(AF_INET, SOCK_DGRAM, 0);
+	memset(&sa, 0, sizeof(sa)); sa.sa_handler = on_alarm; sigaction(SIGALRM, &sa, NULL);
+	inet_pton(AF_INET, "198.18.0.1", &ns.sin_addr);
+	if (sendto(s, "no answer", 9, 0, (struct sockaddr *)&ns, sizeof(ns)) != 9) return 1;
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	printf("%d\n", recvfrom(s, b, sizeof(b), 0, (struct sockaddr *)&from, &fl) < 0 ? errno : 0);
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+	alarm(1);
+	printf("%d\n", recvfrom(s, b, sizeof(b), 0, (struct sockaddr *)&from, &fl) < 0 ? errno : 0);
+	printf("%d\n", recvmsg(s, &mh, MSG_DONTWAIT) < 0 ? errno : 0);
+	return 0;
+}
+"""
+
+
+def test_redirected_receive_times_out_and_is_interrupted(exec_helper, netns, proxy, tmp_path):
+    src = tmp_path / "waiting.c"
+    src.write_text(WAITING_RESOLVER_C)
+    subprocess.run(["gcc", "-static", "-o", str(tmp_path / "waiting"), str(src)], check=True,
+                   capture_output=True)
+    silent = subprocess.Popen(netns + ["python3", "-c", r"""
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(silent.stdout.readline())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAILPROXY_")}
+        env.pop("LD_PRELOAD", None)
+        env.update(TAILPROXY_SOCKET=proxy.channel, TAILPROXY_RESOLVE="1",
+                   TAILPROXY_DNS_SERVER=f"127.0.0.1:{port}")
+        cp = subprocess.run(netns + [exec_helper, str(tmp_path / "waiting"), "waiting"],
+                            env=env, capture_output=True, text=True, timeout=30)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert cp.stdout.split() == ["11", "4", "11"]          # EAGAIN, EINTR, EAGAIN
+    finally:
+        silent.kill()
+        silent.wait()

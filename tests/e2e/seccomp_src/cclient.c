@@ -2,10 +2,13 @@
  * the test with `gcc -static` and as a dynamic program.
  *   cclient libc IP PORT MSG    connect() through libc, send MSG and a newline, print the reply
  *   cclient raw IP PORT MSG     the same with syscall(SYS_connect): no libc wrapper to hook
+ *   cclient gai NAME PORT MSG   NAME resolved with getaddrinfo() (libc's own resolver, static
+ *                               in a static build), then as libc, to the first address
  * IP is an IPv4 or IPv6 literal; the socket is blocking. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
@@ -22,11 +25,23 @@ int main(int argc, char **argv)
 	int s, r;
 
 	if (argc != 5) {
-		fprintf(stderr, "usage: cclient libc|raw IP PORT MSG\n");
+		fprintf(stderr, "usage: cclient libc|raw|gai IP|NAME PORT MSG\n");
 		return 2;
 	}
 	memset(&ss, 0, sizeof(ss));
-	if (inet_pton(AF_INET, argv[2], &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+	if (strcmp(argv[1], "gai") == 0) {
+		struct addrinfo hints, *ai;
+		memset(&hints, 0, sizeof(hints));
+		hints.ai_socktype = SOCK_STREAM;
+		r = getaddrinfo(argv[2], argv[3], &hints, &ai);
+		if (r != 0) {
+			fprintf(stderr, "getaddrinfo %s: %s\n", argv[2], gai_strerror(r));
+			return 1;
+		}
+		memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+		len = ai->ai_addrlen;
+		freeaddrinfo(ai);
+	} else if (inet_pton(AF_INET, argv[2], &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
 		ss.ss_family = AF_INET;
 		((struct sockaddr_in *)&ss)->sin_port = htons((unsigned short)atoi(argv[3]));
 		len = sizeof(struct sockaddr_in);
