@@ -7,7 +7,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 NATIVE := src/tailproxy/_native
 # (zsh and fish: the unit tests load the completion scripts `tailproxy completion` generates)
-DEBS   := curl wget netcat-openbsd iproute2 procps openssl util-linux nodejs proxychains4 microsocks nginx-light valgrind bind9-dnsutils dnsmasq-base zsh fish openssh-server iperf3 tmux chromium chromium-driver
+DEBS   := curl wget netcat-openbsd iproute2 procps openssl util-linux nodejs proxychains4 microsocks nginx-light valgrind bind9-dnsutils dnsmasq-base zsh fish openssh-server iperf3 tmux chromium chromium-driver musl-tools
 
 .PHONY: all deps native dev wheel wheelhouse test test-unit test-node test-preload demo bench clean
 
