@@ -111,9 +111,10 @@ type parkedServer struct {
 type liveRelay struct {
 	local   *net.TCPConn
 	dst     netip.AddrPort
-	pid     uint32        // the process that connected (the kernel's word, from the datagram)
-	asked   time.Time     // when the program's connect reached us
-	relayed time.Time     // when its connect completed and the relay began
+	pid     uint32      // the process that connected (the kernel's word, from the datagram)
+	asked   time.Time   // when the program's connect reached us
+	relayed time.Time   // when its connect completed and the relay began
+	bytes   *byteCounts // delivered so far, each way
 }
 
 // serveParked starts the fast path on the proxy's datagram socket (in) and forward socket.
@@ -292,9 +293,11 @@ func (p *parkedServer) connect(d datagram, req connectReq, sock int, park syscal
 		return
 	}
 	syscall.Close(sock) // the program keeps its own descriptor of it
-	p.track(prog, liveRelay{local: local, dst: req.dst, pid: d.pid, asked: t0, relayed: time.Now()})
+	counts := &byteCounts{}
+	p.track(prog, liveRelay{local: local, dst: req.dst, pid: d.pid, asked: t0, relayed: time.Now(),
+		bytes: counts})
 	defer p.untrack(prog, local) // if the relay panics; untracking twice is harmless
-	res := relay(local, remote)
+	res := relayCounting(local, remote, counts)
 	p.untrack(prog, local) // before the report: a PEER after it must not find it
 	if p.spec.Report {
 		p.n.events.send(event{ID: p.id, Kind: "done", Token: req.token, Src: prog.String(),

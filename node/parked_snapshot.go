@@ -6,7 +6,7 @@ import (
 )
 
 // parkedConn is one connection the fast path relays now, as `tailproxy top` lists it
-// (tp_parked_snapshot). Its bytes are not counted while it runs: nothing is done per byte.
+// (tp_parked_snapshot), with the bytes its relay delivered so far each way.
 type parkedConn struct {
 	Server    int64   `json:"server"` // the parked-connect server: one per program
 	Pid       uint32  `json:"pid"`
@@ -14,6 +14,8 @@ type parkedConn struct {
 	Dst       string  `json:"dst"`
 	ConnectMS float64 `json:"connect_ms"`
 	AgeMS     int64   `json:"age_ms"` // since the program's connect
+	Up        int64   `json:"up"`     // delivered to the tailnet so far
+	Down      int64   `json:"down"`   // delivered to the program so far
 }
 
 // parkedSnapshot lists at most limit of the fast path's live relays, oldest first.
@@ -25,7 +27,7 @@ func (n *node) parkedSnapshot(limit int) []parkedConn {
 		for prog, r := range p.live {
 			out = append(out, parkedConn{Server: id, Pid: r.pid, Src: prog.String(),
 				Dst: r.dst.String(), ConnectMS: float64(r.relayed.Sub(r.asked).Microseconds()) / 1000,
-				AgeMS: now.Sub(r.asked).Milliseconds()})
+				AgeMS: now.Sub(r.asked).Milliseconds(), Up: r.bytes.up.Load(), Down: r.bytes.down.Load()})
 		}
 		p.mu.Unlock()
 	}

@@ -428,15 +428,18 @@ func TestParkedSnapshot(t *testing.T) {
 			live: map[netip.AddrPort]liveRelay{}}
 		n.parked[id] = p
 		prog := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(40000+id))
+		counts := &byteCounts{}
+		counts.up.Add(10 * id)
+		counts.down.Add(20 * id)
 		p.live[prog] = liveRelay{dst: netip.MustParseAddrPort("100.64.0.2:7"), pid: uint32(100 + id),
-			asked: now.Add(-age), relayed: now.Add(-age + 2500*time.Microsecond)}
+			asked: now.Add(-age), relayed: now.Add(-age + 2500*time.Microsecond), bytes: counts}
 	}
 	all := n.parkedSnapshot(10)
 	if len(all) != 2 || all[0].Server != 2 || all[0].Pid != 102 || all[1].Server != 1 {
 		t.Fatalf("snapshot %+v: want both, the older (server 2) first", all)
 	}
 	if c := all[0]; c.Dst != "100.64.0.2:7" || c.Src != "127.0.0.1:40002" || c.ConnectMS != 2.5 ||
-		c.AgeMS < 3000 {
+		c.AgeMS < 3000 || c.Up != 20 || c.Down != 40 {
 		t.Fatalf("entry %+v", c)
 	}
 	if one := n.parkedSnapshot(1); len(one) != 1 || one[0].Server != 2 {

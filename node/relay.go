@@ -35,6 +35,19 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return 
 // peer see ECONNRESET and never mistake a cut transfer for a clean EOF. The local socket is set to linger 0 from the start, so that the same
 // holds if this process dies.
 func relay(local, remote halfCloser) relayResult {
+	return relayCounting(local, remote, nil)
+}
+
+// byteCounts are a relay's bytes so far, each way, for whoever looks while it runs
+// (`tailproxy top`): one atomic add per copied chunk.
+type byteCounts struct{ up, down atomic.Int64 }
+
+// relayCounting is relay, with the bytes delivered so far kept in counts (nil: not kept).
+func relayCounting(local, remote halfCloser, counts *byteCounts) relayResult {
+	var upCount, downCount *atomic.Int64
+	if counts != nil {
+		upCount, downCount = &counts.up, &counts.down
+	}
 	tcp, _ := local.(*net.TCPConn)
 	if tcp != nil {
 		_ = tcp.SetLinger(0)
@@ -56,9 +69,9 @@ func relay(local, remote halfCloser) relayResult {
 	wg.Add(1)
 	goWork(func() {
 		defer wg.Done()
-		res.Up = copyHalf(tail, local, "from the program", "to the tailnet", abort)
+		res.Up = copyHalf(tail, local, "from the program", "to the tailnet", abort, upCount)
 	})
-	res.Down = copyHalf(local, tail, "from the tailnet", "to the program", abort)
+	res.Down = copyHalf(local, tail, "from the tailnet", "to the program", abort, downCount)
 	wg.Wait()
 	if res.Reason == "" {
 		if tcp != nil {
@@ -71,8 +84,8 @@ func relay(local, remote halfCloser) relayResult {
 }
 
 // copyHalf copies src into dst, then half-closes dst. A read or write error
-// other than src's EOF calls abort.
-func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) int64 {
+// other than src's EOF calls abort. Delivered bytes are added to count (if not nil) as they go.
+func copyHalf(dst, src halfCloser, from, to string, abort func(error, string), count *atomic.Int64) int64 {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
@@ -82,6 +95,9 @@ func copyHalf(dst, src halfCloser, from, to string, abort func(error, string)) i
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
+			if count != nil {
+				count.Add(int64(nw))
+			}
 			if werr != nil {
 				abort(werr, "write "+to)
 				return n

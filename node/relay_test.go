@@ -637,3 +637,38 @@ func TestFileConnRejectsNonSockets(t *testing.T) {
 		t.Errorf("closed fd: %v, want EBADF", err)
 	}
 }
+
+func TestRelayCountsBytesWhileItRuns(t *testing.T) {
+	prog, local := tcpPair(t)
+	remote, tail := tcpPair(t)
+	counts := &byteCounts{}
+	done := make(chan relayResult, 1)
+	go func() { done <- relayCounting(local, remote, counts) }()
+	if _, err := prog.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(tail, buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tail.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(prog, buf[:2]); err != nil {
+		t.Fatal(err)
+	}
+	// both copies have delivered: the counts say so before the relay ends
+	if up, down := counts.up.Load(), counts.down.Load(); up != 5 || down != 2 {
+		t.Fatalf("while running: up %d down %d, want 5 and 2", up, down)
+	}
+	prog.CloseWrite()
+	tail.CloseWrite()
+	select {
+	case res := <-done:
+		if res.Up != 5 || res.Down != 2 || counts.up.Load() != 5 || counts.down.Load() != 2 {
+			t.Fatalf("at the end: %+v, counts %d/%d", res, counts.up.Load(), counts.down.Load())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not end")
+	}
+}

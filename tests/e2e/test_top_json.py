@@ -97,7 +97,9 @@ def test_top_and_ps_json_show_a_live_program(ident, testnet, short_tmp):
         [fast] = [c for c in view["connections"]
                   if c["dialled"] == f"{peer['ipv4']}:{peer['echo_port']}"]
         assert fast["relayed_by"] == "node" and fast["route"] == "tailnet", fast
-        assert fast["pid"] == pid and fast["program_pid"] == pid and fast["up"] is None, fast
+        # its relay's bytes so far: the program sent one byte and read its echo
+        assert fast["pid"] == pid and fast["program_pid"] == pid and fast["up"] == 1 and \
+            fast["down"] == 1, fast
         assert view["exit_node"]["online"] and view["exit_node"]["name"].startswith("exit.")
         assert view["lookups"]["magicdns"] >= 1 and view["lookups"]["placeholder"] >= 1, \
             view["lookups"]

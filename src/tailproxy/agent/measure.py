@@ -8,7 +8,8 @@ Cost per connection: one record and a dict insert at the outcome, a dict pop and
 append at the end; nothing while bytes flow (live byte counts are read from the relay when a
 snapshot is asked for). Connections the node's fast path relays entirely in Go (a parked
 connect to an online peer) never reach the proxy: a view lists the open ones from the node's
-snapshot (fast_path_row), without bytes; the node's status gives each peer's totals
+snapshot (fast_path_row), with the bytes its relay delivered so far (one atomic add per copied
+chunk in Go); the node's status gives each peer's totals
 (peers.py)."""
 from __future__ import annotations
 
@@ -188,13 +189,13 @@ class ProgramWatch:
 
 def fast_path_row(entry: dict, program: ProgramInfo | None) -> dict:
     """A connection the node relays on its own (Node.parked_snapshot) as a view lists it: to
-    an online peer's address (route tailnet), open, its bytes not counted while it runs. Its
-    id stays the same from one look to the next (server and the program's port)."""
+    an online peer's address (route tailnet), open, with the bytes its relay delivered so far.
+    Its id stays the same from one look to the next (server and the program's port)."""
     port = int(entry["src"].rpartition(":")[2] or 0)
     age_s = entry["age_ms"] / 1000
     return {"id": FAST_PATH_IDS + (entry["server"] << 17) + port, "relayed_by": "node",
             "pid": entry["pid"], "program_pid": program.pid if program else 0,
             "command": program.command if program else [],
             "asked": entry["dst"], "dialled": entry["dst"], "route": "tailnet", "state": "open",
-            "up": None, "down": None, "connect_ms": entry["connect_ms"],
+            "up": entry.get("up"), "down": entry.get("down"), "connect_ms": entry["connect_ms"],
             "started": time.time() - age_s, "duration_s": round(age_s, 3), "reason": None}
