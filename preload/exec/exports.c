@@ -20,50 +20,6 @@ int export_mode(void)
 	return v && v[0] == '1' && tp_config()->active;
 }
 
-/* AF_INET/AF_INET6 stream socket: its family (AF_*), else 0. */
-static int tcp_family(int s)
-{
-	int type = 0, dom = 0;
-	socklen_t l = sizeof(type);
-
-	if (real_getsockopt(s, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM)
-		return 0;
-	l = sizeof(dom);
-	if (real_getsockopt(s, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
-		return 0;
-	return dom == AF_INET || dom == AF_INET6 ? dom : 0;
-}
-
-static const uint8_t v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-/* Rewrite a non-loopback address to loopback in place; 1 if changed. */
-static int to_loopback(struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET) {
-		struct sockaddr_in *in = (struct sockaddr_in *)ss;
-		if ((ntohl(in->sin_addr.s_addr) >> 24) == 127)
-			return 0;
-		in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		return 1;
-	}
-	if (ss->ss_family == AF_INET6) {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-		uint8_t *a = in6->sin6_addr.s6_addr;
-		if (!memcmp(a, v4mapped_prefix, 12)) {
-			if (a[12] == 127)
-				return 0;
-			a[12] = 127, a[13] = 0, a[14] = 0, a[15] = 1;
-			return 1;
-		}
-		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-			return 0;
-		in6->sin6_addr = in6addr_loopback;
-		in6->sin6_scope_id = 0;
-		return 1;
-	}
-	return 0;
-}
-
 void on_bind(const struct call *c)
 {
 	const __u64 *a = c->req->data.args;
@@ -76,12 +32,12 @@ void on_bind(const struct call *c)
 	    target_read(c, a[1], &ss, len) != 0 ||
 	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
 	    (ss.ss_family == AF_INET && len < sizeof(struct sockaddr_in)) ||
-	    (ss.ss_family == AF_INET6 && len < sizeof(struct sockaddr_in6)) || !to_loopback(&ss)) {
+	    (ss.ss_family == AF_INET6 && len < sizeof(struct sockaddr_in6)) || !addr_to_loopback(&ss)) {
 		answer_continue(c);     /* not ours, loopback already, or the kernel's EINVAL */
 		return;
 	}
 	s = target_fd(c, (int)a[0]);
-	if (s < 0 || !tcp_family(s) || !call_valid(c)) {
+	if (s < 0 || !inet_socket_family(s, SOCK_STREAM) || !call_valid(c)) {
 		if (s >= 0)
 			close(s);
 		answer_continue(c);     /* UDP and others bind where they asked */
@@ -114,14 +70,14 @@ void on_listen(const struct call *c)
 		answer_continue(c);
 		return;
 	}
-	if (!(fam = tcp_family(s)) || !call_valid(c)) {
+	if (!(fam = inet_socket_family(s, SOCK_STREAM)) || !call_valid(c)) {
 		close(s);
 		answer_continue(c);
 		return;
 	}
 	if (bound_port(s, fam, &ss) == 0) {
 		/* unbound: the kernel would bind 0.0.0.0 / ::; bind loopback ourselves */
-		to_loopback(&ss);
+		addr_to_loopback(&ss);
 		ss.ss_family = (sa_family_t)fam;
 		if (bind(s, (struct sockaddr *)&ss, fam == AF_INET ? sizeof(struct sockaddr_in)
 								  : sizeof(struct sockaddr_in6)) != 0) {

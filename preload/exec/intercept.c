@@ -39,16 +39,6 @@ static void note_hand_over(void)
 		__atomic_store_n(&handed_over, 1, __ATOMIC_RELAXED);
 }
 
-static int sock_int(int fd, int level, int name)
-{
-	int v = -1;
-	socklen_t len = sizeof(v);
-
-	if (real_getsockopt(fd, level, name, &v, &len) != 0)
-		return -1;
-	return v;
-}
-
 static void say(int pid, const char *what, const struct tp_addr *dst, int err)
 {
 	struct tp_log l;
@@ -96,20 +86,9 @@ static void fail_closed(const struct call *c, const struct tp_addr *dst)
 
 /* ---------------------------------------------------------------- port 53 */
 
-static int bypassed(const struct tp_addr *a)
-{
-	const struct tp_config *c = tp_config();
-	int i;
-
-	for (i = 0; i < c->nbypass; i++)
-		if (tp_cidr_match(&c->bypass[i], a))
-			return 1;
-	return 0;
-}
-
 static int is_dns(const struct tp_addr *dst)
 {
-	return dst->port == DNS_PORT && tp_dns()->active && !bypassed(dst);
+	return dst->port == DNS_PORT && tp_dns()->active && !tp_bypassed(tp_config(), dst);
 }
 
 /* The responder's address for socket s (UDP or TCP, IPv4 or IPv6): its length, 0 if s is not

@@ -122,3 +122,50 @@ int so_error_of(int fd)
 		return 0;
 	return v;
 }
+
+int sock_int(int fd, int level, int name)
+{
+	int v = -1;
+	socklen_t len = sizeof(v);
+
+	if (real_getsockopt(fd, level, name, &v, &len) != 0)
+		return -1;
+	return v;
+}
+
+int inet_socket_family(int fd, int type)
+{
+	int dom;
+
+	if (sock_int(fd, SOL_SOCKET, SO_TYPE) != type)
+		return 0;
+	dom = sock_int(fd, SOL_SOCKET, SO_DOMAIN);
+	return dom == AF_INET || dom == AF_INET6 ? dom : 0;
+}
+
+int addr_to_loopback(struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)ss;
+		if ((ntohl(in->sin_addr.s_addr) >> 24) == 127)
+			return 0;
+		in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		return 1;
+	}
+	if (ss->ss_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+		uint8_t *a = in6->sin6_addr.s6_addr;
+		if (!memcmp(a, v4mapped, 12)) {
+			if (a[12] == 127)
+				return 0;
+			a[12] = 127, a[13] = 0, a[14] = 0, a[15] = 1;
+			return 1;
+		}
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return 0;
+		in6->sin6_addr = in6addr_loopback;
+		in6->sin6_scope_id = 0;
+		return 1;
+	}
+	return 0;
+}

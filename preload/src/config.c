@@ -18,7 +18,6 @@ static int cfg_state;           /* 0 unread, 1 being read, 2 ready */
 int tp_goes_direct(const struct tp_config *c, const struct tp_addr *a)
 {
 	static const uint8_t zero[16], one[16] = {[15] = 1};
-	int i;
 
 	if (a->family == 4) {
 		if (a->addr[0] == 127)
@@ -29,6 +28,13 @@ int tp_goes_direct(const struct tp_config *c, const struct tp_addr *a)
 		if (memcmp(a->addr, one, 16) == 0 || memcmp(a->addr, zero, 16) == 0)
 			return 1;
 	}
+	return tp_bypassed(c, a);
+}
+
+int tp_bypassed(const struct tp_config *c, const struct tp_addr *a)
+{
+	int i;
+
 	for (i = 0; i < c->nbypass; i++)
 		if (tp_cidr_match(&c->bypass[i], a))
 			return 1;

@@ -25,50 +25,6 @@ static int export_mode(void)
 	return s == 2;
 }
 
-/* AF_INET/AF_INET6 stream socket: its family (AF_*), else 0. */
-static int tcp_family(int fd)
-{
-	int type = 0, dom = 0;
-	socklen_t l = sizeof(type);
-
-	if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM)
-		return 0;
-	l = sizeof(dom);
-	if (real_getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
-		return 0;
-	return dom == AF_INET || dom == AF_INET6 ? dom : 0;
-}
-
-static const uint8_t v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-/* Rewrite a non-loopback address to loopback in place; 1 if changed. */
-static int to_loopback(struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET) {
-		struct sockaddr_in *in = (struct sockaddr_in *)ss;
-		if ((ntohl(in->sin_addr.s_addr) >> 24) == 127)
-			return 0;
-		in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		return 1;
-	}
-	if (ss->ss_family == AF_INET6) {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-		uint8_t *a = in6->sin6_addr.s6_addr;
-		if (!memcmp(a, v4mapped_prefix, 12)) {
-			if (a[12] == 127)
-				return 0;
-			a[12] = 127, a[13] = 0, a[14] = 0, a[15] = 1;
-			return 1;
-		}
-		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-			return 0;
-		in6->sin6_addr = in6addr_loopback;
-		in6->sin6_scope_id = 0;
-		return 1;
-	}
-	return 0;
-}
-
 EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	struct sockaddr_storage ss;
@@ -77,13 +33,13 @@ EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	if (export_mode() && udp_export_bind(fd, sa, len, real_bind, &r))     /* UDP: udpexport.c */
 		return r;
 	if (!export_mode() || !sa || len > sizeof(ss) || len < sizeof(sa_family_t) ||
-	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !tcp_family(fd))
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !inet_socket_family(fd, SOCK_STREAM))
 		return real_bind(fd, sa, len);
 	memcpy(&ss, sa, len);
 	if ((ss.ss_family == AF_INET && len < sizeof(struct sockaddr_in)) ||
 	    (ss.ss_family == AF_INET6 && len < sizeof(struct sockaddr_in6)))
 		return real_bind(fd, sa, len);    /* let the kernel give its EINVAL */
-	to_loopback(&ss);
+	addr_to_loopback(&ss);
 	return real_bind(fd, (struct sockaddr *)&ss, len);
 }
 
@@ -94,14 +50,14 @@ EXPORT int listen(int fd, int backlog)
 	int e0 = errno, fam, r;
 	uint16_t port;
 
-	if (!export_mode() || !(fam = tcp_family(fd)))
+	if (!export_mode() || !(fam = inet_socket_family(fd, SOCK_STREAM)))
 		return real_listen(fd, backlog);
 	memset(&ss, 0, sizeof(ss));
 	if (getsockname(fd, (struct sockaddr *)&ss, &l) == 0 &&
 	    ((fam == AF_INET && ((struct sockaddr_in *)&ss)->sin_port == 0) ||
 	     (fam == AF_INET6 && ((struct sockaddr_in6 *)&ss)->sin6_port == 0))) {
 		/* Unbound: the kernel would bind 0.0.0.0 / ::. Bind loopback ourselves. */
-		to_loopback(&ss);
+		addr_to_loopback(&ss);
 		ss.ss_family = (sa_family_t)fam;
 		if (real_bind(fd, (struct sockaddr *)&ss,
 			      fam == AF_INET ? sizeof(struct sockaddr_in)
@@ -132,7 +88,7 @@ EXPORT int close(int fd)
 		socklen_t al = sizeof(acc);
 		e = errno;
 		if (real_getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) == 0 && acc &&
-		    (fam = tcp_family(fd)) && getsockname(fd, (struct sockaddr *)&ss, &l) == 0)
+		    (fam = inet_socket_family(fd, SOCK_STREAM)) && getsockname(fd, (struct sockaddr *)&ss, &l) == 0)
 			port = ntohs(fam == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
 						    : ((struct sockaddr_in6 *)&ss)->sin6_port);
 		errno = e;

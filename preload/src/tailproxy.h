@@ -38,6 +38,7 @@ struct tp_config {
 
 HIDDEN const struct tp_config *tp_config(void);
 HIDDEN int tp_goes_direct(const struct tp_config *cfg, const struct tp_addr *a);
+HIDDEN int tp_bypassed(const struct tp_config *cfg, const struct tp_addr *a);  /* --bypass */
 
 /* ---- cidr.c ---- */
 HIDDEN int tp_parse_cidr(const char *s, size_t n, struct tp_cidr *out);
@@ -139,6 +140,11 @@ HIDDEN int tcp_state(int fd);                        /* tcpi_state or -1 */
 HIDDEN uint16_t local_port(int fd, struct tp_addr *local);  /* 0 if unbound/error */
 HIDDEN int64_t now_ns(void);
 HIDDEN int so_error_of(int fd);         /* reads (clears) SO_ERROR; 0 on failure */
+HIDDEN int sock_int(int fd, int level, int name);   /* an int option, or -1 */
+/* An AF_INET/AF_INET6 socket of this type (SOCK_STREAM, SOCK_DGRAM): its family, else 0. */
+HIDDEN int inet_socket_family(int fd, int type);
+/* A non-loopback address made loopback in place (IPv4-mapped stays mapped); 1 if changed. */
+HIDDEN int addr_to_loopback(struct sockaddr_storage *ss);
 
 /* ---- outcome.c ---- */
 /* Outcome of our pending connect, SO_ERROR already read: 1 with *err

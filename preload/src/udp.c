@@ -159,16 +159,6 @@ static int find(int fd, uint64_t ino, const struct tp_addr *dst, struct assoc *o
 	return -1;
 }
 
-static int sock_int(int fd, int level, int name)
-{
-	int v = -1;
-	socklen_t len = sizeof(v);
-
-	if (real_getsockopt(fd, level, name, &v, &len) != 0)
-		return -1;
-	return v;
-}
-
 /* A UDP socket of ours to handle? Its domain, or 0. */
 static int udp_domain(int fd)
 {

@@ -94,27 +94,6 @@ static int recall(int fd, struct tp_addr *a, int *mapped)
 	return a->family == 4 || a->family == 6;
 }
 
-static int sock_int(int fd, int level, int name)
-{
-	int v = -1;
-	socklen_t len = sizeof(v);
-
-	if (real_getsockopt(fd, level, name, &v, &len) != 0)
-		return -1;
-	return v;
-}
-
-static int bypassed(const struct tp_addr *a)
-{
-	const struct tp_config *c = tp_config();
-	int i;
-
-	for (i = 0; i < c->nbypass; i++)
-		if (tp_cidr_match(&c->bypass[i], a))
-			return 1;
-	return 0;
-}
-
 static void refuse_line(const struct tp_addr *dst)
 {
 	static int printed_pid;
@@ -170,7 +149,7 @@ static int redirect(int fd, const struct sockaddr *sa, socklen_t len, int want_t
 	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6))
 		return 0;
 	if (!d->active || sa_to_tp(sa, len, dst, mapped) != 0 || dst->port != DNS_PORT ||
-	    bypassed(dst))
+	    tp_bypassed(tp_config(), dst))
 		return 0;
 	type = sock_int(fd, SOL_SOCKET, SO_TYPE);
 	if (type != SOCK_DGRAM && type != SOCK_STREAM)

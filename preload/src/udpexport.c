@@ -13,47 +13,20 @@
 
 #define LISTEN_LEN (8 + 8)
 
-static int udp_family(int fd)
-{
-	int type = 0, dom = 0;
-	socklen_t l = sizeof(type);
-
-	if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_DGRAM)
-		return 0;
-	l = sizeof(dom);
-	if (real_getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
-		return 0;
-	return dom == AF_INET || dom == AF_INET6 ? dom : 0;
-}
-
 /* The same address on loopback (IPv4-mapped stays mapped); its port, or 0. */
 static uint16_t held_to_loopback(const struct sockaddr *sa, socklen_t len,
 				 struct sockaddr_storage *ss)
 {
-	static const uint8_t mapped[12] = {[10] = 0xff, [11] = 0xff};
-
 	memset(ss, 0, sizeof(*ss));
-	if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
-		struct sockaddr_in *in = (struct sockaddr_in *)ss;
-		memcpy(in, sa, sizeof(*in));
-		if ((ntohl(in->sin_addr.s_addr) >> 24) != 127)
-			in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		return ntohs(in->sin_port);
-	}
-	if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-		uint8_t *a = in6->sin6_addr.s6_addr;
-		memcpy(in6, sa, sizeof(*in6));
-		if (!memcmp(a, mapped, 12)) {
-			if (a[12] != 127)
-				a[12] = 127, a[13] = 0, a[14] = 0, a[15] = 1;
-		} else if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) {
-			in6->sin6_addr = in6addr_loopback;
-			in6->sin6_scope_id = 0;
-		}
-		return ntohs(in6->sin6_port);
-	}
-	return 0;
+	if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in))
+		memcpy(ss, sa, sizeof(struct sockaddr_in));
+	else if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))
+		memcpy(ss, sa, sizeof(struct sockaddr_in6));
+	else
+		return 0;
+	addr_to_loopback(ss);
+	return ntohs(ss->ss_family == AF_INET ? ((struct sockaddr_in *)ss)->sin_port
+					      : ((struct sockaddr_in6 *)ss)->sin6_port);
 }
 
 int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
@@ -66,7 +39,7 @@ int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
 	int e0 = errno, fam;
 
 	if (!sa || len < sizeof(sa_family_t) ||
-	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !(fam = udp_family(fd)))
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !(fam = inet_socket_family(fd, SOCK_DGRAM)))
 		return 0;
 	port = held_to_loopback(sa, len, &ss);
 	if (port == 0) {
