@@ -172,6 +172,10 @@ static int wait_pending(int fd, const struct sockaddr *sa, socklen_t len,
 		} else if (pending_outcome_v(fd, fi->token, v < 0 ? so_error_of(fd) : v, &err)) {
 			fdt_update(fd, fi->ino, FD_DONE, err ? 0 : local_port(fd, NULL));
 			if (err) {
+				/* the parked socket may have taken another error (a late reset
+				 * from the parking listener) since its SO_ERROR was read: the
+				 * kernel's failed connect leaves SO_ERROR clear */
+				clear_so_error(fd);
 				errno = err;
 				goto out;
 			}
