@@ -315,8 +315,12 @@ static int wait_parked(const struct call *c, int s, uint64_t token, int ms)
 		struct pollfd p = {.fd = s, .events = POLLOUT};
 		int st = tcp_state(s), err, wait = st == TCP_SYN_SENT ? 100 : 5;
 
-		if (st != TCP_SYN_SENT && pending_outcome_v(s, token, so_error_of(s), &err))
+		if (st != TCP_SYN_SENT && pending_outcome_v(s, token, so_error_of(s), &err)) {
+			if (err)
+				so_error_of(s); /* the kernel's failed connect leaves SO_ERROR
+						 * clear, as in connect.c's wait_pending */
 			return err;
+		}
 		if (ms > 0) {
 			int64_t left = (deadline - now_ns()) / 1000000;
 			if (left <= 0)

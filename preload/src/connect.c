@@ -54,12 +54,6 @@ static int send_timeout_ms(int fd)
 	return (int)(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
 }
 
-static void clear_so_error(int fd)
-{
-	int v;
-	sockopt_int(fd, SOL_SOCKET, SO_ERROR, &v);
-}
-
 static void verbose(int fd, const struct tp_addr *dst, int err)
 {
 	struct tp_log l;
@@ -172,10 +166,10 @@ static int wait_pending(int fd, const struct sockaddr *sa, socklen_t len,
 		} else if (pending_outcome_v(fd, fi->token, v < 0 ? so_error_of(fd) : v, &err)) {
 			fdt_update(fd, fi->ino, FD_DONE, err ? 0 : local_port(fd, NULL));
 			if (err) {
-				/* the parked socket may have taken another error (a late reset
-				 * from the parking listener) since its SO_ERROR was read: the
-				 * kernel's failed connect leaves SO_ERROR clear */
-				clear_so_error(fd);
+				/* the kernel's failed connect leaves SO_ERROR clear, even
+				 * when the closed port's refusal landed after outcome.c
+				 * stopped waiting for it */
+				so_error_of(fd);   /* clears it */
 				errno = err;
 				goto out;
 			}
@@ -356,7 +350,7 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		 * closed port, that ECONNREFUSED must not linger; the connect's
 		 * own return is where the program learns the error */
 		fi.state = FD_DONE;
-		clear_so_error(fd);
+		so_error_of(fd);   /* clears it */
 	}
 	fdt_set(fd, &fi);
 	if (c->verbose)
