@@ -23,6 +23,8 @@ type event struct {
 	Node   string `json:"node,omitempty"`
 	User   string `json:"user,omitempty"`
 	Millis int64  `json:"ms,omitempty"`
+	Pid    uint32 `json:"pid,omitempty"`        // the process that connected (fast path)
+	Micros int64  `json:"connect_us,omitempty"` // its connect's latency (fast path)
 }
 
 // eventPipe serialises events onto one file descriptor from a single

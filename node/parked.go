@@ -294,7 +294,8 @@ func (p *parkedServer) connect(d datagram, req connectReq, sock int, park syscal
 	}
 	syscall.Close(sock) // the program keeps its own descriptor of it
 	counts := &byteCounts{}
-	p.track(prog, liveRelay{local: local, dst: req.dst, pid: d.pid, asked: t0, relayed: time.Now(),
+	relayed := time.Now()
+	p.track(prog, liveRelay{local: local, dst: req.dst, pid: d.pid, asked: t0, relayed: relayed,
 		bytes: counts})
 	defer p.untrack(prog, local) // if the relay panics; untracking twice is harmless
 	res := relayCounting(local, remote, counts)
@@ -302,7 +303,8 @@ func (p *parkedServer) connect(d datagram, req connectReq, sock int, park syscal
 	if p.spec.Report {
 		p.n.events.send(event{ID: p.id, Kind: "done", Token: req.token, Src: prog.String(),
 			Dst: req.dst.String(), Up: res.Up, Down: res.Down, Reason: res.Reason,
-			Errno: int(res.Errno), Millis: time.Since(t0).Milliseconds()})
+			Errno: int(res.Errno), Millis: time.Since(t0).Milliseconds(), Pid: d.pid,
+			Micros: max(relayed.Sub(t0).Microseconds(), 1)})
 	}
 }
 

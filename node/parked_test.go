@@ -249,7 +249,8 @@ func TestParkedConnectCompletedAndRelayed(t *testing.T) {
 	done := r.n.events.next(t)
 	want := uint64(os.Getpid())<<32 | 42
 	if done.Kind != "done" || done.ID != 7 || done.Token != want || done.Up != 5 || done.Down != 5 ||
-		done.Reason != "" || done.Src != progAddr.String() || done.Dst != r.target.String() {
+		done.Reason != "" || done.Src != progAddr.String() || done.Dst != r.target.String() ||
+		done.Pid != uint32(os.Getpid()) || done.Micros <= 0 || done.Micros > done.Millis*1000+1000 {
 		t.Fatalf("done event %+v (token want %x)", done, want)
 	}
 	if _, ok := r.p.peerOf(progAddr); ok {

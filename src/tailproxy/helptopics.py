@@ -107,8 +107,8 @@ TOPICS = (
         bounded: at most 4096 open connections are listed, more are only counted. Not
         listed: connections the program connects itself (loopback, --bypass, and direct
         destinations without an exit node). Connections to online peers that the node relays
-        on its own (the fast path) are listed while open, with their bytes so far; closed ones
-        are not kept (the peers view counts their bytes).""",
+        on its own (the fast path) are listed while open, with their bytes so far, and are
+        counted and kept in the closed window once they end.""",
           ("verbose",)),
 )
 BY_NAME = {t.name: t for t in TOPICS}

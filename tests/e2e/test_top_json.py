@@ -1,10 +1,10 @@
 """`tailproxy top --once --json` and `tailproxy ps --json` against a live agent on the local
 tailnet (issue 13): a program under tailproxy holds a connection to the internet host through
-the exit node and one to an online peer (the node's fast path), then makes one that ends;
-both outputs match their schemas (docs/schemas), the
-open connection is listed live with its program, route and connect latency, the ended one is
-in the closed window with its bytes, the exit node is healthy, and the program's lookups are
-counted by source."""
+the exit node and one to an online peer (the node's fast path), then makes one that ends and
+ends the one to the peer; both outputs match their schemas (docs/schemas), the open
+connections are listed live with their program, route and connect latency, the ended ones
+(the fast path's too) are in the closed window with their bytes, the exit node is healthy,
+and the program's lookups are counted by source."""
 import json
 import os
 import subprocess
@@ -74,6 +74,7 @@ def test_top_and_ps_json_show_a_live_program(ident, testnet, short_tmp):
                 break
             got += b
         s.close()
+        to_peer.close()
         print("DONE", len(got), flush=True)
         while not os.path.exists({end!r}):
             time.sleep(0.05)
@@ -111,14 +112,22 @@ def test_top_and_ps_json_show_a_live_program(ident, testnet, short_tmp):
         open(go, "w").close()
         done = readline(p.stdout, 60).split()
         assert done[0] == "DONE" and int(done[1]) > 0, done
+        fast_dest = f"{peer['ipv4']}:{peer['echo_port']}"
         deadline = time.monotonic() + 10
-        while True:     # the relay's end reaches the agent just after the program's close
+        while True:     # the relays' ends reach the agent just after the program's close
             view = mine(json_of("top", "--once", "--json"), host)
             closed = [c for c in view["closed"] if c["dialled"] == dest]
-            if closed or time.monotonic() > deadline:
+            fast_closed = [c for c in view["closed"] if c["dialled"] == fast_dest]
+            if closed and fast_closed or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert closed, view["closed"]
+        # the fast path's connection, relayed in Go, is kept in the window too, and counted
+        [f] = fast_closed
+        assert f["relayed_by"] == "node" and f["route"] == "tailnet" and f["pid"] == pid, f
+        assert f["state"] == "closed" and f["reason"] == "ok" and f["up"] == 1 and f["down"] == 1, f
+        assert 0 < f["connect_ms"] <= f["duration_s"] * 1000 + 1, f
+        assert view["totals"]["connections"]["tailnet"] >= 1, view["totals"]
         c = closed[0]
         assert c["state"] == "closed" and c["reason"].startswith("ok"), c
         assert c["down"] == int(done[1]) and c["up"] > 0, c

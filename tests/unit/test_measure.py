@@ -79,6 +79,22 @@ def test_counts_latency_and_window():
     assert counts[LATENCY_BOUNDS.index(0.005)] == 1      # 3 ms: the (2.5 ms, 5 ms] bucket
 
 
+def test_a_connection_the_node_relayed_is_counted_and_kept_once_ended():
+    m, w, clock = make()
+    w.relayed_by_node(33, "100.64.0.2:7", 0.004, 1.5, 5, 7, "ok then ECONNRESET")
+    snap = m.snapshot()
+    assert snap["connections"] == []
+    [c] = snap["closed"]
+    assert (c["relayed_by"], c["route"], c["state"], c["pid"], c["program_pid"]) == \
+        ("node", "tailnet", "closed", 33, 4242)
+    assert (c["asked"], c["dialled"], c["up"], c["down"]) == ("100.64.0.2:7", "100.64.0.2:7", 5, 7)
+    assert c["connect_ms"] == pytest.approx(4.0) and c["duration_s"] == pytest.approx(1.5)
+    t = snap["totals"]
+    assert t["connections"]["tailnet"] == 1 and (t["bytes_up"], t["bytes_down"]) == (5, 7)
+    assert t["failures"] == {"ECONNRESET": 1} and t["failed"] == 0
+    assert t["connect_latency"]["counts"][LATENCY_BOUNDS.index(0.005)] == 1
+
+
 def test_memory_is_bounded():
     m, w, clock = make(max_live=5, window=7)
     handles = [w.opened(1, "lan:1", "10.0.0.1:1", False, clock.t, NodeJoined())
@@ -145,6 +161,7 @@ def test_peers_and_a_whole_view_match_the_schema():
     m, w, clock = make()
     w.opened(11, "peer:80", "100.64.0.2:80", True, clock.t - 0.003, NodeJoined())
     w.failed(12, "inet:443", "203.0.113.9:443", "EHOSTUNREACH", clock.t)
+    w.relayed_by_node(13, "100.64.0.2:22", 0.002, 3.0, 10, 20, "ok")
     view = m.snapshot()
     view.update(pid=1, hostname="h", node_name="h.ts.net", state_dir="/s", peers=peers,
                 exit_node=exit_node_health(peers),

@@ -7,9 +7,10 @@ capped at MAX_FAILURE_KINDS.
 Cost per connection: one record and a dict insert at the outcome, a dict pop and a deque
 append at the end; nothing while bytes flow (live byte counts are read from the relay when a
 snapshot is asked for). Connections the node's fast path relays entirely in Go (a parked
-connect to an online peer) never reach the proxy: a view lists the open ones from the node's
-snapshot (fast_path_row), with the bytes its relay delivered so far (one atomic add per copied
-chunk in Go); the node's status gives each peer's totals
+connect to an online peer) never reach the proxy while they run: a view lists the open ones
+from the node's snapshot (fast_path_row), with the bytes its relay delivered so far (one
+atomic add per copied chunk in Go); each is counted, and kept in the closed window, from the
+node's event at its end (node_relayed); the node's status gives each peer's totals
 (peers.py)."""
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ ROUTES = ("tailnet", "exit-node", "direct")
 class Conn:
     """One connection the proxy routed."""
     __slots__ = ("id", "program", "pid", "asked", "dialled", "route", "state", "up", "down",
-                 "connect_s", "started", "t0", "duration_s", "reason", "relay")
+                 "connect_s", "started", "t0", "duration_s", "reason", "relay", "relayed_by")
 
     def __init__(self, id: int, program: "ProgramInfo", pid: int, asked: str, dialled: str,
                  route: str, t0: float, now: float, relay: Joined | None):
@@ -48,13 +49,14 @@ class Conn:
         self.duration_s: float | None = None
         self.reason: str | None = None
         self.relay = relay
+        self.relayed_by = "agent"
 
     def as_json(self, now: float) -> dict:
         up, down = self.up, self.down
         if self.state == "open" and isinstance(self.relay, Relay):
             up, down = self.relay.up.count, self.relay.down.count
         live = self.state == "open"
-        return {"id": self.id, "relayed_by": "agent", "pid": self.pid or self.program.pid,
+        return {"id": self.id, "relayed_by": self.relayed_by, "pid": self.pid or self.program.pid,
                 "program_pid": self.program.pid, "command": self.program.command,
                 "asked": self.asked, "dialled": self.dialled, "route": self.route,
                 "state": self.state,
@@ -136,6 +138,18 @@ class Measurements:
         c.reason, c.duration_s = outcome, c.connect_s
         self.closed.append(c)
 
+    def node_relayed(self, program: ProgramInfo, pid: int, dst: str, connect_s: float,
+                     duration_s: float, up: int, down: int, outcome: str) -> None:
+        """A connection the node's fast path relayed to a peer (never seen by the proxy) has
+        ended: counted as opened and closed at once."""
+        self._ids += 1
+        self.connections["tailnet"] += 1
+        now = self.clock()
+        c = Conn(self._ids, program, pid, dst, dst, "tailnet", now - duration_s, now, None)
+        c.connect_s, c.relayed_by = connect_s, "node"
+        self._latency(connect_s)
+        self.closed_one(c, up, down, outcome)
+
     def _failure(self, outcome: str) -> None:
         kind = errno_kind(outcome)
         if kind not in self.failures and len(self.failures) >= MAX_FAILURE_KINDS - 1:
@@ -185,6 +199,9 @@ class ProgramWatch:
 
     def failed(self, pid, asked, dialled, outcome, t0):
         self.m.failed_one(self.program, pid, asked, dialled, outcome, t0)
+
+    def relayed_by_node(self, pid, dst, connect_s, duration_s, up, down, outcome):
+        self.m.node_relayed(self.program, pid, dst, connect_s, duration_s, up, down, outcome)
 
 
 def fast_path_row(entry: dict, program: ProgramInfo | None) -> dict:

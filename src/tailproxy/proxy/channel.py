@@ -293,7 +293,8 @@ class ChannelServer:
         try:
             self.handoff.start(dgram, theirs, self.park_ports, self.connect_timeout,
                                self._park_limit,
-                               self._on_handoff_done if self.on_conn is not None else None)
+                               self._on_handoff_done
+                               if self.on_conn is not None or self.watch is not None else None)
         except OSError as exc:
             ours.close()
             self.log(f"channel: parked connects stay with the proxy: {exc}")
@@ -401,9 +402,13 @@ class ChannelServer:
         if ev.get("ev") != "done":
             return
         dst = address_of(ev.get("dst", ""))
-        self._report(str(dst or "?"), relay_outcome(ev.get("errno", 0), ev.get("reason", "")),
-                     ev.get("up", 0), ev.get("down", 0), time.monotonic() - ev.get("ms", 0) / 1000,
-                     source="node")
+        label = str(dst or "?")
+        outcome = relay_outcome(ev.get("errno", 0), ev.get("reason", ""))
+        up, down, duration = ev.get("up", 0), ev.get("down", 0), ev.get("ms", 0) / 1000
+        if self.watch is not None:
+            self.watch.relayed_by_node(ev.get("pid", 0), label, ev.get("connect_us", 0) / 1e6,
+                                       duration, up, down, outcome)
+        self._report(label, outcome, up, down, time.monotonic() - duration, source="node")
 
     async def _recvmsg(self, loop, conn: socket.socket):
         fd = conn.fileno()
