@@ -139,6 +139,24 @@ func tp_relay(h C.int64_t, id C.int64_t, fd C.int, initial *C.char, initialLen C
 	return cerr(n.relayTo(int64(id), int(fd), first))
 }
 
+// tp_relay_bytes gives the bytes the relay of dialled connection id delivered so far, each
+// way; *running is 0 once it has ended (its "done" event has the totals).
+//
+//export tp_relay_bytes
+func tp_relay_bytes(h C.int64_t, id C.int64_t, up, down *C.int64_t, running *C.int) (res *C.char) {
+	defer guard(&res)
+	n, err := lookup(h)
+	if err != nil {
+		return cerr(err)
+	}
+	u, d, ok := n.relayBytes(int64(id))
+	*up, *down, *running = C.int64_t(u), C.int64_t(d), 0
+	if ok {
+		*running = 1
+	}
+	return nil
+}
+
 //export tp_drop
 func tp_drop(h C.int64_t, id C.int64_t) (res *C.char) {
 	defer guard(&res)

@@ -109,6 +109,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 		dialed:    map[int64]net.Conn{},
 		cancels:   map[int64]context.CancelFunc{},
 		listeners: map[int64]io.Closer{},
+		relaying:  map[int64]*byteCounts{},
 	}
 	t.Cleanup(func() {
 		n.relays.Wait()

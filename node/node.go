@@ -50,6 +50,7 @@ type node struct {
 	cancels   map[int64]context.CancelFunc // dials in flight
 	listeners map[int64]io.Closer          // tailnet listeners, and the parked-connect server
 	parked    map[int64]*parkedServer      // parked-connect servers whose relays may still run (an agent: one per program)
+	relaying  map[int64]*byteCounts        // relays of dialled connections, while they run
 	relays    sync.WaitGroup
 }
 
@@ -125,6 +126,7 @@ func startNode(cfg nodeConfig, eventFD int) (*node, error) {
 		dialed:    map[int64]net.Conn{},
 		cancels:   map[int64]context.CancelFunc{},
 		listeners: map[int64]io.Closer{},
+		relaying:  map[int64]*byteCounts{},
 	}, nil
 }
 
@@ -272,25 +274,51 @@ func (n *node) relayTo(id int64, fd int, initial []byte) error {
 		remote.Close()
 		return fmt.Errorf("connection %d cannot half-close", id)
 	}
+	counts := &byteCounts{}
+	n.mu.Lock()
+	n.relaying[id] = counts
+	n.mu.Unlock()
 	n.relays.Add(1)
 	goWork(func() {
 		defer n.relays.Done()
 		defer recoverToLog(n, "relay")
+		defer n.relayEnded(id) // if the relay panics; ending twice is harmless
 		if len(initial) > 0 {
 			if _, err := rc.Write(initial); err != nil {
 				local.Close()
 				rc.Close()
+				n.relayEnded(id)
 				n.events.send(event{ID: id, Kind: "done", Reason: "write to the tailnet: " + err.Error(),
 					Errno: int(errnoFor(err))})
 				return
 			}
+			counts.up.Add(int64(len(initial)))
 		}
-		res := relay(local, rc)
+		res := relayCounting(local, rc, counts)
 		res.Up += int64(len(initial))
+		n.relayEnded(id) // before the event: whoever reads it finds the relay ended
 		n.events.send(event{ID: id, Kind: "done", Up: res.Up, Down: res.Down,
 			Reason: res.Reason, Errno: int(res.Errno)})
 	})
 	return nil
+}
+
+func (n *node) relayEnded(id int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.relaying, id)
+}
+
+// relayBytes is what the relay of dialled connection id delivered so far each way; ok is
+// false once it has ended (its done event has the totals) or if it never ran.
+func (n *node) relayBytes(id int64) (up, down int64, ok bool) {
+	n.mu.Lock()
+	c, ok := n.relaying[id]
+	n.mu.Unlock()
+	if !ok {
+		return 0, 0, false
+	}
+	return c.up.Load(), c.down.Load(), true
 }
 
 // drop abandons a dial in flight or a dialled connection not yet relayed.

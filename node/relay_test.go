@@ -672,3 +672,49 @@ func TestRelayCountsBytesWhileItRuns(t *testing.T) {
 		t.Fatal("the relay did not end")
 	}
 }
+
+// A relay of a dialled connection (tp_relay) shows its bytes while it runs, the bytes a
+// proxy handshake read past included, and stops answering once it has ended.
+func TestRelayOfADialledConnectionCountsWhileItRuns(t *testing.T) {
+	fn := newFakeNode(t)
+	program, proxySide := tcpPair(t)
+	dialled, peer := tcpPair(t)
+	fn.node.mu.Lock()
+	fn.node.dialed[9] = dialled
+	fn.node.mu.Unlock()
+	f, err := proxySide.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := fn.node.relayTo(9, int(f.Fd()), []byte("GET")); err != nil {
+		t.Fatal(err)
+	}
+	proxySide.Close() // the node has its own duplicate
+	if _, err := program.Write([]byte("12345")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 8)
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "GET12345" {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+	if _, err := peer.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(program, got[:2]); err != nil {
+		t.Fatal(err)
+	}
+	up, down, ok := fn.node.relayBytes(9)
+	if !ok || up != 8 || down != 2 {
+		t.Fatalf("while running: up %d down %d running %v; want 8, 2, true", up, down, ok)
+	}
+	program.CloseWrite()
+	peer.CloseWrite()
+	done := fn.events.next(t)
+	if done.Kind != "done" || done.ID != 9 || done.Up != 8 || done.Down != 2 {
+		t.Fatalf("done event %+v", done)
+	}
+	if _, _, ok := fn.node.relayBytes(9); ok {
+		t.Fatal("relayBytes still answers after the relay ended")
+	}
+}

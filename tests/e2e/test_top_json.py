@@ -95,6 +95,14 @@ def test_top_and_ps_json_show_a_live_program(ident, testnet, short_tmp):
         assert conn["pid"] == pid and conn["program_pid"] == pid, (conn, pid)
         assert conn["command"][-2] == "-c" and conn["reason"] is None
         assert 0 < conn["connect_ms"] < 20000 and conn["relayed_by"] == "agent"
+        # relayed in the node, to the exit node: its bytes so far, read from the node's relay
+        held_up = len(b"GET / HTTP/1.1\r\n")
+        deadline = time.monotonic() + 5
+        while (conn["up"], conn["down"]) != (held_up, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            [conn] = [c for c in mine(json_of("top", "--once", "--json"), host)["connections"]
+                      if c["dialled"] == dest]
+        assert (conn["up"], conn["down"]) == (held_up, 0), conn
         [fast] = [c for c in view["connections"]
                   if c["dialled"] == f"{peer['ipv4']}:{peer['echo_port']}"]
         assert fast["relayed_by"] == "node" and fast["route"] == "tailnet", fast

@@ -50,8 +50,17 @@ def make(**kw):
 
 
 class NodeJoined:
-    """A relay the node runs (not a Python Relay): no live byte counts."""
+    """A relay whose bytes are known only at its end."""
     finished = False
+
+    def bytes_so_far(self):
+        return None
+
+
+class CountingJoined(NodeJoined):
+    """A relay the node runs, with its bytes so far."""
+    def bytes_so_far(self):
+        return (3, 4)
 
 
 def test_counts_latency_and_window():
@@ -93,6 +102,13 @@ def test_a_connection_the_node_relayed_is_counted_and_kept_once_ended():
     assert t["connections"]["tailnet"] == 1 and (t["bytes_up"], t["bytes_down"]) == (5, 7)
     assert t["failures"] == {"ECONNRESET": 1} and t["failed"] == 0
     assert t["connect_latency"]["counts"][LATENCY_BOUNDS.index(0.005)] == 1
+
+
+def test_live_bytes_from_a_relay_the_node_runs():
+    m, w, clock = make()
+    w.opened(11, "inet:443", "203.0.113.9:443", True, clock.t, CountingJoined())
+    [c] = m.snapshot()["connections"]
+    assert (c["up"], c["down"]) == (3, 4)
 
 
 def test_memory_is_bounded():

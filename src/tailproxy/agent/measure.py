@@ -20,7 +20,6 @@ from collections import deque
 from typing import Callable
 
 from ..proxy.dialer import Joined
-from ..proxy.relay import Relay
 
 MAX_LIVE = 4096
 FAST_PATH_IDS = 1 << 40     # ids of the node's fast-path connections in a view start here
@@ -53,15 +52,15 @@ class Conn:
 
     def as_json(self, now: float) -> dict:
         up, down = self.up, self.down
-        if self.state == "open" and isinstance(self.relay, Relay):
-            up, down = self.relay.up.count, self.relay.down.count
         live = self.state == "open"
+        if live:
+            counts = self.relay.bytes_so_far() if self.relay is not None else None
+            up, down = counts if counts is not None else (None, None)
         return {"id": self.id, "relayed_by": self.relayed_by, "pid": self.pid or self.program.pid,
                 "program_pid": self.program.pid, "command": self.program.command,
                 "asked": self.asked, "dialled": self.dialled, "route": self.route,
                 "state": self.state,
-                "up": up if not live or isinstance(self.relay, Relay) else None,
-                "down": down if not live or isinstance(self.relay, Relay) else None,
+                "up": up, "down": down,
                 "connect_ms": round(self.connect_s * 1000, 3), "started": self.started,
                 "duration_s": round(now - self.t0 if live else self.duration_s or 0.0, 3),
                 "reason": self.reason}

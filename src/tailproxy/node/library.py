@@ -40,6 +40,8 @@ def _declare(lib: ctypes.CDLL) -> None:
                         ctypes.POINTER(vp), ctypes.POINTER(i64)],
         "tp_dial": [i64, i64, c_char_p, c_char_p, i64],
         "tp_relay": [i64, i64, c_int, c_char_p, i64],
+        "tp_relay_bytes": [i64, i64, ctypes.POINTER(i64), ctypes.POINTER(i64),
+                           ctypes.POINTER(c_int)],
         "tp_drop": [i64, i64],
         "tp_listen": [i64, i64, c_char_p],
         "tp_unlisten": [i64, i64],

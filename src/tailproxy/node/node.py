@@ -493,6 +493,17 @@ class TailnetConn:
                 events.unregister(self._ident)
             raise
 
+    def bytes_so_far(self) -> tuple[int, int] | None:
+        """What the node's relay of this connection delivered so far (to the tailnet, to the
+        local side); None before it starts and once it has ended (its end has the totals)."""
+        node = self._node
+        if node._handle is None or not self._used:
+            return None
+        up, down, running = library.c_int64(), library.c_int64(), library.ctypes.c_int()
+        library.call("relay_bytes", node._handle, self._ident, library.byref(up),
+                     library.byref(down), library.byref(running))
+        return (up.value, down.value) if running.value else None
+
     def close(self) -> None:
         """Abandon the connection (it was never relayed)."""
         if not self._used:

@@ -23,7 +23,7 @@ class NodeUpstream:
 
     def join(self, local: socket.socket, done: Callable[[int, int, int, str], None],
              initial: bytes = b"") -> Joined:
-        joined = _NodeRelay(local, done)
+        joined = _NodeRelay(local, done, self._conn)
         try:
             self._conn.relay(local, joined._on_end, initial)
         except NodeError as e:      # the proxy handles a join that fails as a socket error
@@ -38,11 +38,19 @@ class _NodeRelay:
     """A relay running in the node. We keep our own descriptor of the proxy-side socket (the
     node has a duplicate) so that delivering() can ask the kernel where the program is."""
 
-    __slots__ = ("local", "done", "finished")
+    __slots__ = ("local", "done", "finished", "conn")
 
-    def __init__(self, local: socket.socket, done):
-        self.local, self.done = local, done
+    def __init__(self, local: socket.socket, done, conn: TailnetConn):
+        self.local, self.done, self.conn = local, done, conn
         self.finished = False
+
+    def bytes_so_far(self) -> tuple[int, int] | None:
+        if self.finished:
+            return None
+        try:
+            return self.conn.bytes_so_far()
+        except NodeError:
+            return None
 
     def _on_end(self, end: RelayEnd) -> None:
         self.finished = True

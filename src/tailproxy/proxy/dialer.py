@@ -57,6 +57,10 @@ class Joined(Protocol):
     def abort(self) -> None:
         """End now (the proxy is stopping)."""
 
+    def bytes_so_far(self) -> tuple[int, int] | None:
+        """Bytes delivered so far (to the far side, to the program), while it runs; None if
+        they cannot be known until it ends."""
+
 
 class Upstream(Protocol):
     """An outbound connection that does its own relaying once joined."""

@@ -421,6 +421,9 @@ class Forwarding:
     def delivering(self) -> bool:
         return self._busy and not self.finished
 
+    def bytes_so_far(self) -> None:
+        return None
+
     def abort(self) -> None:
         self.close()
 

@@ -224,6 +224,9 @@ class Relay:
         if self.up.done and self.down.done:
             self._finish()
 
+    def bytes_so_far(self) -> tuple[int, int]:
+        return self.up.count, self.down.count
+
     def delivering(self) -> bool:
         """Is data from ``a``'s peer (the program) still on its way, or its end still to be
         passed on? True while we hold bytes it sent, while ``a`` has unread bytes, or while
