@@ -25,6 +25,9 @@ type event struct {
 	Millis int64  `json:"ms,omitempty"`
 	Pid    uint32 `json:"pid,omitempty"`        // the process that connected (fast path)
 	Micros int64  `json:"connect_us,omitempty"` // its connect's latency (fast path)
+
+	Done    []event `json:"done,omitempty"`    // a batch of the fast path's reports (parked_reports.go)
+	Dropped int     `json:"dropped,omitempty"` // reports not kept (the batch was full)
 }
 
 // eventPipe serialises events onto one file descriptor from a single

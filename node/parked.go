@@ -29,7 +29,7 @@ type parkedSpec struct {
 	Park6            int   `json:"park6"`
 	DefaultTimeoutMS int64 `json:"default_timeout_ms"` // a CONNECT without its own timeout
 	MaxTimeoutMS     int64 `json:"max_timeout_ms"`     // how long a parked socket can wait
-	Report           bool  `json:"report"`             // events per connection (--verbose)
+	Report           bool  `json:"report"`             // a report per connection (parked_reports.go)
 }
 
 // Wire format of a CONNECT request (docs/CHANNEL.md), host byte order.
@@ -102,6 +102,8 @@ type parkedServer struct {
 	stop    chan struct{}
 	once    sync.Once
 
+	reports *reportBatch // the per-connection reports, when spec.Report asks for them
+
 	mu   sync.Mutex
 	live map[netip.AddrPort]liveRelay // by the program's address
 }
@@ -149,6 +151,7 @@ func (n *node) serveParked(id int64, inFD, fwdFD int, spec parkedSpec) error {
 func newParkedServer(n *node, id int64, in, fwd *net.UnixConn, spec parkedSpec) *parkedServer {
 	p := &parkedServer{n: n, id: id, in: in, fwd: fwd, spec: spec, dial: n.dialRetrying,
 		stop: make(chan struct{}), live: map[netip.AddrPort]liveRelay{}}
+	p.reports = &reportBatch{n: n, id: id}
 	p.peers.Store(&map[netip.Addr]struct{}{})
 	return p
 }
@@ -297,15 +300,16 @@ func (p *parkedServer) connect(d datagram, req connectReq, sock int, park syscal
 	relayed := time.Now()
 	p.track(prog, liveRelay{local: local, dst: req.dst, pid: d.pid, asked: t0, relayed: relayed,
 		bytes: counts})
-	defer p.untrack(prog, local) // if the relay panics; untracking twice is harmless
+	defer p.untrack(prog, local, nil) // if the relay panics; untracking twice is harmless
 	res := relayCounting(local, remote, counts)
-	p.untrack(prog, local) // before the report: a PEER after it must not find it
+	var report *event
 	if p.spec.Report {
-		p.n.events.send(event{ID: p.id, Kind: "done", Token: req.token, Src: prog.String(),
+		report = &event{Kind: "done", Token: req.token, Src: prog.String(),
 			Dst: req.dst.String(), Up: res.Up, Down: res.Down, Reason: res.Reason,
 			Errno: int(res.Errno), Millis: time.Since(t0).Milliseconds(), Pid: d.pid,
-			Micros: max(relayed.Sub(t0).Microseconds(), 1)})
+			Micros: max(relayed.Sub(t0).Microseconds(), 1)}
 	}
+	p.untrack(prog, local, report)
 }
 
 func (p *parkedServer) timeout(asked time.Duration) time.Duration {
@@ -371,11 +375,17 @@ func (p *parkedServer) track(prog netip.AddrPort, r liveRelay) {
 	p.live[prog] = r
 }
 
-func (p *parkedServer) untrack(prog netip.AddrPort, local *net.TCPConn) {
+// untrack ends a relay's entry and queues its report (if any) in one step, so that a drain
+// that finds the relay gone finds its report queued, and a PEER query after the report
+// cannot find the relay.
+func (p *parkedServer) untrack(prog netip.AddrPort, local *net.TCPConn, report *event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.live[prog].local == local { // the port may have been reused by a newer connection
 		delete(p.live, prog)
+	}
+	if report != nil {
+		p.reports.add(*report)
 	}
 }
 
@@ -401,6 +411,7 @@ func (p *parkedServer) drain(timeout time.Duration) int {
 		}
 		p.mu.Unlock()
 		if left == 0 || time.Now().After(deadline) {
+			p.reports.flush() // the ended ones' reports now, not a batch later
 			return left
 		}
 		time.Sleep(20 * time.Millisecond)

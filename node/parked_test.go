@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -246,9 +247,13 @@ func TestParkedConnectCompletedAndRelayed(t *testing.T) {
 	if err != nil || string(got) != "hello" {
 		t.Fatalf("echo %q, %v", got, err)
 	}
-	done := r.n.events.next(t)
+	batch := r.n.events.next(t)
+	if batch.Kind != "done_batch" || batch.ID != 7 || len(batch.Done) != 1 {
+		t.Fatalf("report batch %+v", batch)
+	}
+	done := batch.Done[0]
 	want := uint64(os.Getpid())<<32 | 42
-	if done.Kind != "done" || done.ID != 7 || done.Token != want || done.Up != 5 || done.Down != 5 ||
+	if done.Kind != "done" || done.Token != want || done.Up != 5 || done.Down != 5 ||
 		done.Reason != "" || done.Src != progAddr.String() || done.Dst != r.target.String() ||
 		done.Pid != uint32(os.Getpid()) || done.Micros <= 0 || done.Micros > done.Millis*1000+1000 {
 		t.Fatalf("done event %+v (token want %x)", done, want)
@@ -358,7 +363,7 @@ func TestParkedTimeoutBounds(t *testing.T) {
 	}
 }
 
-// Without --verbose nothing per connection reaches Python: no event at all.
+// Without reports asked for, nothing per connection reaches Python: no event at all.
 func TestParkedSilentWithoutReport(t *testing.T) {
 	r := newParkedRig(t, func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
@@ -380,7 +385,7 @@ func TestParkedSilentWithoutReport(t *testing.T) {
 		t.Fatalf("echo %q, %v", got, err)
 	}
 	c.Close()
-	r.n.events.none(t, 200*time.Millisecond)
+	r.n.events.none(t, 2*reportDelay)
 }
 
 // An agent runs one parked-connect server per program on one node: the relayed peer of a
@@ -391,7 +396,7 @@ func TestParkedServersOfOneNode(t *testing.T) {
 	n := &node{parked: map[int64]*parkedServer{}}
 	server := func(id int64) *parkedServer {
 		p := &parkedServer{n: n, id: id, stop: make(chan struct{}),
-			live: map[netip.AddrPort]liveRelay{}}
+			live: map[netip.AddrPort]liveRelay{}, reports: &reportBatch{n: n, id: id}}
 		n.parked[id] = p
 		return p
 	}
@@ -426,7 +431,7 @@ func TestParkedSnapshot(t *testing.T) {
 	now := time.Now()
 	for id, age := range map[int64]time.Duration{1: time.Second, 2: 3 * time.Second} {
 		p := &parkedServer{n: n, id: id, stop: make(chan struct{}),
-			live: map[netip.AddrPort]liveRelay{}}
+			live: map[netip.AddrPort]liveRelay{}, reports: &reportBatch{n: n, id: id}}
 		n.parked[id] = p
 		prog := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(40000+id))
 		counts := &byteCounts{}
@@ -449,4 +454,29 @@ func TestParkedSnapshot(t *testing.T) {
 	if none := n.parkedSnapshot(0); none == nil || len(none) != 0 {
 		t.Fatalf("limit 0: %+v", none)
 	}
+}
+
+// Reports leave in one batch per reportDelay, however many connections end, and what does
+// not fit the backlog is counted, not kept.
+func TestParkedReportsBatchedAndBounded(t *testing.T) {
+	fn := newFakeNode(t)
+	b := &reportBatch{n: fn.node, id: 3}
+	for i := 0; i < reportBacklog+10; i++ {
+		b.add(event{Kind: "done", Token: uint64(i)})
+	}
+	batch := fn.events.next(t)
+	if batch.Kind != "done_batch" || batch.ID != 3 || len(batch.Done) != reportBacklog ||
+		batch.Dropped != 10 || batch.Done[0].Token != 0 || batch.Done[reportBacklog-1].Token != reportBacklog-1 {
+		t.Fatalf("batch: %s %d, %d reports, %d dropped", batch.Kind, batch.ID, len(batch.Done), batch.Dropped)
+	}
+	fn.events.none(t, 2*reportDelay)
+	b.add(event{Kind: "done", Token: 99})
+	if next := fn.events.next(t); len(next.Done) != 1 || next.Done[0].Token != 99 || next.Dropped != 0 {
+		t.Fatalf("the next batch: %+v", next)
+	}
+	log, _ := os.ReadFile(fn.node.logFile.Name())
+	if !strings.Contains(string(log), "10 fast-path connection reports dropped") {
+		t.Fatalf("node log: %q", log)
+	}
+	fn.node.logFile.Truncate(0) // read: the cleanup checks for unexpected lines
 }

@@ -33,10 +33,12 @@ class FakeHandoff:
         self.peers: dict = {}
         self.left = 0
         self.started = self.closed = False
+        self.on_event = None
 
     def start(self, datagrams, forward, park_ports, default_timeout, max_timeout, on_event):
         if self.refuse_start:
             raise OSError("no node")
+        self.on_event = on_event
         self._in = socket.socket(fileno=os.dup(datagrams.fileno()))
         self._fwd = socket.socket(fileno=os.dup(forward.fileno()))
         self._in.setblocking(False)
@@ -124,6 +126,39 @@ def test_bad_datagrams_passed_back_are_dropped_with_their_fds(handed):
     b.close()
     wait_until(lambda: handed.proxy.channel.stats.protocol_errors == 1, what="the refusal")
     assert_no_fd_leak(before)
+
+
+class Watch:
+    """The agent's measurements, as the channel server calls them."""
+    def __init__(self):
+        self.node_relayed = []
+
+    def relayed_by_node(self, *args):
+        self.node_relayed.append(args)
+
+
+def test_the_nodes_batched_reports_reach_the_watch_and_the_log(tmp_path):
+    h, watch = FakeHandoff(), Watch()
+    path = str(tmp_path / "run" / "channel.sock")
+    pt = ProxyThread(FakeDialer(), channel_path=path, verbose=True, connect_timeout=5, handoff=h,
+                     watch=watch)
+    try:
+        batch = {"ev": "done_batch", "id": 1, "done": [
+            {"ev": "done", "dst": "100.64.0.2:22", "pid": 70, "connect_us": 1500, "ms": 2000,
+             "up": 5, "down": 6},
+            {"ev": "done", "dst": "[fd7a:115c:a1e0::2]:80", "pid": 71, "connect_us": 900,
+             "ms": 10, "up": 1, "errno": errno.ECONNRESET, "reason": "read: reset"}]}
+
+        async def deliver():
+            h.on_event(batch)
+        pt.call(deliver())
+        assert watch.node_relayed == [
+            (70, "100.64.0.2:22", 0.0015, 2.0, 5, 6, "ok"),
+            (71, "[fd7a:115c:a1e0::2]:80", 0.0009, 0.01, 1, 0, "ok then ECONNRESET (read: reset)")]
+        assert sum("100.64.0.2:22" in line for line in pt.logs) == 1, pt.logs
+        assert sum("fd7a:115c:a1e0::2" in line for line in pt.logs) == 1, pt.logs
+    finally:
+        pt.stop()
 
 
 def test_peer_asks_the_handoff_for_connections_it_relays(handed):

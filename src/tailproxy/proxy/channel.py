@@ -398,9 +398,14 @@ class ChannelServer:
         sock.close()
 
     def _on_handoff_done(self, ev: dict) -> None:
-        """A connection the hand-off took has ended."""
-        if ev.get("ev") != "done":
+        """Connections the hand-off took have ended (the node sends their reports in batches,
+        node/parked_reports.go)."""
+        if ev.get("ev") != "done_batch":
             return
+        for one in ev.get("done") or ():
+            self._handed_off_ended(one)
+
+    def _handed_off_ended(self, ev: dict) -> None:
         dst = address_of(ev.get("dst", ""))
         label = str(dst or "?")
         outcome = relay_outcome(ev.get("errno", 0), ev.get("reason", ""))
