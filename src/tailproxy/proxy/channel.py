@@ -34,7 +34,7 @@ from typing import Callable
 from . import channel_proto as cp
 from .accept import accepted
 from .connwatch import ConnWatch
-from .handoff import Forwarded, ParkedHandoff, address_of, decode_forwarded
+from .handoff import Forwarded, ParkedHandoff, decode_forwarded
 from .dialer import (DialError, Dialer, Joined, Outbound, as_dial_error, errno_name,
                      guarded_dial)
 from .loopback import LoopbackEndpoints, clear_error
@@ -406,8 +406,7 @@ class ChannelServer:
             self._handed_off_ended(one)
 
     def _handed_off_ended(self, ev: dict) -> None:
-        dst = address_of(ev.get("dst", ""))
-        label = str(dst or "?")
+        label = ev.get("dst") or "?"    # the node's canonical "ip:port" (IPv4-mapped unmapped)
         outcome = relay_outcome(ev.get("errno", 0), ev.get("reason", ""))
         up, down, duration = ev.get("up", 0), ev.get("down", 0), ev.get("ms", 0) / 1000
         if self.watch is not None:
