@@ -90,11 +90,16 @@ static int recv_timeout_ms(int s)
 	return (int)(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
 }
 
-/* One datagram from s into mh (one buffer), as the program's call would take it: at once if
- * the socket is non-blocking or flags say MSG_DONTWAIT, else waiting (SO_RCVTIMEO: then
- * EAGAIN). -1 with errno; -2 when the call is gone (nothing was taken). */
-static ssize_t receive(const struct call *c, int s, struct msghdr *mh, int flags)
+/* One datagram from s into buf (cap bytes), its source into *from (*fromlen) and its
+ * msg_flags into *msg_flags, as the program's call would take it: at once if the socket is
+ * non-blocking or flags say MSG_DONTWAIT, else waiting (SO_RCVTIMEO: then EAGAIN). -1 with
+ * errno; -2 when the call is gone (nothing was taken). */
+static ssize_t receive(const struct call *c, int s, char *buf, size_t cap,
+		       struct sockaddr_storage *from, socklen_t *fromlen, int *msg_flags, int flags)
 {
+	struct iovec one = {.iov_base = buf, .iov_len = cap};
+	struct msghdr mh = {.msg_name = from, .msg_namelen = sizeof(*from), .msg_iov = &one,
+			    .msg_iovlen = 1};
 	int fl = fcntl(s, F_GETFL), nonblock = (flags & MSG_DONTWAIT) || (fl >= 0 && (fl & O_NONBLOCK));
 	int ms = nonblock ? 0 : recv_timeout_ms(s);
 	int64_t deadline = now_ns() + (int64_t)ms * 1000000;
@@ -106,7 +111,10 @@ static ssize_t receive(const struct call *c, int s, struct msghdr *mh, int flags
 
 		if (!call_valid(c))
 			return -2;
-		r = recvmsg(s, mh, (flags & ~(MSG_WAITALL | MSG_CMSG_CLOEXEC)) | MSG_DONTWAIT);
+		memset(from, 0, sizeof(*from));
+		r = recvmsg(s, &mh, (flags & ~(MSG_WAITALL | MSG_CMSG_CLOEXEC)) | MSG_DONTWAIT);
+		*fromlen = mh.msg_namelen;
+		*msg_flags = mh.msg_flags;
 		if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || nonblock)
 			return r;
 		if (ms > 0) {
@@ -151,11 +159,9 @@ void on_recvfrom(const struct call *c)
 	const __u64 *a = c->req->data.args;
 	struct sockaddr_storage from;
 	struct view v;
-	struct msghdr mh;
-	struct iovec iov;
 	size_t n = (size_t)a[2], cap = n < DATAGRAM_MAX ? n : DATAGRAM_MAX;
-	socklen_t room, shown;
-	int flags = (int)a[3], s;
+	socklen_t room, shown, fromlen;
+	int flags = (int)a[3], s, msg_flags;
 	char *buf;
 	ssize_t r;
 
@@ -169,15 +175,7 @@ void on_recvfrom(const struct call *c)
 		answer(c, 0, ENOMEM);
 		return;
 	}
-	memset(&mh, 0, sizeof(mh));
-	memset(&from, 0, sizeof(from));
-	iov.iov_base = buf;
-	iov.iov_len = cap;
-	mh.msg_name = &from;
-	mh.msg_namelen = sizeof(from);
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	r = receive(c, s, &mh, flags);
+	r = receive(c, s, buf, cap, &from, &fromlen, &msg_flags, flags);
 	close(s);
 	if (r == -2) {
 		free(buf);
@@ -188,7 +186,7 @@ void on_recvfrom(const struct call *c)
 		free(buf);
 		return;
 	}
-	shown = shown_source(&from, mh.msg_namelen, &v);
+	shown = shown_source(&from, fromlen, &v);
 	if (!call_valid(c)) {
 		free(buf);
 		return;
@@ -208,10 +206,10 @@ static ssize_t serve_msghdr(const struct call *c, int s, const struct view *v, u
 			    struct msghdr *prog, int flags)
 {
 	struct sockaddr_storage from;
-	struct iovec iov[IOV_MAX_WRITE], one;
-	struct msghdr mh;
+	struct iovec iov[IOV_MAX_WRITE];
 	size_t cap = 0, done, i, part;
-	socklen_t shown;
+	socklen_t shown, fromlen;
+	int msg_flags;
 	char *buf;
 	ssize_t r;
 
@@ -225,20 +223,12 @@ static ssize_t serve_msghdr(const struct call *c, int s, const struct view *v, u
 		errno = ENOMEM;
 		return -1;
 	}
-	memset(&mh, 0, sizeof(mh));
-	memset(&from, 0, sizeof(from));
-	one.iov_base = buf;
-	one.iov_len = cap;
-	mh.msg_name = &from;
-	mh.msg_namelen = sizeof(from);
-	mh.msg_iov = &one;
-	mh.msg_iovlen = 1;
-	r = receive(c, s, &mh, flags);
+	r = receive(c, s, buf, cap, &from, &fromlen, &msg_flags, flags);
 	if (r < 0) {
 		free(buf);
 		return r;
 	}
-	shown = shown_source(&from, mh.msg_namelen, v);
+	shown = shown_source(&from, fromlen, v);
 	if (!call_valid(c)) {
 		free(buf);
 		return -2;
@@ -252,7 +242,7 @@ static ssize_t serve_msghdr(const struct call *c, int s, const struct view *v, u
 	}
 	free(buf);
 	prog->msg_controllen = 0;
-	prog->msg_flags = mh.msg_flags;
+	prog->msg_flags = msg_flags;
 	if ((i < prog->msg_iovlen && done < (size_t)r && done < cap) ||
 	    target_write(c, (uintptr_t)prog->msg_name, &from,
 			 prog->msg_namelen < shown ? prog->msg_namelen : shown) != 0 ||

@@ -2,7 +2,9 @@
 tailnet: a static Go client (CGO_ENABLED=0), connected (net.Dial "udp") and unconnected
 (ListenPacket + WriteTo/ReadFrom), and static C clients (gcc -static, musl) with
 sendto/recvfrom, connect/send/recv/getpeername, sendmsg/recvmsg and sendmmsg/recvmmsg, reach
-`peer`'s UDP echo by name, IPv4 and IPv6, and the internet host's through an exit node. The
+`peer`'s UDP echo by name, IPv4 and IPv6, and the internet host's through an exit node; a static
+Go QUIC client (golang.org/x/net/quic, from the node's own module set: builds offline) exchanges
+a stream with the aioquic server of test_quic_tailnet.py on `peer`. The
 supervisor (preload/exec/udpsend.c, udprecv.c) sends their datagrams to the node's endpoints and
 shows the real peer as the source. Programs are built here from tests/e2e/seccomp_src (Go:
 standard library only, offline; outputs under build/)."""
@@ -15,6 +17,7 @@ import shutil
 import pytest
 
 from helpers import REPO, run_tp
+from test_quic_tailnet import PORT as QUIC_PORT, quic_server  # noqa: F401  (a fixture)
 from test_seccomp import _build
 
 pytestmark = pytest.mark.tailnet
@@ -30,8 +33,11 @@ def progs():
              "GOPROXY": "off", "GOFLAGS": "-buildvcs=false", "GO111MODULE": "on",
              "CGO_ENABLED": "0"}
     gosrc, csrc = os.path.join(SRC, "goudp.go"), os.path.join(SRC, "cudp.c")
+    quic = os.path.join(SRC, "goquic")
     return {
         "go": _build("goudp-static", [go, "build", "-o", "@OUT", gosrc], [gosrc], goenv),
+        "go-quic": _build("goquic-static", [go, "-C", quic, "build", "-o", "@OUT", "."],
+                          [os.path.join(quic, f) for f in ("main.go", "go.mod", "go.sum")], goenv),
         "c-static": _build("cudp-static", ["gcc", "-static", "-O1", "-o", "@OUT", csrc], [csrc]),
         "c-musl": _build("cudp-musl", [shutil.which("musl-gcc") or "musl-gcc", "-static", "-O1",
                                        "-o", "@OUT", csrc], [csrc]),
@@ -116,3 +122,10 @@ def test_static_c_udp_through_exit_node(testnet, tmp_path, progs):
     out = tp(str(tmp_path), "--exit-node", testnet["exit_node"]["name"], progs["c-static"],
              "sendto", inet["ipv4"], str(inet["udp_echo_port"]), "c via exit")
     assert out == f"c via exit from {inet['ipv4']} {inet['udp_echo_port']}"
+
+
+def test_go_static_quic_stream_to_peer(tp_state, progs, peer, quic_server):
+    nbytes = 200_000        # ~170 datagrams each way, flow control and acks included
+    r = json.loads(tp(tp_state, progs["go-quic"], hostport(peer["ipv4"], QUIC_PORT), quic_server,
+                      str(nbytes)))
+    assert r == {"bytes": nbytes + len("echo: "), "same": True}
