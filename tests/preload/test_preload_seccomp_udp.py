@@ -1,0 +1,83 @@
+"""UDP associations under tailproxy-exec (preload/exec/udpsend.c, udprecv.c, udproute.c): the
+preload's own UDP test program (preload/tests/test_udp.c) runs with no LD_PRELOAD, its calls
+caught by the seccomp filter, against udp_fake_node.py standing in for the proxy and node (it
+answers each datagram itself with "via <dst>: " + the datagram, so a reply shows it took the
+association). Also: hostile sizes are refused before anything is read or sent. Under
+`make -C preload asan` the supervisor is an ASan build."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from preload_env import V4, V6
+from test_preload_seccomp import SeccompRunner, exec_helper  # noqa: F401  (a fixture)
+from timedio import readline
+
+FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "udp_fake_node.py")
+MAPPED = "::ffff:" + V4
+
+
+@pytest.fixture(scope="module")
+def sudp(exec_helper, build, netns, rundir):  # noqa: F811
+    channel = os.path.join(rundir, "udp-channel-seccomp")
+    p = subprocess.Popen(netns + [sys.executable, FAKE, channel], stdout=subprocess.PIPE)
+    try:
+        assert readline(p.stdout, 30) == b"ready\n"
+        lib, testbin = build
+        yield SeccompRunner(exec_helper, netns, lib, testbin, channel)
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+@pytest.mark.parametrize("ip", [V4, V6, MAPPED])
+@pytest.mark.parametrize("mode", ["sendto", "connected", "msg", "mmsg", "truncated",
+                                  "nonblocking", "oversize"])
+def test_association_shows_the_destination(sudp, mode, ip):
+    out = sudp.run("test_udp", mode, ip, 7).stdout
+    assert out.startswith("ok: "), out
+
+
+def test_the_proxys_errno_reaches_the_program(sudp):
+    assert sudp.run("test_udp", "refused", "198.18.99.5", 7).stdout.startswith("ok: ")
+
+
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_direct_answer_sends_from_the_programs_socket(sudp, ip):
+    assert sudp.run("test_udp", "direct", ip).stdout.startswith("ok: ")
+
+
+HOSTILE = """
+import errno, socket, sys
+fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(5)
+dst = (sys.argv[1], 7)
+out = []
+for name, call in [("iov65", lambda: s.sendmsg([b"x"] * 65, [], 0, dst)),
+                   ("control2k", lambda: s.sendmsg([b"x"], [(socket.SOL_SOCKET, 99, bytes(2048))],
+                                                   0, dst)),
+                   ("big", lambda: s.sendto(bytes(70000), dst))]:
+    try:
+        call()
+        out.append(name + " sent")
+    except OSError as e:
+        out.append(name + " " + errno.errorcode[e.errno])
+s.sendto(b"after", dst)
+d, src = s.recvfrom(200)
+out += [d.decode(), src[0]]
+print(" ".join(out))
+"""
+
+
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_hostile_sizes_are_emsgsize_and_the_socket_goes_on(sudp, ip):
+    """More buffers, ancillary data or bytes than the supervisor reads: EMSGSIZE, nothing sent
+    (the fake would answer any datagram); the next datagram goes through."""
+    argv = [sudp.helper, sys.executable, sys.executable, "-c", HOSTILE, ip]
+    out = sudp.run_cmd(argv).stdout.split()
+    via = f"[{ip}]:7:" if ":" in ip else f"{ip}:7:"
+    assert out == ["iov65", "EMSGSIZE", "control2k", "EMSGSIZE", "big", "EMSGSIZE",
+                   "via", via, "after", ip], out
