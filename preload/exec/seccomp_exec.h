@@ -57,9 +57,10 @@ int served_socket(uint64_t ino, struct tp_addr *asked, int *mapped);   /* SERVED
 int served_any(void);                                /* 0: none yet (a cheap check) */
 /* udproute.c: UDP to routed destinations through the node's loopback endpoints */
 int udp_routed(const struct tp_addr *dst);          /* would the proxy route it? (no syscall) */
-/* the endpoint program socket s (of domain) sends to for dst instead: 1 with *to, 0 when the
- * proxy says direct (or s is gone), -1 with errno; binds an unbound socket first */
-int udp_route_for(int pid, int s, int domain, const struct tp_addr *dst,
+/* the endpoint program socket s sends to for dst (given as an address of family) instead: 1
+ * with *to; 0 when not ours (not a UDP socket of that family) or the proxy says direct; -1
+ * with errno. Binds an unbound socket first. */
+int udp_route_for(int pid, int s, int family, const struct tp_addr *dst,
 		  struct sockaddr_storage *to, socklen_t *tolen);
 /* sa (as socket ino received from it or is connected to) an endpoint of ino's: 1 with *dst */
 int udp_route_source(uint64_t ino, const struct sockaddr *sa, socklen_t len, struct tp_addr *dst);

@@ -102,12 +102,12 @@ static void verbose_line(int pid, const struct tp_addr *dst, const struct tp_add
 	log_flush(&l);
 }
 
-int udp_route_for(int pid, int s, int domain, const struct tp_addr *dst,
+int udp_route_for(int pid, int s, int family, const struct tp_addr *dst,
 		  struct sockaddr_storage *to, socklen_t *tolen)
 {
 	uint64_t ino = sock_ino(s);
 	struct route *r, *victim, found;
-	int fresh = 0, direct;
+	int fresh = 0, direct, domain = family;
 	struct tp_addr ep;
 
 	if (!ino)
@@ -126,9 +126,15 @@ int udp_route_for(int pid, int s, int domain, const struct tp_addr *dst,
 			fresh = 0;      /* "direct" from the proxy, yet the table routes it: ask again */
 	}
 	if (fresh) {
+		/* a UDP socket of that family when remembered: no syscall to check it again */
 		direct = found.direct;
 		ep = found.ep;
 	} else {
+		domain = udp_domain(s);
+		if (domain != family || (family == AF_INET6 && dst->family == 4 &&
+					 sock_int(s, IPPROTO_IPV6, IPV6_V6ONLY) != 0))
+			return 0;       /* not UDP of that family, or v4-mapped refused: the kernel's
+					 * own answer */
 		if (udp_assoc_ask(s, domain, dst, &direct, &ep) != 0)
 			return -1;
 		pthread_mutex_lock(&lock);

@@ -30,33 +30,6 @@
 #define GSO_MAX 65536           /* a UDP_SEGMENT send, all segments */
 #define BATCH_MAX 64            /* messages of one sendmmsg() (fewer is a valid answer) */
 
-/* The program's socket fd as ours if it is a UDP socket that can send to family's address
- * (an IPv4 destination given v4-mapped needs a dual-stack socket); else -1: the call
- * continues (the kernel's own answer), or was answered here (*answered). */
-static int take_udp(const struct call *c, int fd, const struct tp_addr *dst, int family,
-		    int *domain, int *answered)
-{
-	int s = target_fd(c, fd), e = errno;
-
-	*answered = 0;
-	if (s < 0) {
-		/* a bad fd gets the kernel's answer; else fail rather than send unseen (with
-		 * an exit node, that would leave from this host's own address) */
-		if (e != EBADF && call_valid(c)) {
-			answer(c, 0, ENETUNREACH);
-			*answered = 1;
-		}
-		return -1;
-	}
-	*domain = udp_domain(s);
-	if (!*domain || *domain != family ||
-	    (family == AF_INET6 && dst->family == 4 && sock_int(s, IPPROTO_IPV6, IPV6_V6ONLY) != 0)) {
-		close(s);
-		return -1;
-	}
-	return s;
-}
-
 /* The largest segment of a send with this ancillary data: its UDP_SEGMENT size, else total. */
 static size_t segment_of(const struct msghdr *mh, size_t total)
 {
@@ -143,18 +116,22 @@ static void answer_sent(const struct call *c, ssize_t r)
 static int routed_socket(const struct call *c, int fd, const struct tp_addr *dst, int family,
 			 struct sockaddr_storage *to, socklen_t *tolen)
 {
-	int s, domain, answered, r;
+	int s = target_fd(c, fd), r;
 
-	if ((s = take_udp(c, fd, dst, family, &domain, &answered)) < 0) {
-		if (!answered)
+	if (s < 0) {
+		/* a bad fd gets the kernel's answer; else fail rather than send unseen (with
+		 * an exit node, that would leave from this host's own address) */
+		if (errno != EBADF && call_valid(c))
+			answer(c, 0, ENETUNREACH);
+		else
 			answer_continue(c);
 		return -1;
 	}
-	r = udp_route_for((int)c->req->pid, s, domain, dst, to, tolen);
+	r = udp_route_for((int)c->req->pid, s, family, dst, to, tolen);
 	if (r > 0)
 		return s;
 	if (r == 0)
-		answer_continue(c);     /* the proxy says: direct */
+		answer_continue(c);     /* not UDP of that family, or the proxy says: direct */
 	else
 		answer(c, 0, errno);
 	close(s);
@@ -238,13 +215,12 @@ void udp_sendmmsg(const struct call *c, const struct tp_addr *first, int family)
 		}
 		if (i > 0) {
 			socklen_t nl = mm.msg_hdr.msg_namelen;
-			int domain = udp_domain(s);
 
 			if (!mm.msg_hdr.msg_name || nl < sizeof(sa_family_t) || nl > sizeof(ss) ||
 			    target_read(c, (uintptr_t)mm.msg_hdr.msg_name, &ss, nl) != 0 ||
 			    sa_to_tp((struct sockaddr *)&ss, nl, &dst, &mapped) != 0 ||
 			    ss.ss_family != family || !udp_routed(&dst) || dst.port == 53 ||
-			    udp_route_for((int)c->req->pid, s, domain, &dst, &to, &tolen) != 1)
+			    udp_route_for((int)c->req->pid, s, family, &dst, &to, &tolen) != 1)
 				break;
 		}
 		r = send_one(c, s, &mm.msg_hdr, (int)a[3], &dst, &to, tolen);
@@ -271,20 +247,17 @@ void udp_connect(const struct call *c, int s, const struct tp_addr *dst, int fam
 {
 	struct sockaddr_storage to;
 	socklen_t tolen;
-	int domain = udp_domain(s), r;
+	int r;
 
-	if (domain != family ||
-	    (family == AF_INET6 && dst->family == 4 && sock_int(s, IPPROTO_IPV6, IPV6_V6ONLY) != 0) ||
-	    !call_valid(c)) {
-		answer_continue(c);     /* the kernel's own answer (or the call is gone) */
+	if (!call_valid(c))
 		return;
-	}
-	r = udp_route_for((int)c->req->pid, s, domain, dst, &to, &tolen);
+	r = udp_route_for((int)c->req->pid, s, family, dst, &to, &tolen);
 	if (r < 0) {
 		answer(c, 0, errno);
 		return;
 	}
-	/* direct: connected here as asked (the address we read is the one we decided on) */
+	/* direct, or not UDP of that family: made here as asked (the address we read is the one
+	 * we decided on), with the kernel's own answer */
 	r = r > 0 ? connect(s, (struct sockaddr *)&to, tolen) : connect(s, sa, len);
 	answer(c, 0, r == 0 ? 0 : errno);
 }
