@@ -11,6 +11,9 @@
  *                                tailproxy-exec, TPTEST_SECCOMP=1: sendto only; a connected
  *                                socket's send() is not trapped)
  *   test_udp refused IP PORT     the proxy's errno (EHOSTUNREACH) from sendto and connect
+ *   test_udp ended IP            port 13: the fake ends the association after one answer: the
+ *                                connected socket then gets ECONNREFUSED, as the kernel gives
+ *                                for a port-unreachable peer
  *   test_udp direct IP           port 9: the proxy says "direct": the datagram goes to IP:9
  *                                (under tailproxy-exec the server's raw reply would be trapped
  *                                too: only the datagram's arrival from the socket is checked)
@@ -291,6 +294,36 @@ static void t_direct(const char *ip)
 	printf("ok: direct %s:9\n", ip);
 }
 
+static void t_ended(const char *ip)
+{
+	struct sockaddr_storage dst;
+	socklen_t dlen = dst_of(ip, 13, &dst);
+	int fd = socket(dst.ss_family, SOCK_DGRAM, 0), i, refused = 0;
+	char buf[256];
+	ssize_t n;
+
+	timeout_2s(fd);
+	CHECK(connect(fd, (struct sockaddr *)&dst, dlen) == 0, "connect: %s", strerror(errno));
+	CHECK(send(fd, "once", 4, 0) == 4, "send: %s", strerror(errno));
+	n = recv(fd, buf, sizeof(buf), 0);
+	expect_data(buf, n, ip, 13, "once");
+	/* the endpoint is gone now (a datagram that raced its closing is lost: EAGAIN, try
+	 * again): the next one draws a port unreachable from loopback, reported on this send or
+	 * the receive after it */
+	for (i = 0; i < 3 && !refused; i++) {
+		if (send(fd, "again", 5, 0) < 0 || recv(fd, buf, sizeof(buf), 0) < 0) {
+			if (errno == EAGAIN)
+				continue;
+			CHECK(errno == ECONNREFUSED, "errno %d (%s), want ECONNREFUSED", errno,
+			      strerror(errno));
+			refused = 1;
+		}
+	}
+	CHECK(refused, "no ECONNREFUSED after the association ended");
+	close(fd);
+	printf("ok: ended %s:13\n", ip);
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : "";
@@ -315,9 +348,11 @@ int main(int argc, char **argv)
 		t_refused(ip, port);
 	else if (!strcmp(cmd, "direct"))
 		t_direct(ip);
+	else if (!strcmp(cmd, "ended"))
+		t_ended(ip);
 	else {
 		fprintf(stderr, "usage: test_udp sendto|connected|msg|mmsg|truncated|nonblocking|"
-				"oversize|refused|direct IP [PORT]\n");
+				"oversize|refused|direct|ended IP [PORT]\n");
 		return 2;
 	}
 	return 0;

@@ -49,6 +49,11 @@ def test_direct_answer_sends_from_the_programs_socket(sudp, ip):
     assert sudp.run("test_udp", "direct", ip).stdout.startswith("ok: ")
 
 
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_ended_association_is_econnrefused_on_a_connected_socket(sudp, ip):
+    assert sudp.run("test_udp", "ended", ip).stdout.startswith("ok: ")
+
+
 HOSTILE = """
 import errno, socket, sys
 fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET

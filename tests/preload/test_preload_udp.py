@@ -45,6 +45,11 @@ def test_direct_answer_sends_from_the_programs_socket(udp, ip):
     assert udp.run("test_udp", "direct", ip).stdout.startswith("ok: ")
 
 
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_ended_association_is_econnrefused_on_a_connected_socket(udp, ip):
+    assert udp.run("test_udp", "ended", ip).stdout.startswith("ok: ")
+
+
 def test_loopback_and_port_53_are_not_associations(udp):
     """Loopback destinations go straight; nothing is asked of the fake (it would answer with
     "via")."""
