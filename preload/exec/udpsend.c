@@ -37,7 +37,9 @@ static size_t segment_of(const struct msghdr *mh, size_t total)
 
 	for (cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR((struct msghdr *)mh, cm))
 		if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_SEGMENT &&
-		    cm->cmsg_len >= CMSG_LEN(sizeof(uint16_t))) {
+		    cm->cmsg_len >= CMSG_LEN(sizeof(uint16_t)) &&
+		    CMSG_DATA(cm) + sizeof(uint16_t) <=
+			    (unsigned char *)mh->msg_control + mh->msg_controllen) {
 			uint16_t gso;
 			memcpy(&gso, CMSG_DATA(cm), sizeof(gso));
 			return gso && gso < total ? gso : total;
@@ -51,7 +53,11 @@ static ssize_t send_one(const struct call *c, int s, const struct msghdr *prog, 
 			const struct tp_addr *dst, const struct sockaddr_storage *to, socklen_t tolen)
 {
 	struct iovec iov[IOV_MAX_READ], one;
-	char control[CONTROL_MAX], *buf;
+	union {                         /* aligned for the cmsg headers */
+		struct cmsghdr align;
+		char bytes[CONTROL_MAX];
+	} control;
+	char *buf;
 	struct msghdr mh;
 	size_t total = 0, i;
 	ssize_t r;
@@ -62,7 +68,7 @@ static ssize_t send_one(const struct call *c, int s, const struct msghdr *prog, 
 	}
 	if (target_read(c, (uintptr_t)prog->msg_iov, iov, prog->msg_iovlen * sizeof(iov[0])) != 0 ||
 	    (prog->msg_controllen &&
-	     target_read(c, (uintptr_t)prog->msg_control, control, prog->msg_controllen) != 0)) {
+	     target_read(c, (uintptr_t)prog->msg_control, control.bytes, prog->msg_controllen) != 0)) {
 		errno = EFAULT;
 		return -1;
 	}
@@ -74,7 +80,7 @@ static ssize_t send_one(const struct call *c, int s, const struct msghdr *prog, 
 		total += iov[i].iov_len;
 	}
 	memset(&mh, 0, sizeof(mh));
-	mh.msg_control = prog->msg_controllen ? control : NULL;
+	mh.msg_control = prog->msg_controllen ? control.bytes : NULL;
 	mh.msg_controllen = prog->msg_controllen;
 	if (segment_of(&mh, total) > (size_t)udp_payload_max(dst)) {
 		errno = EMSGSIZE;       /* as the kernel's send with the tailnet's path MTU */

@@ -110,3 +110,32 @@ def test_hostile_sizes_are_emsgsize_and_the_socket_goes_on(sudp, ip):
     via = f"[{ip}]:7:" if ":" in ip else f"{ip}:7:"
     assert out == ["iov65", "EMSGSIZE", "control2k", "EMSGSIZE", "big", "EMSGSIZE",
                    "via", via, "after", ip], out
+
+
+GSO = """
+import errno, socket, sys
+UDP_SEGMENT = 103
+fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(5)
+dst = (sys.argv[1], 7)
+seg = lambda n: [(socket.SOL_UDP, UDP_SEGMENT, n.to_bytes(2, sys.byteorder))]
+try:
+    s.sendmsg([b"a" * 1300, b"b" * 1300], seg(1300), 0, dst)
+    out = ["big-segments sent"]
+except OSError as e:
+    out = ["big-segments", errno.errorcode[e.errno]]
+out.append(str(s.sendmsg([b"x" * 600, b"y" * 600, b"z" * 600], seg(600), 0, dst)))
+got = sorted(s.recvfrom(2000) for _ in range(3))
+out += [str(len(d)) + d[-1:].decode() for d, src in got] + [got[0][1][0]]
+print(" ".join(out))
+"""
+
+
+@pytest.mark.parametrize("ip", [V4, V6])
+def test_udp_segment_offload_is_bounded_per_segment(sudp, ip):
+    """A UDP_SEGMENT (GSO) send, as QUIC stacks make: segments within the tailnet's payload
+    go out as that many datagrams; a larger segment is EMSGSIZE."""
+    out = sudp.run_cmd(sudp.wrap([sys.executable, "-c", GSO, ip])).stdout.split()
+    via = len(f"via [{ip}]:7: " if ":" in ip else f"via {ip}:7: ")
+    assert out == ["big-segments", "EMSGSIZE", "1800"] + [f"{via + 600}{c}" for c in "xyz"] + [ip], out
