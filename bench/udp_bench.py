@@ -22,6 +22,13 @@ send rate) is the same for both. Figures: per rate, the median loss over --reps 
 0 (and every lower rate's too). Goal (issue 10): tailproxy's loss-free rate >= the anchor's.
 
 Standalone, it prints every command and a table and writes bench/results/udp.json and udp.md.
+
+--send-cost (standalone only, ~30 s): the cost of one send() call of a routed datagram, not a
+rate: ``tailproxy --intercept preload|seccomp -- python udp_bench.py cost PEER PORT N`` times N
+back-to-back sendto() on an unconnected socket (the preload's hook, or under seccomp a trapped
+call the supervisor sends, preload/exec/udpsend.c) and N send() on a connected one (untrapped
+under seccomp), 1,200 bytes each; the same loop without tailproxy to a loopback sink is the
+anchor. Median ns per call over --reps (default 5) repetitions, modes interleaved.
 """
 from __future__ import annotations
 
@@ -128,6 +135,67 @@ def send(mode: str, args: list[str]) -> None:
         time.sleep(GAP_S)
 
 
+def cost(args: list[str]) -> None:
+    """cost HOST PORT N: ns per sendto() (unconnected) and per send() (connected), one line of
+    JSON."""
+    host, port, n = args[0], int(args[1]), int(args[2])
+    payload = bytes(SIZE)
+    out = {}
+    for kind in ("sendto", "send"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if kind == "send":
+            s.connect((host, port))
+            call = lambda: s.send(payload)
+        else:
+            call = lambda: s.sendto(payload, (host, port))
+        for _ in range(100):        # the association, and warm caches
+            call()
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            call()
+        out[kind] = (time.perf_counter_ns() - t0) / n
+        s.close()
+    print(json.dumps(out), flush=True)
+
+
+def send_cost(a, B) -> int:
+    info = json.load(open(os.environ["TESTNET_INFO"]))
+    peer = info["peers"]["peer"]
+    me, n, reps = os.path.abspath(__file__), 20000, a.reps or 5
+    tp, tp_env = B.tailproxy_cmd(a.tailproxy)
+    tmp = tempfile.mkdtemp(prefix="udp-cost-")
+    sinkp = subprocess.Popen([sys.executable, me, "sink", "5302"], stdout=subprocess.PIPE, text=True)
+    B.STARTED.append(sinkp)
+    got: dict[str, list[dict]] = {"direct": [], "preload": [], "seccomp": []}
+    B.say(f"(u') per-call cost of a {SIZE}-byte routed UDP send, {n} calls, {reps} rep(s)")
+    try:
+        assert sinkp.stdout.readline().strip() == "ready"
+        for rep in range(reps):
+            for mode in B.rotated(list(got), rep):
+                if mode == "direct":
+                    argv, env = [sys.executable, me, "cost", "127.0.0.1", "5302", str(n)], None
+                else:
+                    argv = tp + ["--state-dir", os.path.join(tmp, "state"), "--hostname",
+                                 "udp-cost", "--intercept", mode, "--", sys.executable, me,
+                                 "cost", peer["ipv4"], "5301", str(n)]
+                    env = dict(os.environ, **tp_env)
+                B.show(argv, note=f"{mode}, rep {rep + 1}")
+                cp = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+                if cp.returncode != 0:
+                    raise B.Failed(f"{mode}: exit {cp.returncode}: {B.tail(cp.stderr)}")
+                got[mode].append(json.loads(cp.stdout.strip().splitlines()[-1]))
+    finally:
+        B.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    med = {m: {k: statistics.median(r[k] for r in got[m]) for k in ("sendto", "send")} for m in got}
+    for m in got:
+        rows.append([m, f"{med[m]['sendto']:.0f}", f"{med[m]['sendto'] - med['direct']['sendto']:.0f}",
+                     f"{med[m]['send']:.0f}", f"{med[m]['send'] - med['direct']['send']:.0f}"])
+    B.say("\n" + B.table(rows, ["mode", "sendto ns", "added", "connected send ns", "added"]))
+    return 0
+
+
 # ------------------------------------------------------------------ orchestration
 
 def main() -> int:
@@ -136,6 +204,9 @@ def main() -> int:
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "send":
         send(sys.argv[2], sys.argv[3:])
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "cost":
+        cost(sys.argv[2:])
         return 0
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import benchlib as B
@@ -146,7 +217,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float)
     ap.add_argument("--tailproxy", help="command to run tailproxy (default: this venv's)")
     ap.add_argument("--out", default=os.path.join(B.BENCH, "results"))
+    ap.add_argument("--send-cost", action="store_true", help="only the per-call send cost (u')")
     a = ap.parse_args()
+    if a.send_cost:
+        return send_cost(a, B)
     reps = a.reps or (1 if a.quick else 3)
     seconds = a.seconds or (1.0 if a.quick else 2.0)
     rates = QUICK_RATES if a.quick else RATES_MBIT

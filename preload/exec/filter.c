@@ -2,11 +2,11 @@
  * the kernel's full speed (the verdict for any other call does not depend on its arguments, so
  * the kernel caches it and runs no BPF for it). connect(); sendto() with a destination address
  * (a send() on a connected socket passes NULL and is not trapped); sendmsg()/sendmmsg(), whose
- * address lies in memory the filter cannot read; recvfrom() with a source address and
- * recvmsg(), for answers to DNS queries sent to the responder (dnsrecv.c); getpeername(), so a relayed socket shows the
- * address the program asked for; getsockopt(SOL_SOCKET, SO_ERROR), for the real errno of a
- * handed-over connect; with exports, bind() and listen(). Calls of other ABIs (i386, x32)
- * pass. */
+ * address lies in memory the filter cannot read; recvfrom() with a source address, recvmsg()
+ * and recvmmsg(), for datagrams from the DNS responder or a UDP endpoint of the node
+ * (udprecv.c); getpeername(), so a relayed socket shows the address the program asked for;
+ * getsockopt(SOL_SOCKET, SO_ERROR), for the real errno of a handed-over connect; with exports,
+ * bind() and listen(). Calls of other ABIs (i386, x32) pass. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/audit.h>
@@ -79,6 +79,7 @@ int install_filter(int exports)
 	jeq(&p, __NR_sendmsg, NOTIFY, NEXT);
 	jeq(&p, __NR_sendmmsg, NOTIFY, NEXT);
 	jeq(&p, __NR_recvmsg, NOTIFY, NEXT);
+	jeq(&p, __NR_recvmmsg, NOTIFY, NEXT);
 	if (exports) {
 		jeq(&p, __NR_bind, NOTIFY, NEXT);
 		jeq(&p, __NR_listen, NOTIFY, NEXT);

@@ -1,13 +1,14 @@
 /* What a trapped call becomes. connect() to a destination the proxy routes: the preload's
  * hand-over on the program's own socket (taken with pidfd_getfd; same socket, fd number,
  * options and flags), answered with the result the preload's connect() would return. Port 53
- * (connect, sendto, sendmsg): the name service's DNS responder, as udpdns.c does.
- * Their answers, on recvfrom()/recvmsg(): dnsrecv.c. getpeername() of a relayed socket: the destination the program asked for;
+ * (connect, sendto, sendmsg): the name service's DNS responder, as udpdns.c does. UDP to
+ * other routed destinations (connect, sendto, sendmsg, sendmmsg): the node's endpoints, as
+ * udp.c does (udpsend.c). Their answers, on recvfrom()/recvmsg()/recvmmsg(): udprecv.c.
+ * getpeername() of a relayed socket: the destination the program asked for;
  * getsockopt(SO_ERROR) of a handed-over connect: its real errno (outcome.c); bind()/listen()
- * with exports: exports.c. Everything
- * else, and a destination the routing table sends direct, runs as the program made it
- * (SECCOMP_USER_NOTIF_FLAG_CONTINUE): only calls whose memory we merely looked at continue;
- * a call we acted on is always answered by us. */
+ * with exports: exports.c. Everything else, and a destination the routing table sends
+ * direct, runs as the program made it (SECCOMP_USER_NOTIF_FLAG_CONTINUE): only calls whose
+ * memory we merely looked at continue; a call we acted on is always answered by us. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -158,7 +159,7 @@ static void dns_call(const struct call *c, int fd, const struct tp_addr *dst, in
 	else
 		r = connect(s, (struct sockaddr *)&to, (socklen_t)tolen);
 	if (r >= 0 && sock_int(s, SOL_SOCKET, SO_TYPE) == SOCK_DGRAM)
-		dns_socket_add(sock_ino(s), dst, mapped);       /* its answers: dnsrecv.c */
+		dns_socket_add(sock_ino(s), dst, mapped);       /* its answers: udprecv.c */
 	answer(c, r < 0 ? -1 : r, r < 0 ? errno : 0);
 	if (tp_config()->verbose)
 		say((int)c->req->pid, buf ? "DNS query to" : "DNS connection to", dst, -1);
@@ -176,8 +177,15 @@ static void on_sendto(const struct call *c)
 	void *buf;
 
 	if (len < sizeof(sa_family_t) || len > sizeof(ss) || target_read(c, a[4], &ss, len) != 0 ||
-	    sa_to_tp((struct sockaddr *)&ss, len, &dst, &mapped) != 0 || !is_dns(&dst)) {
+	    sa_to_tp((struct sockaddr *)&ss, len, &dst, &mapped) != 0) {
 		answer_continue(c);
+		return;
+	}
+	if (!is_dns(&dst)) {
+		if (udp_routed(&dst))
+			udp_sendto(c, &dst, ss.ss_family);      /* udpsend.c */
+		else
+			answer_continue(c);
 		return;
 	}
 	if (n > DNS_MAX || !(buf = malloc(n ? n : 1))) {
@@ -205,8 +213,15 @@ static void on_sendmsg(const struct call *c)
 	if (target_read(c, a[1], &mh, sizeof(mh)) != 0 || !mh.msg_name ||
 	    mh.msg_namelen < sizeof(sa_family_t) || mh.msg_namelen > sizeof(ss) ||
 	    target_read(c, (uintptr_t)mh.msg_name, &ss, mh.msg_namelen) != 0 ||
-	    sa_to_tp((struct sockaddr *)&ss, mh.msg_namelen, &dst, &mapped) != 0 || !is_dns(&dst)) {
+	    sa_to_tp((struct sockaddr *)&ss, mh.msg_namelen, &dst, &mapped) != 0) {
 		answer_continue(c);
+		return;
+	}
+	if (!is_dns(&dst)) {
+		if (udp_routed(&dst))
+			udp_sendmsg(c, &dst, ss.ss_family);     /* udpsend.c */
+		else
+			answer_continue(c);
 		return;
 	}
 	if (mh.msg_iovlen > IOV_MAX_READ ||
@@ -236,8 +251,9 @@ static void on_sendmsg(const struct call *c)
 	free(buf);
 }
 
-/* sendmmsg() with an address: only port 53 matters, and it is refused rather than sent
- * unseen (resolvers send on connected sockets: no address, not trapped further). */
+/* sendmmsg() with an address (its first message's decides): port 53 is refused rather than
+ * sent unseen (resolvers send on connected sockets: no address, not trapped further); a
+ * routed destination goes through the node. */
 static void on_sendmmsg(const struct call *c)
 {
 	const __u64 *a = c->req->data.args;
@@ -249,12 +265,16 @@ static void on_sendmmsg(const struct call *c)
 	if (a[2] == 0 || target_read(c, a[1], &mm, sizeof(mm)) != 0 || !mm.msg_hdr.msg_name ||
 	    mm.msg_hdr.msg_namelen < sizeof(sa_family_t) || mm.msg_hdr.msg_namelen > sizeof(ss) ||
 	    target_read(c, (uintptr_t)mm.msg_hdr.msg_name, &ss, mm.msg_hdr.msg_namelen) != 0 ||
-	    sa_to_tp((struct sockaddr *)&ss, mm.msg_hdr.msg_namelen, &dst, &mapped) != 0 ||
-	    !is_dns(&dst)) {
+	    sa_to_tp((struct sockaddr *)&ss, mm.msg_hdr.msg_namelen, &dst, &mapped) != 0) {
 		answer_continue(c);
 		return;
 	}
-	refuse_dns(c, &dst);
+	if (is_dns(&dst))
+		refuse_dns(c, &dst);
+	else if (udp_routed(&dst))
+		udp_sendmmsg(c, &dst, ss.ss_family);    /* udpsend.c */
+	else
+		answer_continue(c);
 }
 
 /* ---------------------------------------------------------------- connect */
@@ -423,6 +443,11 @@ static void on_connect(struct call *c)
 		fail_closed(c, &dst);
 		return;
 	}
+	if (sock_int(s, SOL_SOCKET, SO_TYPE) == SOCK_DGRAM) {
+		udp_connect(c, s, &dst, ss.ss_family, (struct sockaddr *)&ss, len);  /* udpsend.c */
+		close(s);
+		return;
+	}
 	if (!is_our_kind(s, ss.ss_family, mapped, &domain) || tcp_state(s) != TCP_CLOSE) {
 		/* not TCP, or connected/connecting/listening: the kernel's own answer (EISCONN,
 		 * EALREADY...), which never dials */
@@ -506,25 +531,38 @@ static int is_loopback(const struct tp_addr *a)
 
 /* A socket relayed by the proxy is connected to its loopback relay: the program is shown the
  * destination it asked for (the proxy knows it by the socket's local address, as peername.c
- * asks). Anything else is the kernel's own answer. */
+ * asks); a UDP socket connected to a node's endpoint, the destination of that association.
+ * Anything else is the kernel's own answer. */
 static void on_getpeername(const struct call *c)
 {
 	const __u64 *a = c->req->data.args;
 	struct sockaddr_storage ss, out;
 	socklen_t sslen = sizeof(ss), outlen, room;
 	struct tp_addr peer, local, dst;
-	int s, mapped, err;
+	int s, mapped, err, type;
 
-	if (!tp_config()->active || !handed_over_any() || !a[1] || !a[2] ||
+	if (!tp_config()->active || (!handed_over_any() && !udp_route_any()) || !a[1] || !a[2] ||
 	    (s = target_fd(c, (int)a[0])) < 0) {
 		answer_continue(c);
 		return;
 	}
 	if (real_getpeername(s, (struct sockaddr *)&ss, &sslen) != 0 || sslen > sizeof(ss) ||
-	    sa_to_tp((struct sockaddr *)&ss, sslen, &peer, &mapped) != 0 || !is_loopback(&peer) ||
-	    sock_int(s, SOL_SOCKET, SO_TYPE) != SOCK_STREAM || local_port(s, &local) == 0 ||
-	    chan_peer(&local, &err, &dst) != 0 || err != 0 ||
-	    (outlen = tp_to_sa(&dst, ss.ss_family, 0, &out)) == 0) {
+	    sa_to_tp((struct sockaddr *)&ss, sslen, &peer, &mapped) != 0 || !is_loopback(&peer)) {
+		close(s);
+		answer_continue(c);
+		return;
+	}
+	type = sock_int(s, SOL_SOCKET, SO_TYPE);
+	if (type == SOCK_DGRAM && udp_route_source(sock_ino(s), (struct sockaddr *)&ss, sslen, &dst)) {
+		/* connected to a UDP endpoint (udproute.c) */
+		outlen = tp_to_sa(&dst, ss.ss_family, dst.family == 4 && ss.ss_family == AF_INET6, &out);
+	} else if (type != SOCK_STREAM || local_port(s, &local) == 0 ||
+		   chan_peer(&local, &err, &dst) != 0 || err != 0) {
+		outlen = 0;
+	} else {
+		outlen = tp_to_sa(&dst, ss.ss_family, 0, &out);
+	}
+	if (outlen == 0) {
 		close(s);
 		answer_continue(c);
 		return;
@@ -578,6 +616,9 @@ void handle_call(int listener, struct seccomp_notif *req)
 		break;
 	case __NR_recvmsg:
 		on_recvmsg(&c);
+		break;
+	case __NR_recvmmsg:
+		on_recvmmsg(&c);
 		break;
 	default:
 		answer_continue(&c);

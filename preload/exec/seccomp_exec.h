@@ -47,14 +47,36 @@ void pending_add(uint64_t ino, uint64_t token);
 int pending_token(uint64_t ino, uint64_t *token);    /* 1 if pending */
 void pending_drop(uint64_t ino);
 int pending_any(void);                               /* 0: none at all (a cheap check) */
-/* dnssocks.c: sockets whose port-53 traffic went to the responder, by socket inode, with the
- * address the program named (what its answers must show as their source) */
+/* udpsocks.c: datagram sockets whose receives we serve, by socket inode: port-53 traffic sent
+ * to the responder (with the address the program named: what its answers must show as their
+ * source), or UDP associations through the node (udproute.c) */
+enum { SERVED_DNS = 1, SERVED_ROUTED = 2 };
 void dns_socket_add(uint64_t ino, const struct tp_addr *asked, int mapped);
-int dns_socket_asked(uint64_t ino, struct tp_addr *asked, int *mapped);    /* 1 if ours */
-int dns_socket_any(void);                            /* 0: none yet (a cheap check) */
-/* dnsrecv.c: recvfrom() with an address, recvmsg() */
+void routed_socket_add(uint64_t ino);
+int served_socket(uint64_t ino, struct tp_addr *asked, int *mapped);   /* SERVED_*, 0: not */
+int served_any(void);                                /* 0: none yet (a cheap check) */
+/* udproute.c: UDP to routed destinations through the node's loopback endpoints */
+int udp_routed(const struct tp_addr *dst);          /* would the proxy route it? (no syscall) */
+/* the endpoint program socket s sends to for dst (given as an address of family) instead: 1
+ * with *to; 0 when not ours (not a UDP socket of that family) or the proxy says direct; -1
+ * with errno. Binds an unbound socket first. */
+int udp_route_for(int pid, int s, int family, const struct tp_addr *dst,
+		  struct sockaddr_storage *to, socklen_t *tolen);
+/* sa (as socket ino received from it or is connected to) an endpoint of ino's: 1 with *dst */
+int udp_route_source(uint64_t ino, const struct sockaddr *sa, socklen_t len, struct tp_addr *dst);
+int udp_route_any(void);                             /* 0: no association yet */
+/* udpsend.c: sendto()/sendmsg()/sendmmsg() with a routed destination (the caller read it from
+ * the call's first address: dst, its family as given), and connect() of a UDP socket s (ours,
+ * taken from the program) to one; each answers the call */
+void udp_sendto(const struct call *c, const struct tp_addr *dst, int family);
+void udp_sendmsg(const struct call *c, const struct tp_addr *dst, int family);
+void udp_sendmmsg(const struct call *c, const struct tp_addr *dst, int family);
+void udp_connect(const struct call *c, int s, const struct tp_addr *dst, int family,
+		 const struct sockaddr *sa, socklen_t len);
+/* udprecv.c: recvfrom() with an address, recvmsg(), recvmmsg() */
 void on_recvfrom(const struct call *c);
 void on_recvmsg(const struct call *c);
+void on_recvmmsg(const struct call *c);
 
 /* intercept.c: has this supervisor handed any socket over yet? */
 int handed_over_any(void);

@@ -118,6 +118,16 @@ HIDDEN int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
  * (*ret is connect's result, errno set), 0 if not ours. */
 HIDDEN int dns_redirect_connect(int fd, const struct sockaddr *sa, socklen_t len, int *ret);
 
+/* ---- udpassoc.c: the channel's UDP association request (shared with the supervisor) ---- */
+/* An AF_INET/AF_INET6 UDP socket: its domain, else 0. */
+HIDDEN int udp_domain(int fd);
+/* The largest datagram the tailnet carries whole to dst (1280-byte MTU). */
+HIDDEN int udp_payload_max(const struct tp_addr *dst);
+/* Ask the proxy for socket fd (of domain) and dst: 0 with *direct (send to dst yourself) or
+ * the node's loopback endpoint in *ep; -1 with errno. Binds an unbound socket first. */
+HIDDEN int udp_assoc_ask(int fd, int domain, const struct tp_addr *dst, int *direct,
+			 struct tp_addr *ep);
+
 /* ---- udp.c: UDP to routed destinations through the node's loopback endpoints ---- */
 /* connect(): 1 if handled (*ret is connect's result, errno set), 0 if not ours. */
 HIDDEN int udp_redirect_connect(int fd, const struct sockaddr *sa, socklen_t len, int *ret);

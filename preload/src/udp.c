@@ -29,17 +29,9 @@
 
 #include "names.h"
 
-typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
-typedef int (*getsockname_fn)(int, struct sockaddr *, socklen_t *);
-
 #define SLOTS 512
 #define PROBE 16
 #define REASK_S 10
-#define UDP_WAIT_MS 10000
-#define PAYLOAD4 (1280 - 20 - 8)
-#define PAYLOAD6 (1280 - 40 - 8)
-#define UDP_REQ_LEN (8 + 2 * 20)
-#define UDP_REP_LEN (8 + 20)
 #define FD_FLAGS 65536
 
 struct assoc {              /* one association as this process knows it */
@@ -159,117 +151,20 @@ static int find(int fd, uint64_t ino, const struct tp_addr *dst, struct assoc *o
 	return -1;
 }
 
-/* A UDP socket of ours to handle? Its domain, or 0. */
-static int udp_domain(int fd)
-{
-	int type = sock_int(fd, SOL_SOCKET, SO_TYPE), proto, domain;
-
-	if (type != SOCK_DGRAM)
-		return 0;
-	proto = sock_int(fd, SOL_SOCKET, SO_PROTOCOL);
-	if (proto != 0 && proto != IPPROTO_UDP)
-		return 0;
-	domain = sock_int(fd, SOL_SOCKET, SO_DOMAIN);
-	return domain == AF_INET || domain == AF_INET6 ? domain : 0;
-}
-
-/* The address the socket's datagrams to a loopback endpoint come from: its own if bound to
- * one, else loopback; binds an unbound socket first. 0, or -1 with errno. */
-static int sending_address(int fd, int domain, struct tp_addr *pin)
-{
-	getsockname_fn gsn = TP_REAL(getsockname_fn, getsockname);
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-	int mapped;
-	static const uint8_t zero[16];
-
-	if (!gsn) {
-		errno = ENOSYS;
-		return -1;
-	}
-	if (gsn(fd, (struct sockaddr *)&ss, &len) != 0)
-		return -1;
-	if (sa_to_tp((struct sockaddr *)&ss, len, pin, &mapped) != 0) {
-		errno = EAFNOSUPPORT;
-		return -1;
-	}
-	if (pin->port == 0) {
-		memset(&ss, 0, sizeof(ss));
-		ss.ss_family = (sa_family_t)domain;
-		if (real_bind(fd, (struct sockaddr *)&ss, domain == AF_INET ?
-			      sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)) != 0)
-			return -1;
-		len = sizeof(ss);
-		if (gsn(fd, (struct sockaddr *)&ss, &len) != 0 ||
-		    sa_to_tp((struct sockaddr *)&ss, len, pin, &mapped) != 0 || pin->port == 0) {
-			errno = EADDRNOTAVAIL;
-			return -1;
-		}
-	}
-	if (memcmp(pin->addr, zero, pin->family == 4 ? 4 : 16) == 0) {
-		memset(pin->addr, 0, 16);
-		if (domain == AF_INET) {
-			pin->family = 4;
-			pin->addr[0] = 127;
-			pin->addr[3] = 1;
-		} else {
-			pin->family = 6;
-			pin->addr[15] = 1;
-		}
-	}
-	return 0;
-}
-
-static void put_addr(uint8_t *p, const struct tp_addr *a)
-{
-	p[0] = a->family;
-	p[1] = 0;
-	memcpy(p + 2, &a->port, 2);
-	memcpy(p + 4, a->addr, 16);
-}
-
-/* Ask the proxy: 0 with *a filled in, or -1 with errno. */
+/* Ask the proxy (udpassoc.c): 0 with *a filled in, or -1 with errno. */
 static int ask(int fd, int domain, uint64_t ino, const struct tp_addr *dst, struct assoc *a)
 {
-	uint8_t req[UDP_REQ_LEN], rep[UDP_REP_LEN];
-	struct tp_addr pin;
-	int32_t err;
-	uint16_t port;
+	int direct;
 
-	if (sending_address(fd, domain, &pin) != 0)
-		return -1;
-	memset(req, 0, sizeof(req));
-	put_addr(req + 8, dst);
-	put_addr(req + 28, &pin);
-	if (chan_request(OP_UDP, 0, req, sizeof(req), rep, sizeof(rep), UDP_WAIT_MS) !=
-	    (int)sizeof(rep)) {
-		if (errno != ENETDOWN && errno != ETIMEDOUT && errno != EINTR && errno != EMFILE &&
-		    errno != ENFILE)
-			errno = EPROTO;
-		return -1;
-	}
-	memcpy(&err, rep + 4, 4);
-	if (err != 0) {
-		errno = err;
-		return -1;
-	}
 	memset(a, 0, sizeof(*a));
+	if (udp_assoc_ask(fd, domain, dst, &direct, &a->ep) != 0)
+		return -1;
 	a->fd = fd;
 	a->ino = ino;
 	a->used = 1;
 	a->asked_ns = now_ns();
 	a->dst = *dst;
-	a->direct = rep[8] == 0;
-	if (!a->direct) {
-		if ((rep[8] != 4 && rep[8] != 6) || rep[9] != 0) {
-			errno = EPROTO;
-			return -1;
-		}
-		a->ep.family = rep[8];
-		memcpy(&port, rep + 10, 2);
-		a->ep.port = port;
-		memcpy(a->ep.addr, rep + 12, 16);
-	}
+	a->direct = (uint8_t)direct;
 	return 0;
 }
 
@@ -322,7 +217,7 @@ static int associate(int fd, const struct sockaddr *sa, socklen_t len, ssize_t n
 		domain = udp_domain(fd);
 		if (!domain || domain != sa->sa_family)
 			return 0;           /* the kernel gives the right error */
-		if (n > (dst.family == 4 ? PAYLOAD4 : PAYLOAD6)) {
+		if (n > udp_payload_max(&dst)) {
 			errno = EMSGSIZE;
 			return -1;
 		}
@@ -336,7 +231,7 @@ static int associate(int fd, const struct sockaddr *sa, socklen_t len, ssize_t n
 	}
 	if (a->direct)
 		return 0;
-	if (n > (dst.family == 4 ? PAYLOAD4 : PAYLOAD6)) {
+	if (n > udp_payload_max(&dst)) {
 		errno = EMSGSIZE;
 		return -1;
 	}
@@ -466,9 +361,10 @@ int udp_oversize_connected(int fd, size_t n)
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 	struct tp_addr dst;
+	static const struct tp_addr v6 = {.family = 6};     /* the smaller limit */
 	int e0 = errno;
 
-	if (n <= PAYLOAD6 || fd < 0 || fd >= FD_FLAGS ||
+	if (n <= (size_t)udp_payload_max(&v6) || fd < 0 || fd >= FD_FLAGS ||
 	    !__atomic_load_n(&connected_fd[fd], __ATOMIC_RELAXED))
 		return 0;
 	if (real_getpeername(fd, (struct sockaddr *)&ss, &len) != 0 ||
@@ -478,7 +374,7 @@ int udp_oversize_connected(int fd, size_t n)
 		return 0;
 	}
 	errno = e0;
-	return n > (dst.family == 4 ? PAYLOAD4 : PAYLOAD6);
+	return n > (size_t)udp_payload_max(&dst);
 }
 
 typedef ssize_t (*send_fn)(int, const void *, size_t, int);

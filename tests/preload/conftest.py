@@ -188,6 +188,10 @@ class Runner:
                     "--child-silent-after-fork=no"] + argv
         return self.prefix + argv
 
+    def wrap(self, argv):
+        """argv as this runner intercepts any program (the preload: through the environment)."""
+        return list(argv)
+
     def run_cmd(self, argv, env=None, channel=True, timeout=60, check=True):
         """Any program (no valgrind wrapping), e.g. python3 -c ..."""
         env = self.env(env, channel)

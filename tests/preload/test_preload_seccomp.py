@@ -42,6 +42,9 @@ class SeccompRunner(Runner):
         path = os.path.join(self.testbin, prog)
         return self.prefix + [self.helper, path, path, *map(str, args)]
 
+    def wrap(self, argv):
+        return [self.helper, argv[0], *argv]
+
 
 @pytest.fixture(scope="module", params=["parked", "full"])
 def srun(request, exec_helper, build, netns, proxy):

@@ -3,6 +3,8 @@ the channel op UDP as the proxy does, and serves each association's loopback end
 would, except that instead of relaying to the destination it answers every datagram itself with
 b"via <dst>: " + the datagram (so a test sees it took the association). Destinations:
   port 9         -> "send directly" (no endpoint)
+  port 13        -> an endpoint that answers one datagram, then is closed (the association
+                    ended: the program's socket then meets a closed loopback port)
   198.18.99.5    -> EHOSTUNREACH
   anything else  -> an endpoint
 Prints "ready" once listening. usage: udp_fake_node.py CHANNEL_PATH
@@ -28,6 +30,9 @@ def serve_endpoint(sock: socket.socket, dst: cp.Address) -> None:
         except ConnectionRefusedError:
             continue            # the program's socket was not there for one datagram
         except OSError:
+            return
+        if dst.port == 13:
+            sock.close()
             return
 
 
