@@ -1,10 +1,11 @@
-/* Export mode (TAILPROXY_EXPORT_LISTENERS=1), as the preload's listen.c: the program's TCP
- * servers are held to loopback and the exporter is told about each listening port, which the
- * node then serves on the tailnet. bind() to a non-loopback address is made here on the
+/* Export mode (TAILPROXY_EXPORT_LISTENERS=1), as the preload's listen.c and udpexport.c: the
+ * program's TCP and UDP servers are held to loopback and the exporter is told about each port,
+ * which the node then serves on the tailnet. bind() to a non-loopback address is made here on the
  * program's socket with 127.0.0.1 / ::1 (same port); listen() on an unbound socket binds it
  * to loopback first (the kernel would pick 0.0.0.0); after listen() succeeds the port goes to
- * the exporter (LISTEN). The end of a listener needs no notice: the exporter reads the
- * kernel's listening sockets every quarter second. */
+ * the exporter (LISTEN). A UDP socket bound to a fixed port is a server: held to loopback and
+ * told at its bind() (udpexport.c decides, for both front ends). The end of a server needs no
+ * notice: the exporter reads the kernel's sockets every quarter second. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -32,15 +33,24 @@ void on_bind(const struct call *c)
 	    target_read(c, a[1], &ss, len) != 0 ||
 	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
 	    (ss.ss_family == AF_INET && len < sizeof(struct sockaddr_in)) ||
-	    (ss.ss_family == AF_INET6 && len < sizeof(struct sockaddr_in6)) || !addr_to_loopback(&ss)) {
-		answer_continue(c);     /* not ours, loopback already, or the kernel's EINVAL */
+	    (ss.ss_family == AF_INET6 && len < sizeof(struct sockaddr_in6))) {
+		answer_continue(c);     /* not ours, or the kernel's EINVAL */
 		return;
 	}
-	s = target_fd(c, (int)a[0]);
-	if (s < 0 || !inet_socket_family(s, SOCK_STREAM) || !call_valid(c)) {
+	if ((s = target_fd(c, (int)a[0])) < 0 || !call_valid(c)) {
 		if (s >= 0)
 			close(s);
-		answer_continue(c);     /* UDP and others bind where they asked */
+		answer_continue(c);
+		return;
+	}
+	if (udp_export_bind(s, (struct sockaddr *)&ss, len, bind, (int32_t)c->req->pid, &r)) {
+		answer(c, 0, r == 0 ? 0 : errno);
+		close(s);
+		return;
+	}
+	if (!inet_socket_family(s, SOCK_STREAM) || !addr_to_loopback(&ss)) {
+		close(s);
+		answer_continue(c);     /* a client's UDP port, loopback already, or not inet */
 		return;
 	}
 	r = bind(s, (struct sockaddr *)&ss, len);

@@ -30,7 +30,7 @@ EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	struct sockaddr_storage ss;
 	int r;
 
-	if (export_mode() && udp_export_bind(fd, sa, len, real_bind, &r))     /* UDP: udpexport.c */
+	if (export_mode() && udp_export_bind(fd, sa, len, real_bind, (int32_t)getpid(), &r))  /* UDP */
 		return r;
 	if (!export_mode() || !sa || len > sizeof(ss) || len < sizeof(sa_family_t) ||
 	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !inet_socket_family(fd, SOCK_STREAM))

@@ -111,9 +111,11 @@ HIDDEN void fdt_clear(int fd);
 
 #include "channel.h"
 
-/* udpexport.c: bind() of a UDP socket in export mode; 1 if handled (*ret is bind's result). */
+/* udpexport.c: bind() of a UDP socket in export mode, for process pid (the preload's own, or
+ * the supervised program's); 1 if handled (*ret is bind's result). */
 HIDDEN int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
-			   int (*real_bind)(int, const struct sockaddr *, socklen_t), int *ret);
+			   int (*real_bind)(int, const struct sockaddr *, socklen_t), int32_t pid,
+			   int *ret);
 /* udpdns.c: a connect() to port 53 goes to the name service's DNS responder; 1 if handled
  * (*ret is connect's result, errno set), 0 if not ours. */
 HIDDEN int dns_redirect_connect(int fd, const struct sockaddr *sa, socklen_t len, int *ret);

@@ -30,11 +30,10 @@ static uint16_t held_to_loopback(const struct sockaddr *sa, socklen_t len,
 }
 
 int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
-		    int (*real_bind)(int, const struct sockaddr *, socklen_t), int *ret)
+		    int (*real_bind)(int, const struct sockaddr *, socklen_t), int32_t pid, int *ret)
 {
 	struct sockaddr_storage ss;
 	uint8_t req[LISTEN_LEN];
-	int32_t pid;
 	uint16_t port;
 	int e0 = errno, fam;
 
@@ -52,7 +51,6 @@ int udp_export_bind(int fd, const struct sockaddr *sa, socklen_t len,
 	memset(req, 0, sizeof(req));
 	req[8] = fam == AF_INET ? 4 : 6;
 	memcpy(req + 10, &port, 2);
-	pid = (int32_t)getpid();
 	memcpy(req + 12, &pid, 4);
 	chan_request(OP_LISTEN, FLAG_LISTEN_UDP, req, sizeof(req), NULL, 0, 0);  /* a notice */
 	errno = e0;

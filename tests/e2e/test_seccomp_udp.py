@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -129,3 +130,32 @@ def test_go_static_quic_stream_to_peer(tp_state, progs, peer, quic_server):
     r = json.loads(tp(tp_state, progs["go-quic"], hostport(peer["ipv4"], QUIC_PORT), quic_server,
                       str(nbytes)))
     assert r == {"bytes": nbytes + len("echo: "), "same": True}
+
+
+def test_static_go_udp_server_exported(testnet, short_tmp, progs):
+    """--export-listeners with a static Go UDP server: its bind() is held to loopback (made by
+    the supervisor), so nothing off this host reaches it directly, and its port is served on
+    the tailnet, reached from `peer`."""
+    from test_exports import start_cmd, stop_cmd
+    from test_udp_exports import from_peer
+    port, host = 8445, "exp-goudp"
+    p, log = start_cmd(host, str(short_tmp / "state"), [progs["go"], "serve", f":{port}"],
+                       f"exported UDP port {port}", "--verbose")
+    try:
+        assert f"exported UDP port {port}" in log, log
+        out = subprocess.run(["ss", "-Hlun", f"sport = :{port}"], capture_output=True,
+                             text=True).stdout
+        local = [line.split()[3] for line in out.splitlines() if line.strip()]
+        assert local and all(a.startswith(("127.", "[::1]", "[::ffff:127.")) for a in local), out
+        ip4 = next(ip for ip in tailnet_ips(host) if ":" not in ip)
+        assert from_peer(testnet, ip4, port) == "got:from peer"
+    finally:
+        stop_cmd(p)
+
+
+def tailnet_ips(hostname):
+    from tailproxy import control
+    for _, info in control.running():
+        if info.get("hostname") == hostname:
+            return info["ips"]
+    raise AssertionError(f"{hostname} is not running")

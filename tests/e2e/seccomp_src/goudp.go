@@ -7,6 +7,8 @@
 //	                       {"reply", "from"}
 //	goudp big ADDR         unconnected: WriteTo of 1,253 bytes (over IPv4's tailnet limit) and
 //	                       of 1,252; {"big": error, "fits": reply length}
+//	goudp serve :PORT      a UDP server: answers each datagram with "got:" + it, until killed;
+//	                       {"serving": its local address} once bound
 //
 // ADDR is host:port (a name or an IP). Replies are awaited 10 s, sending again every second.
 package main
@@ -55,11 +57,27 @@ func exchange(send func() error, recv func([]byte) (int, net.Addr, error), setDe
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: goudp dial|to ADDR MSG | big ADDR")
+		fmt.Fprintln(os.Stderr, "usage: goudp dial|to ADDR MSG | big ADDR | serve :PORT")
 		os.Exit(2)
 	}
 	addr := os.Args[2]
 	switch os.Args[1] {
+	case "serve":
+		c, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			fail(err)
+		}
+		out(map[string]any{"serving": c.LocalAddr().String()})
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				fail(err)
+			}
+			if _, err := c.WriteTo(append([]byte("got:"), buf[:n]...), from); err != nil {
+				fail(err)
+			}
+		}
 	case "dial":
 		c, err := net.Dial("udp", addr)
 		if err != nil {
