@@ -30,6 +30,7 @@ type parkedSpec struct {
 	DefaultTimeoutMS int64 `json:"default_timeout_ms"` // a CONNECT without its own timeout
 	MaxTimeoutMS     int64 `json:"max_timeout_ms"`     // how long a parked socket can wait
 	Report           bool  `json:"report"`             // a report per connection (parked_reports.go)
+	ReportEach       bool  `json:"report_each"`        // each at once, not batched (--verbose)
 }
 
 // Wire format of a CONNECT request (docs/CHANNEL.md), host byte order.
@@ -151,7 +152,7 @@ func (n *node) serveParked(id int64, inFD, fwdFD int, spec parkedSpec) error {
 func newParkedServer(n *node, id int64, in, fwd *net.UnixConn, spec parkedSpec) *parkedServer {
 	p := &parkedServer{n: n, id: id, in: in, fwd: fwd, spec: spec, dial: n.dialRetrying,
 		stop: make(chan struct{}), live: map[netip.AddrPort]liveRelay{}}
-	p.reports = &reportBatch{n: n, id: id}
+	p.reports = &reportBatch{n: n, id: id, each: spec.ReportEach}
 	p.peers.Store(&map[netip.Addr]struct{}{})
 	return p
 }

@@ -7,38 +7,52 @@ import (
 )
 
 // The fast path's per-connection reports ("done": how each relay ended, for the agent's
-// measurements and --verbose) reach Python in batches: one event per reportDelay at most,
-// however many connections end, so that a program making thousands of short connections does
-// not wake Python once for each (bench/REPORT.md: the fast path's connect latency rose 40%
-// with a Python wake-up per connection).
+// measurements and --verbose) reach Python at most once per reportDelay: the first report after
+// a quiet spell leaves at once (a single connection's --verbose line is not held back), later
+// ones wait for the next batch (unless each is to leave at once: --verbose, whose lines must keep
+// up with the program and are one per connection anyway). A program making thousands of short connections then wakes
+// Python a few times a second, not once per connection (bench/REPORT.md: the fast path's
+// connect latency rose 40% with a Python wake-up per connection).
 const (
 	reportDelay   = 200 * time.Millisecond
 	reportBacklog = 4096 // reports held between two batches; more are counted and dropped
 )
 
 type reportBatch struct {
-	n  *node
-	id int64 // the parked-connect server's events id
+	n    *node
+	id   int64 // the parked-connect server's events id
+	each bool  // no batching: each report leaves at once (--verbose)
 
 	mu        sync.Mutex
 	pending   []event
 	dropped   int
 	scheduled bool
+	lastSent  time.Time
 }
 
-// add queues one report; the batch leaves within reportDelay.
+// add queues one report; it leaves now if no batch left within reportDelay, else with the next.
 func (b *reportBatch) add(ev event) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if len(b.pending) < reportBacklog {
 		b.pending = append(b.pending, ev)
 	} else {
 		b.dropped++
 	}
-	if !b.scheduled {
-		b.scheduled = true
-		time.AfterFunc(reportDelay, b.flush)
+	if b.scheduled {
+		b.mu.Unlock()
+		return
 	}
+	b.scheduled = true
+	wait := reportDelay - time.Since(b.lastSent)
+	if b.each {
+		wait = 0
+	}
+	b.mu.Unlock()
+	if wait <= 0 {
+		b.flush()
+		return
+	}
+	time.AfterFunc(wait, b.flush)
 }
 
 // flush sends what is queued as one "done_batch" event.
@@ -46,6 +60,9 @@ func (b *reportBatch) flush() {
 	b.mu.Lock()
 	done, dropped := b.pending, b.dropped
 	b.pending, b.dropped, b.scheduled = nil, 0, false
+	if len(done) > 0 {
+		b.lastSent = time.Now()
+	}
 	b.mu.Unlock()
 	if dropped > 0 {
 		fmt.Fprintf(b.n.logFile, "tailproxy: %d fast-path connection reports dropped (more than %d in %v)\n",

@@ -35,7 +35,8 @@ class FakeHandoff:
         self.started = self.closed = False
         self.on_event = None
 
-    def start(self, datagrams, forward, park_ports, default_timeout, max_timeout, on_event):
+    def start(self, datagrams, forward, park_ports, default_timeout, max_timeout, on_event,
+              report_each=False):
         if self.refuse_start:
             raise OSError("no node")
         self.on_event = on_event

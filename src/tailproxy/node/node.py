@@ -435,12 +435,14 @@ class Node:
 
     def serve_parked(self, datagrams: socket.socket, forward: socket.socket,
                      park_ports: tuple[int, int], default_timeout: float, max_timeout: float,
-                     on_event: Callable[[dict], None] | None = None) -> "ParkedConnects":
+                     on_event: Callable[[dict], None] | None = None,
+                     report_each: bool = False) -> "ParkedConnects":
         """Take the preload's parked CONNECTs to online peers from `datagrams` (the channel's
         datagram socket) and complete, dial and relay them in the node; pass everything else,
         and each dial that failed, on to `forward` (node/parked.go has the format).
-        `on_event`, if given, gets a "done" event per connection taken when it ends. Both
-        sockets are lent: the node works on duplicates."""
+        `on_event`, if given, gets the reports of connections taken as they end, in
+        "done_batch" events (node/parked_reports.go): batched, or each at once with
+        `report_each`. Both sockets are lent: the node works on duplicates."""
         self._require_running()
         parked = ParkedConnects(self, next(self._ids))
         events = self._attach_events()
@@ -448,7 +450,8 @@ class Node:
             events.register(parked._ident, on_event)
         spec = {"park4": park_ports[0], "park6": park_ports[1],
                 "default_timeout_ms": int(default_timeout * 1000),
-                "max_timeout_ms": int(max_timeout * 1000), "report": on_event is not None}
+                "max_timeout_ms": int(max_timeout * 1000), "report": on_event is not None,
+                "report_each": report_each}
         try:
             library.call("parked_serve", self._handle, parked._ident, datagrams.fileno(),
                          forward.fileno(), json.dumps(spec).encode())

@@ -22,10 +22,11 @@ class NodeHandoff:
 
     def start(self, datagrams: socket.socket, forward: socket.socket,
               park_ports: tuple[int, int], default_timeout: float, max_timeout: float,
-              on_event: Callable[[dict], None] | None) -> None:
+              on_event: Callable[[dict], None] | None, report_each: bool = False) -> None:
         try:
             self._parked = self.node.serve_parked(datagrams, forward, park_ports,
-                                                  default_timeout, max_timeout, on_event)
+                                                  default_timeout, max_timeout, on_event,
+                                                  report_each)
         except NodeError as e:
             raise OSError(f"the node cannot take parked connects: {e}") from None
 

@@ -294,7 +294,8 @@ class ChannelServer:
             self.handoff.start(dgram, theirs, self.park_ports, self.connect_timeout,
                                self._park_limit,
                                self._on_handoff_done
-                               if self.on_conn is not None or self.watch is not None else None)
+                               if self.on_conn is not None or self.watch is not None else None,
+                               report_each=self.on_conn is not None)
         except OSError as exc:
             ours.close()
             self.log(f"channel: parked connects stay with the proxy: {exc}")

@@ -26,11 +26,13 @@ _TRUNCATED = 1
 class ParkedHandoff(Protocol):
     def start(self, datagrams: socket.socket, forward: socket.socket,
               park_ports: tuple[int, int], default_timeout: float, max_timeout: float,
-              on_event: Callable[[dict], None] | None) -> None:
+              on_event: Callable[[dict], None] | None, report_each: bool = False) -> None:
         """Read `datagrams` from now on; write what is not taken to `forward`. Both are
-        lent. `on_event`, if given, gets {"ev": "done", "token", "src", "dst", "up", "down",
-        "errno", "reason", "ms"} when a connection taken ends (for --verbose: without it,
-        nothing per connection reaches Python). Raises OSError if it cannot."""
+        lent. `on_event`, if given, gets {"ev": "done_batch", "done": [report, ...]} as
+        connections taken end, each report {"token", "src", "dst", "pid", "up", "down",
+        "errno", "reason", "ms", "connect_us"}: at most one batch per 200 ms, or each report
+        at once with `report_each` (--verbose, whose lines keep up with the program). Without
+        it nothing per connection reaches Python. Raises OSError if it cannot."""
 
     def peer_of(self, local: Address) -> Address | None:
         """Where the program's socket at `local` asked to connect, while it is relayed."""
