@@ -33,22 +33,6 @@
 #define IOV_MAX_WRITE 16
 #define MODELLED (MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_WAITALL | MSG_CMSG_CLOEXEC)
 
-/* Is sa (as received) one of the responder's addresses? */
-static int from_responder(const struct sockaddr *sa, socklen_t len)
-{
-	const struct tp_dns_config *d = tp_dns();
-	struct tp_addr a;
-	int mapped, i;
-
-	if (sa_to_tp(sa, len, &a, &mapped) != 0)
-		return 0;
-	for (i = 0; i < 2; i++)
-		if (d->server[i].family == a.family && d->server[i].port == a.port &&
-		    memcmp(d->server[i].addr, a.addr, a.family == 4 ? 4 : 16) == 0)
-			return 1;
-	return 0;
-}
-
 /* What the program is shown as the source of socket ino's datagrams. */
 struct view {
 	uint64_t ino;
@@ -142,7 +126,7 @@ static socklen_t shown_source(struct sockaddr_storage *from, socklen_t fromlen,
 
 	if (fromlen < sizeof(sa_family_t) || fromlen > sizeof(*from))
 		return fromlen;
-	if ((v->served & SERVED_DNS) && from_responder((struct sockaddr *)from, fromlen))
+	if ((v->served & SERVED_DNS) && tp_dns_responder((struct sockaddr *)from, fromlen))
 		n = tp_to_sa(&v->asked, from->ss_family, v->mapped, &ss);
 	else if ((v->served & SERVED_ROUTED) &&
 		 udp_route_source(v->ino, (struct sockaddr *)from, fromlen, &dst))

@@ -109,6 +109,21 @@ const struct tp_dns_config *tp_dns(void)
 	return &scratch;
 }
 
+int tp_dns_responder(const struct sockaddr *sa, socklen_t len)
+{
+	const struct tp_dns_config *d = tp_dns();
+	struct tp_addr a;
+	int mapped, i;
+
+	if (!d->active || !d->nserver || sa_to_tp(sa, len, &a, &mapped) != 0)
+		return 0;
+	for (i = 0; i < 2; i++)
+		if (d->server[i].family == a.family && d->server[i].port == a.port &&
+		    memcmp(d->server[i].addr, a.addr, a.family == 4 ? 4 : 16) == 0)
+			return 1;
+	return 0;
+}
+
 __attribute__((constructor)) static void names_init(void)
 {
 	int e = errno;

@@ -36,6 +36,8 @@ struct tp_dns_config {
 	struct tp_addr server[2];   /* [0] IPv4, [1] IPv6 (family 0: none) */
 };
 HIDDEN const struct tp_dns_config *tp_dns(void);
+/* Is sa (a datagram's source) one of the DNS responder's addresses? */
+HIDDEN int tp_dns_responder(const struct sockaddr *sa, socklen_t len);
 
 /* 0, or the name service's errno: ENOENT (no such name), ENODATA (no address of that
  * family), EAGAIN, EIO, ENAMETOOLONG; ENETDOWN when the proxy is unreachable (one stderr

@@ -346,22 +346,6 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 	return (int)done;
 }
 
-/* Is sa (as received) one of the responder's addresses? */
-static int from_responder(const struct sockaddr *sa, socklen_t len)
-{
-	const struct tp_dns_config *d = tp_dns();
-	struct tp_addr a;
-	int mapped, i;
-
-	if (!d->active || !d->nserver || sa_to_tp(sa, len, &a, &mapped) != 0)
-		return 0;
-	for (i = 0; i < 2; i++)
-		if (d->server[i].family == a.family && d->server[i].port == a.port &&
-		    memcmp(d->server[i].addr, a.addr, a.family == 4 ? 4 : 16) == 0)
-			return 1;
-	return 0;
-}
-
 /* After a receive: the responder's address becomes the one the program sent to. cap is the
  * size the program gave, *len the length the kernel reported. */
 static void fix_source(int fd, struct sockaddr *sa, socklen_t cap, socklen_t *len)
@@ -373,7 +357,7 @@ static void fix_source(int fd, struct sockaddr *sa, socklen_t cap, socklen_t *le
 
 	if (!sa || !len || *len < sizeof(sa_family_t))
 		return;
-	if (*len > cap || !from_responder(sa, *len)) {  /* cut short: not all of it is there */
+	if (*len > cap || !tp_dns_responder(sa, *len)) {  /* cut short: not all of it is there */
 		udp_fix_source(fd, sa, cap, len);               /* udp.c */
 		return;
 	}
