@@ -8,11 +8,11 @@ import (
 
 // The fast path's per-connection reports ("done": how each relay ended, for the agent's
 // measurements and --verbose) reach Python at most once per reportDelay: the first report after
-// a quiet spell leaves at once (a single connection's --verbose line is not held back), later
-// ones wait for the next batch (unless each is to leave at once: --verbose, whose lines must keep
-// up with the program and are one per connection anyway). A program making thousands of short connections then wakes
-// Python a few times a second, not once per connection (bench/REPORT.md: the fast path's
-// connect latency rose 40% with a Python wake-up per connection).
+// a quiet spell leaves at once, later ones wait for the next batch. Under --verbose (each) every
+// report leaves at once: its lines are one per connection anyway and must keep up with the
+// program. A program making thousands of short connections then wakes Python a few times a
+// second, not once per connection (bench/REPORT.md: the fast path's connect latency rose 40%
+// with a Python wake-up per connection).
 const (
 	reportDelay   = 200 * time.Millisecond
 	reportBacklog = 4096 // reports held between two batches; more are counted and dropped
