@@ -343,14 +343,25 @@ def test_proxy_only_mode_requires_password(tp_state, peer):
 def test_short_connections_do_not_pile_up(tp_state, peer):
     """500 sequential connect + echo + close: each ends promptly on the node too. (A 2 s drain
     allowance per half-close once kept ~1,400 of 2,000 such connections open, and the peer's
-    node then refused new ones.) Counted as tailproxy's open fds right after the loop."""
+    node then refused new ones.) Counted as tailproxy's open fds right after the loop.
+
+    In the full suite, about one run in three saw one connect refused by the peer among the
+    500 (never when run alone, nor in 27,000 connections of ad-hoc loops); the cause is not
+    found yet. The pile-up this test guards against refuses hundreds, so up to 2 refusals,
+    each retried, are tolerated and printed with the node's reason (--verbose)."""
     code = f"""
         import os, socket
         def fds():
             return len(os.listdir("/proc/%d/fd" % os.getppid()))
+        def connect():
+            try:
+                return socket.create_connection(({peer['ipv4']!r}, {peer['echo_port']}), timeout=20)
+            except ConnectionRefusedError:
+                print("refused", i, flush=True)
+                return socket.create_connection(({peer['ipv4']!r}, {peer['echo_port']}), timeout=20)
         before = fds()
         for i in range(500):
-            s = socket.create_connection(({peer['ipv4']!r}, {peer['echo_port']}), timeout=20)
+            s = connect()
             s.sendall(b"x\\n"); got = b""
             while not got.endswith(b"\\n"):
                 c = s.recv(10); assert c, (i, got); got += c
@@ -364,8 +375,14 @@ def test_short_connections_do_not_pile_up(tp_state, peer):
             c = s.recv(10); assert c, got; got += c
         print("ok")
     """
-    cp = tp(tp_state, *py(code), check=True, timeout=240)
+    cp = tp(tp_state, "--verbose", *py(code), check=True, timeout=240)
     assert cp.stdout.strip().endswith("ok"), cp.stdout
+    refused = [line for line in cp.stdout.splitlines() if line.startswith("refused")]
+    unusual = [line for line in cp.stderr.splitlines()
+               if " ok up=" not in line and ": in progress" not in line]
+    assert len(refused) <= 2, (refused, unusual)
+    if refused:
+        print("refused by the peer:", refused, "\n".join(unusual))     # shown with -rA
 
 
 @pytest.mark.parametrize("how", ["nc", "python", "python-socks5"])
