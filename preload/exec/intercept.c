@@ -279,33 +279,6 @@ static void on_sendmmsg(const struct call *c)
 
 /* ---------------------------------------------------------------- connect */
 
-/* A TCP socket of the address's family (as connect.c's is_our_kind). */
-static int is_our_kind(int s, int family, int mapped, int *domain)
-{
-	if (sock_int(s, SOL_SOCKET, SO_TYPE) != SOCK_STREAM)
-		return 0;
-	*domain = sock_int(s, SOL_SOCKET, SO_DOMAIN);
-	if (*domain != family || sock_int(s, SOL_SOCKET, SO_PROTOCOL) != IPPROTO_TCP)
-		return 0;
-	if (mapped && sock_int(s, IPPROTO_IPV6, IPV6_V6ONLY) != 0)
-		return 0;
-	return 1;
-}
-
-/* SO_SNDTIMEO bounds a blocking connect; -1 = none. */
-static int send_timeout_ms(int s)
-{
-	struct timeval tv;
-	socklen_t len = sizeof(tv);
-
-	if (real_getsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) != 0 ||
-	    (tv.tv_sec == 0 && tv.tv_usec == 0))
-		return -1;
-	if (tv.tv_sec > 2000000)
-		return 2000000000;
-	return (int)(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
-}
-
 static int park_address(int domain, const struct sockaddr **park, socklen_t *plen)
 {
 	const struct tp_config *cfg = tp_config();
@@ -448,7 +421,7 @@ static void on_connect(struct call *c)
 		close(s);
 		return;
 	}
-	if (!is_our_kind(s, ss.ss_family, mapped, &domain) || tcp_state(s) != TCP_CLOSE) {
+	if (!tcp_socket_of(s, ss.ss_family, mapped, &domain) || tcp_state(s) != TCP_CLOSE) {
 		/* not TCP, or connected/connecting/listening: the kernel's own answer (EISCONN,
 		 * EALREADY...), which never dials */
 		close(s);

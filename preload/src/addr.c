@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "tailproxy.h"
@@ -131,6 +132,31 @@ int sock_int(int fd, int level, int name)
 	if (real_getsockopt(fd, level, name, &v, &len) != 0)
 		return -1;
 	return v;
+}
+
+int tcp_socket_of(int fd, int family, int mapped, int *domain)
+{
+	if (sock_int(fd, SOL_SOCKET, SO_TYPE) != SOCK_STREAM)
+		return 0;
+	*domain = sock_int(fd, SOL_SOCKET, SO_DOMAIN);
+	if (*domain != family || sock_int(fd, SOL_SOCKET, SO_PROTOCOL) != IPPROTO_TCP)
+		return 0;
+	if (mapped && sock_int(fd, IPPROTO_IPV6, IPV6_V6ONLY) != 0)
+		return 0;
+	return 1;
+}
+
+int send_timeout_ms(int fd)
+{
+	struct timeval tv;
+	socklen_t len = sizeof(tv);
+
+	if (real_getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) != 0 ||
+	    (tv.tv_sec == 0 && tv.tv_usec == 0))
+		return -1;
+	if (tv.tv_sec > 2000000)
+		return 2000000000;
+	return (int)(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
 }
 
 int inet_socket_family(int fd, int type)

@@ -22,38 +22,6 @@ static int sockopt_int(int fd, int level, int name, int *v)
 	return real_getsockopt(fd, level, name, v, &len);
 }
 
-/* Is this a TCP socket whose family matches the address? Mismatches go to
- * the kernel, which gives the right error. */
-static int is_our_kind(int fd, const struct sockaddr *sa, int mapped, int *domain)
-{
-	int type, proto, v6only;
-
-	if (sockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) != 0 || type != SOCK_STREAM)
-		return 0;
-	if (sockopt_int(fd, SOL_SOCKET, SO_DOMAIN, domain) != 0 ||
-	    *domain != sa->sa_family)
-		return 0;
-	if (sockopt_int(fd, SOL_SOCKET, SO_PROTOCOL, &proto) != 0 || proto != IPPROTO_TCP)
-		return 0;
-	if (mapped && (sockopt_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only) != 0 || v6only))
-		return 0;
-	return 1;
-}
-
-/* SO_SNDTIMEO bounds a blocking connect; -1 = none. */
-static int send_timeout_ms(int fd)
-{
-	struct timeval tv;
-	socklen_t len = sizeof(tv);
-
-	if (real_getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) != 0 ||
-	    (tv.tv_sec == 0 && tv.tv_usec == 0))
-		return -1;
-	if (tv.tv_sec > 2000000)
-		return 2000000000;
-	return (int)(tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000);
-}
-
 static void verbose(int fd, const struct tp_addr *dst, int err)
 {
 	struct tp_log l;
@@ -296,7 +264,7 @@ EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	pending = known && fi.state == FD_PENDING;
 	if (!pending && !tp_goes_direct(c, &dst) && tp_table_direct(&dst))
 		return connect_by_table(fd, sa, len, &dst, known, e0);
-	if (!is_our_kind(fd, sa, mapped, &domain)) {
+	if (!tcp_socket_of(fd, sa->sa_family, mapped, &domain)) {
 		errno = e0;
 		return real_connect(fd, sa, len);
 	}

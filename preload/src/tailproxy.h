@@ -153,6 +153,11 @@ HIDDEN uint16_t local_port(int fd, struct tp_addr *local);  /* 0 if unbound/erro
 HIDDEN int64_t now_ns(void);
 HIDDEN int so_error_of(int fd);         /* reads (clears) SO_ERROR; 0 on failure */
 HIDDEN int sock_int(int fd, int level, int name);   /* an int option, or -1 */
+/* A TCP socket of this family (with mapped, one that takes IPv4-mapped addresses): 1 and its
+ * SO_DOMAIN in *domain; else 0 (the kernel gives the right error for a mismatch). */
+HIDDEN int tcp_socket_of(int fd, int family, int mapped, int *domain);
+/* SO_SNDTIMEO, which bounds a blocking connect, in ms; -1 = none. */
+HIDDEN int send_timeout_ms(int fd);
 /* An AF_INET/AF_INET6 socket of this type (SOCK_STREAM, SOCK_DGRAM): its family, else 0. */
 HIDDEN int inet_socket_family(int fd, int type);
 /* A non-loopback address made loopback in place (IPv4-mapped stays mapped); 1 if changed. */
