@@ -199,9 +199,20 @@ zpty -d z
 
 
 def zsh_complete(line: str, tmp_path) -> set[str]:
-    """What zsh lists (^D) for `tailproxy LINE`, in an interactive zsh on a pty."""
+    """What zsh lists (^D) for `tailproxy LINE`, in an interactive zsh on a pty. A pty session
+    that showed no listing at all (zsh took the ^D before it was ready: seen once in ~7 full
+    runs on a loaded machine) is tried again, up to twice; what a listing holds is never
+    retried."""
     assert shutil.which("zsh"), "zsh is missing (make deps installs it)"
     (tmp_path / "_tailproxy").write_text(cli_out("completion", "zsh"))
+    for _ in range(3):
+        words = _zsh_listing(line, tmp_path)
+        if words:
+            return words
+    return words
+
+
+def _zsh_listing(line: str, tmp_path) -> set[str]:
     cp = subprocess.run(["zsh", "-f", "-c", ZSH_PROBE, "probe", str(tmp_path), line],
                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", cp.stdout).replace("\r", "")
